@@ -1,0 +1,514 @@
+"""Ingestion as plain steps: discover -> plan -> read -> chunk -> validate -> embed -> upsert -> delete stale ->
+publish -> report.
+
+Each step is a function over frozen values so the Prefect flow (``flows/ingest.py``) can run every step as a task
+with retries, and ``run_ingest`` can chain the same steps in-process when no orchestration server is configured.
+
+Incremental by construction: discovery hashes every item, ``plan`` compares the hashes with the published
+version's manifest, and only new or changed documents are read, chunked and embedded. Within a changed document,
+chunks whose deterministic id already exists keep their vector (only the payload is rewritten). An unchanged source
+opens no writer at all: no embedding, no new version, nothing written. A killed run leaves only a staging copy that
+the next run deletes, so the next run starts from the last published version and converges to exactly the right
+set of points.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipelines.chunk import Chunker
+from pipelines.embed import Embedder
+from pipelines.errors import DocumentRejected, FailureThresholdExceeded
+from pipelines.index import DocEntry, IndexVersion, IndexWriter, Manifest, VectorIndex
+from pipelines.quality import ChunkValidator, ValidationReport
+from pipelines.quarantine import Quarantine
+from pipelines.settings import Settings
+from pipelines.sources import Discovery, discover
+from pipelines.sparse import Bm25Encoder, SparseVector
+from pipelines.types import Chunk, Document, QuarantineRecord, SourceItem
+
+logger = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """Where long steps report progress (a rich progress bar in the CLI, Prefect logs in flows)."""
+
+    def start(self, stage: str, total: int) -> None:
+        """A stage begins with ``total`` units of work."""
+
+    def advance(self, stage: str, amount: int) -> None:
+        """``amount`` more units are done."""
+
+
+class NoProgress:
+    """The silent default."""
+
+    def start(self, stage: str, total: int) -> None:
+        """Ignore."""
+
+    def advance(self, stage: str, amount: int) -> None:
+        """Ignore."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What this run has to do, from comparing the source with the published manifest."""
+
+    discovery: Discovery
+    base: Manifest | None
+    todo: tuple[SourceItem, ...]
+    unchanged: tuple[str, ...]
+    deleted: tuple[DocEntry, ...]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """True when the index already matches the source (quarantined items are retried every run)."""
+        return not self.todo and not self.deleted
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Chunks with their vectors; ``reused`` counts vectors carried over from the previous version."""
+
+    chunks: tuple[Chunk, ...]
+    dense: np.ndarray
+    sparse: tuple[SparseVector, ...]
+    computed: int
+    reused: int
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """The outcome of one run (``ragops ingest --json`` prints :meth:`to_json`)."""
+
+    run_id: str
+    source: str
+    collection: str
+    documents_seen: int
+    documents_new: int
+    documents_changed: int
+    documents_unchanged: int
+    documents_deleted: int
+    documents_failed: int
+    chunks_upserted: int
+    chunks_deleted: int
+    chunks_truncated: int
+    embeddings_computed: int
+    embeddings_reused: int
+    points_total: int
+    index_version: int | None
+    published: bool
+    seconds: float
+    stage_seconds: Mapping[str, float] = field(default_factory=dict)
+    quarantined: tuple[QuarantineRecord, ...] = ()
+    validation: tuple[ValidationReport, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Flat JSON with the counters first (the CLI's --json contract)."""
+        skip = ("quarantined", "validation", "stage_seconds")
+        data: dict[str, Any] = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in skip}
+        data["seconds"] = round(self.seconds, 3)
+        data["stage_seconds"] = {k: round(v, 3) for k, v in self.stage_seconds.items()}
+        data["quarantined"] = [asdict(q) for q in self.quarantined]
+        data["validation"] = [v.to_json() for v in self.validation]
+        return data
+
+
+class IngestContext:
+    """The heavy components of a run, created lazily and shared by its steps."""
+
+    def __init__(self, settings: Settings, *, collection: str | None = None, progress: Progress | None = None):
+        self.settings = settings
+        self.collection = collection or settings.qdrant.collection
+        self.progress: Progress = progress or NoProgress()
+        self.stage_seconds: dict[str, float] = {}
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        """The embedding model (loaded on first use)."""
+        embedder = Embedder(self.settings.embedder, cache_dir=self.settings.cache_dir)
+        embedder.warm_up()
+        return embedder
+
+    @cached_property
+    def chunker(self) -> Chunker:
+        """The splitter bound to the embedder's tokenizer."""
+        chunker = Chunker(self.settings.chunking, self.embedder)
+        chunker.warm_up()
+        return chunker
+
+    @cached_property
+    def validator(self) -> ChunkValidator:
+        """The great-expectations suite."""
+        validator = ChunkValidator(self.settings.quality)
+        validator.warm_up()
+        return validator
+
+    @cached_property
+    def index(self) -> VectorIndex:
+        """The versioned collection."""
+        return VectorIndex(self.settings, collection=self.collection)
+
+    @cached_property
+    def quarantine(self) -> Quarantine:
+        """Where rejected documents are recorded."""
+        return Quarantine(self.settings.quarantine_dir, self.collection)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Accumulate wall time per stage for the report."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------------------ steps
+def discover_step(ctx: IngestContext, source: Path, *, tenant: str | None = None) -> Discovery:
+    """List the source's items with their content hashes."""
+    with ctx.timed("discover"):
+        return discover(source, settings=ctx.settings.ingest, tenant=tenant)
+
+
+def plan_step(ctx: IngestContext, discovery: Discovery) -> Plan:
+    """Compare the source with the published manifest."""
+    with ctx.timed("plan"):
+        base = ctx.index.manifest()
+        known = dict(base.docs) if base else {}
+        todo: list[SourceItem] = []
+        unchanged: list[str] = []
+        for item in discovery.items:
+            entry = known.get(item.doc_id)
+            if entry is not None and entry.content_hash == item.content_hash:
+                unchanged.append(item.doc_id)
+            else:
+                todo.append(item)
+        present = {i.doc_id for i in discovery.items} | {r.doc_id for r in discovery.rejected}
+        deleted = [
+            e for e in known.values() if e.source_key == discovery.source_key and e.doc_id not in present
+        ]
+        return Plan(discovery=discovery, base=base, todo=tuple(todo), unchanged=tuple(unchanged), deleted=tuple(deleted))
+
+
+def read_step(ctx: IngestContext, items: Sequence[SourceItem]) -> tuple[list[Document], list[QuarantineRecord]]:
+    """Turn items into documents (files through unstructured); every failure becomes a quarantine record."""
+    from pipelines.partition import partition_file
+
+    docs: list[Document] = []
+    rejected: list[QuarantineRecord] = []
+    with ctx.timed("partition"):
+        files = [i for i in items if i.kind == "file"]
+        if files:
+            ctx.progress.start("partition", len(files))
+        for item in items:
+            try:
+                if item.kind == "record":
+                    text = (item.text or "").strip()
+                    if not text:
+                        raise DocumentRejected("record has empty text", stage="read")
+                    docs.append(_document(item, title=item.title or "", text=text, file_type="jsonl"))
+                    continue
+                assert item.path is not None
+                part = partition_file(
+                    item.path, max_bytes=ctx.settings.ingest.max_file_bytes, encodings=ctx.settings.ingest.text_encodings
+                )
+                docs.append(_document(item, title=part.title or item.path.stem, text=part.text, file_type=part.file_type))
+            except DocumentRejected as exc:
+                rejected.append(_reject(item, exc.reason, exc.stage))
+            except Exception as exc:  # noqa: BLE001 - one bad document must never stop the batch
+                logger.exception("unexpected failure reading a document", extra={"doc_id": item.doc_id})
+                rejected.append(_reject(item, f"unexpected error: {type(exc).__name__}: {exc}", "partition"))
+            if item.kind == "file":
+                ctx.progress.advance("partition", 1)
+    return docs, rejected
+
+
+def _document(item: SourceItem, *, title: str, text: str, file_type: str) -> Document:
+    return Document(
+        doc_id=item.doc_id,
+        source=item.source,
+        title=title,
+        text=text,
+        content_hash=item.content_hash,
+        metadata=item.metadata,
+        file_type=file_type,
+    )
+
+
+def _reject(item: SourceItem, reason: str, stage: str) -> QuarantineRecord:
+    return QuarantineRecord(
+        doc_id=item.doc_id, source=item.source, stage=stage, reason=reason, content_hash=item.content_hash
+    )
+
+
+def chunk_step(ctx: IngestContext, docs: Sequence[Document]) -> list[Chunk]:
+    """Split documents into window-sized chunks."""
+    with ctx.timed("chunk"):
+        ctx.progress.start("chunk", len(docs))
+        chunks: list[Chunk] = []
+        for start in range(0, len(docs), 256):
+            batch = docs[start : start + 256]
+            chunks.extend(ctx.chunker.chunk_many(batch))
+            ctx.progress.advance("chunk", len(batch))
+        return chunks
+
+
+def validate_step(
+    ctx: IngestContext, chunks: Sequence[Chunk], docs: Sequence[Document]
+) -> tuple[list[Chunk], list[QuarantineRecord], ValidationReport]:
+    """Run the great-expectations suite; documents with failing chunks go to the quarantine."""
+    with ctx.timed("validate"):
+        kept, report = ctx.validator.validate(chunks)
+        by_id = {d.doc_id: d for d in docs}
+        chunked = {c.doc_id for c in chunks}
+        rejected = [
+            QuarantineRecord(
+                doc_id=doc_id, source=by_id[doc_id].source, stage="validate", reason=reason,
+                content_hash=by_id[doc_id].content_hash,
+            )
+            for doc_id, reason in report.rejected.items()
+        ]
+        # A document that produced no chunk at all would silently vanish: reject it explicitly.
+        rejected += [
+            QuarantineRecord(
+                doc_id=d.doc_id, source=d.source, stage="chunk", reason="no chunks (no text after splitting)",
+                content_hash=d.content_hash,
+            )
+            for d in docs
+            if d.doc_id not in chunked
+        ]
+        return kept, rejected, report
+
+
+def embed_step(ctx: IngestContext, chunks: Sequence[Chunk], writer: IndexWriter | None) -> Embedded:
+    """Embed chunks that are not in the index yet; reuse stored vectors for chunk ids that are."""
+    with ctx.timed("embed"):
+        reuse: dict[str, np.ndarray] = {}
+        if writer is not None and writer.base is not None and chunks:
+            existing = {cid for e in writer.base.docs.values() for cid in e.chunk_ids}
+            wanted = [c.chunk_id for c in chunks if c.chunk_id in existing]
+            reuse = _fetch_vectors(writer, wanted)
+        fresh = [c for c in chunks if c.chunk_id not in reuse]
+        dense = np.empty((len(chunks), ctx.embedder.identity.dim), dtype=np.float32)
+        if fresh:
+            ctx.progress.start("embed", len(fresh))
+            vectors = ctx.embedder.encode(
+                [c.embed_text for c in fresh], progress=lambda n: ctx.progress.advance("embed", n)
+            )
+            fresh_rows = {c.chunk_id: v for c, v in zip(fresh, vectors, strict=True)}
+        else:
+            fresh_rows = {}
+        for row, chunk in enumerate(chunks):
+            dense[row] = reuse[chunk.chunk_id] if chunk.chunk_id in reuse else fresh_rows[chunk.chunk_id]
+        avgdl = writer.avgdl if writer is not None else 200.0
+        bm25 = Bm25Encoder(avgdl=avgdl)
+        sparse = tuple(bm25.encode_document(c.embed_text) for c in chunks)
+        return Embedded(chunks=tuple(chunks), dense=dense, sparse=sparse, computed=len(fresh), reused=len(reuse))
+
+
+def _fetch_vectors(writer: IndexWriter, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    from pipelines.index import DENSE_VECTOR
+
+    found: dict[str, np.ndarray] = {}
+    for start in range(0, len(ids), 512):
+        records = writer.client.retrieve(
+            writer.collection, ids=list(ids[start : start + 512]), with_vectors=[DENSE_VECTOR], with_payload=False
+        )
+        for record in records:
+            vector = record.vector.get(DENSE_VECTOR) if isinstance(record.vector, dict) else None
+            if vector is not None:
+                found[str(record.id)] = np.asarray(vector, dtype=np.float32)
+    return found
+
+
+def upsert_step(ctx: IngestContext, writer: IndexWriter, embedded: Embedded, *, source_key: str) -> int:
+    """Write the new points into the staged version."""
+    with ctx.timed("upsert"):
+        return writer.upsert(embedded.chunks, embedded.dense, embedded.sparse, source_key=source_key)
+
+
+def delete_stale_step(
+    ctx: IngestContext, writer: IndexWriter, plan: Plan, landed: Mapping[str, DocEntry]
+) -> tuple[int, dict[str, DocEntry]]:
+    """Remove chunks of deleted documents and the old chunks of changed ones; return the new document map."""
+    with ctx.timed("delete"):
+        docs = dict(plan.base.docs) if plan.base else {}
+        stale: set[str] = set()
+        for entry in plan.deleted:
+            stale.update(entry.chunk_ids)
+            docs.pop(entry.doc_id, None)
+        for doc_id, entry in landed.items():
+            old = docs.get(doc_id)
+            if old is not None:
+                stale.update(set(old.chunk_ids) - set(entry.chunk_ids))
+            docs[doc_id] = entry
+        deleted = writer.delete(sorted(stale)) if stale else 0
+        return deleted, docs
+
+
+def landed_entries(chunks: Sequence[Chunk], docs: Sequence[Document], source_key: str) -> dict[str, DocEntry]:
+    """Manifest entries for the documents whose chunks passed validation."""
+    by_doc: dict[str, list[str]] = {}
+    for chunk in chunks:
+        by_doc.setdefault(chunk.doc_id, []).append(chunk.chunk_id)
+    return {
+        d.doc_id: DocEntry(
+            doc_id=d.doc_id,
+            content_hash=d.content_hash,
+            source_key=source_key,
+            source=d.source,
+            title=d.title,
+            chunk_ids=tuple(by_doc[d.doc_id]),
+        )
+        for d in docs
+        if d.doc_id in by_doc
+    }
+
+
+def check_failure_share(plan: Plan, failed: int, max_share: float) -> None:
+    """Fail the run (nothing published) when too many documents were rejected."""
+    seen = len(plan.discovery.items) + len(plan.discovery.rejected)
+    if seen and failed / seen > max_share:
+        raise FailureThresholdExceeded(
+            f"{failed} of {seen} documents failed ({failed / seen:.0%} > {max_share:.0%} allowed by "
+            "RAGOPS_INGEST__MAX_FAILURE_SHARE); nothing was published, see `ragops quarantine`"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+def run_ingest(
+    settings: Settings,
+    source: Path,
+    *,
+    collection: str | None = None,
+    tenant: str | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Ingest ``source`` into ``collection`` in this process (the Prefect flow runs the same steps as tasks)."""
+    started = time.perf_counter()
+    ctx = IngestContext(settings, collection=collection, progress=progress)
+    run_id = run_id or uuid.uuid4().hex
+    discovery = discover_step(ctx, source, tenant=tenant)
+    plan = plan_step(ctx, discovery)
+    docs, read_rejects = read_step(ctx, plan.todo)
+    rejected = [*discovery.rejected, *read_rejects]
+    kept: list[Chunk] = []
+    validation: tuple[ValidationReport, ...] = ()
+    if docs:
+        chunks = chunk_step(ctx, docs)
+        kept, validate_rejects, report = validate_step(ctx, chunks, docs)
+        rejected += validate_rejects
+        validation = (report,)
+    rejected = record_rejections(ctx, rejected, run_id=run_id)
+    check_failure_share(plan, len(rejected), settings.ingest.max_failure_share)
+    if not kept and not plan.deleted:
+        return finish_run(ctx, plan, run_id=run_id, started=started, rejected=rejected, outcome=None)
+    writer = begin_step(ctx, kept, run_id=run_id)
+    try:
+        embedded = embed_step(ctx, kept, writer)
+        upserted = upsert_step(ctx, writer, embedded, source_key=discovery.source_key)
+        landed = landed_entries(kept, docs, discovery.source_key)
+        deleted, manifest_docs = delete_stale_step(ctx, writer, plan, landed)
+        version = publish_step(ctx, writer, manifest_docs)
+    except BaseException:
+        writer.abort()
+        raise
+    outcome = RunOutcome(
+        version=version, landed=landed, embedded=embedded, upserted=upserted, deleted=deleted, validation=validation
+    )
+    return finish_run(ctx, plan, run_id=run_id, started=started, rejected=rejected, outcome=outcome)
+
+
+def record_rejections(
+    ctx: IngestContext, rejected: Sequence[QuarantineRecord], *, run_id: str
+) -> list[QuarantineRecord]:
+    """Write quarantine records (before anything can fail the run, so no reason is ever lost)."""
+    stamped = [QuarantineRecord(**{**asdict(r), "run_id": run_id}) for r in rejected]
+    ctx.quarantine.put(stamped)
+    for record in stamped:
+        logger.warning("quarantined", extra={"doc_id": record.doc_id, "stage": record.stage, "reason": record.reason})
+    return stamped
+
+
+def begin_step(ctx: IngestContext, chunks: Sequence[Chunk], *, run_id: str) -> IndexWriter:
+    """Open the next index version (a first version takes its BM25 avgdl from this batch)."""
+    with ctx.timed("begin"):
+        avgdl = Bm25Encoder().average_length([c.embed_text for c in chunks[:5000]])
+        return ctx.index.begin(
+            embedder=ctx.embedder.identity, chunking=ctx.chunker.params, avgdl=avgdl, run_id=run_id
+        )
+
+
+def publish_step(ctx: IngestContext, writer: IndexWriter, docs: Mapping[str, DocEntry]) -> IndexVersion:
+    """Atomically make the staged version current, then drop versions beyond the keep-last-N policy."""
+    with ctx.timed("publish"):
+        version = writer.publish(docs)
+        ctx.index.gc()
+        return version
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a run that opened a writer produced."""
+
+    version: IndexVersion
+    landed: Mapping[str, DocEntry]
+    embedded: Embedded
+    upserted: int
+    deleted: int
+    validation: tuple[ValidationReport, ...]
+
+
+def finish_run(
+    ctx: IngestContext,
+    plan: Plan,
+    *,
+    run_id: str,
+    started: float,
+    rejected: Sequence[QuarantineRecord],
+    outcome: RunOutcome | None,
+) -> IngestReport:
+    """Release quarantine entries of documents that landed and build the report."""
+    with ctx.timed("report"):
+        stamped = list(rejected)
+        landed = outcome.landed if outcome else {}
+        for entry in landed.values():
+            ctx.quarantine.release(entry.doc_id, entry.source)
+        base_docs = plan.base.docs if plan.base else {}
+        new = sum(1 for d in landed if d not in base_docs)
+        current = outcome.version if outcome else (plan.base.version if plan.base else None)
+    return IngestReport(
+        run_id=run_id,
+        source=plan.discovery.source_key,
+        collection=ctx.collection,
+        documents_seen=len(plan.discovery.items) + len(plan.discovery.rejected),
+        documents_new=new,
+        documents_changed=len(landed) - new,
+        documents_unchanged=len(plan.unchanged),
+        documents_deleted=len(plan.deleted) if outcome else 0,
+        documents_failed=len(stamped),
+        chunks_upserted=outcome.upserted if outcome else 0,
+        chunks_deleted=outcome.deleted if outcome else 0,
+        chunks_truncated=sum(1 for c in outcome.embedded.chunks if c.truncated) if outcome else 0,
+        embeddings_computed=outcome.embedded.computed if outcome else 0,
+        embeddings_reused=outcome.embedded.reused if outcome else 0,
+        points_total=current.points if current else 0,
+        index_version=current.version if current else None,
+        published=outcome is not None,
+        seconds=time.perf_counter() - started,
+        stage_seconds=dict(ctx.stage_seconds),
+        quarantined=tuple(stamped),
+        validation=outcome.validation if outcome else (),
+    )

@@ -1,0 +1,177 @@
+"""One settings object for the whole platform, read from ``RAGOPS_*`` environment variables.
+
+Built once at an entry point (CLI command, flow, service start-up, test fixture) and passed down; nothing reads the
+environment anywhere else. Nested groups use ``__`` as the delimiter, e.g. ``RAGOPS_QDRANT__URL``.
+Every path the platform writes lives under ``home`` so that deleting one folder resets everything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Precision = Literal["auto", "float32", "bfloat16"]
+Backend = Literal["auto", "onnx", "torch"]
+
+
+class QdrantSettings(BaseModel):
+    """Where vectors live: embedded local mode under ``home`` unless ``url`` points at a server or cluster."""
+
+    url: str | None = Field(default=None, description="Qdrant server URL; unset means embedded local mode.")
+    api_key: SecretStr | None = Field(default=None, description="API key for a Qdrant server.")
+    collection: str = Field(default="docs", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Logical collection name.")
+    keep_versions: int = Field(default=3, ge=2, description="Published index versions kept on disk (>= 2).")
+
+
+class MlflowSettings(BaseModel):
+    """MLflow tracking and registry; defaults to a SQLite database and local artifact store under ``home``."""
+
+    tracking_uri: str | None = Field(default=None, description="Tracking URI; unset means sqlite under home.")
+
+
+class PrefectSettings(BaseModel):
+    """Prefect API; unset means flows run in-process without an orchestration server."""
+
+    api_url: str | None = Field(default=None, description="Prefect API URL, e.g. http://127.0.0.1:4200/api.")
+
+
+class EmbedderSettings(BaseModel):
+    """The embedding model and how it runs on this CPU."""
+
+    model_path: Path | None = Field(
+        default=None, description="Local sentence-transformers model folder; unset means the bundled MiniLM."
+    )
+    model_name: str = Field(default="sentence-transformers/all-MiniLM-L6-v2", description="Human name of the model.")
+    backend: Backend = Field(
+        default="auto",
+        description="onnx: the same weights exported once to ONNX Runtime (fused kernels, identical vectors); "
+        "torch: sentence-transformers; auto: onnx when onnxruntime is installed.",
+    )
+    precision: Precision = Field(
+        default="auto", description="torch backend only: auto uses bfloat16 when the CPU has avx512_bf16/AMX."
+    )
+    batch_size: int = Field(default=16, ge=1, le=1024, description="Texts per forward pass.")
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; unset means all cores.")
+
+
+class ChunkingSettings(BaseModel):
+    """Sentence-aware chunking measured in the embedder's own word pieces."""
+
+    chunk_size: int = Field(default=200, ge=16, description="Maximum word pieces per chunk, title included.")
+    chunk_overlap: int = Field(default=24, ge=0, description="Word pieces shared by consecutive chunks.")
+
+
+class IngestSettings(BaseModel):
+    """Limits and policies for reading sources."""
+
+    max_file_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Larger files are quarantined.")
+    text_encodings: list[str] = Field(
+        default_factory=lambda: ["utf-8"],
+        description="Encodings tried in order for text files; a file none decodes is quarantined.",
+    )
+    include: list[str] = Field(
+        default_factory=lambda: ["**/*"], description="Glob patterns (relative to the source) to include."
+    )
+    exclude: list[str] = Field(
+        default_factory=lambda: ["**/.*", "**/.*/**", "**/*.ragops.json", "**/_meta.json"],
+        description="Glob patterns to exclude; hidden files and metadata sidecars by default.",
+    )
+    max_failure_share: float = Field(
+        default=0.25, ge=0.0, le=1.0, description="The run fails when more than this share of documents fails."
+    )
+    workers: int = Field(default=2, ge=1, le=64, description="Parallel partitioning workers.")
+
+
+class QualitySettings(BaseModel):
+    """Thresholds of the great-expectations suite every chunk batch passes before it is embedded."""
+
+    min_chars: int = Field(default=1, ge=1)
+    max_chars: int = Field(default=20_000, ge=1)
+    min_printable_ratio: float = Field(default=0.95, ge=0.0, le=1.0)
+    max_duplicate_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    allowed_metadata_keys: list[str] = Field(
+        default_factory=lambda: ["tenant", "acl", "source_type", "url", "author", "tags", "lang"],
+        description="User metadata keys (from sidecars or JSONL records) allowed on a document.",
+    )
+
+
+class Settings(BaseSettings):
+    """All configuration of ragops. Environment: ``RAGOPS_<FIELD>`` and ``RAGOPS_<GROUP>__<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGOPS_", env_nested_delimiter="__", env_ignore_empty=True, extra="ignore"
+    )
+
+    home: Path = Field(default=Path(".ragops"), description="Every file ragops writes lives below this folder.")
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    # Derived locations: computed, never configured separately, so they cannot drift apart.
+    @property
+    def qdrant_dir(self) -> Path:
+        """Embedded Qdrant storage: one folder per index version plus the published pointer."""
+        return self.home / "qdrant"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Documents that failed reading or validation, one JSON record each."""
+        return self.home / "quarantine"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Per-run reports and validation results."""
+        return self.home / "runs"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Log files of long-running processes."""
+        return self.home / "logs"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived data that can always be rebuilt (weight hashes, embedding cache)."""
+        return self.home / "cache"
+
+    @property
+    def prefect_home(self) -> Path:
+        """PREFECT_HOME for every process ragops starts."""
+        return self.home / "prefect"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """The configured tracking URI, or a SQLite database under ``home``."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        """Artifact store of the embedded MLflow (never ./mlruns in the working directory)."""
+        return self.home / "mlflow" / "artifacts"
+
+    def ensure_dirs(self) -> None:
+        """Create the state folders; called by entry points, never at import."""
+        for path in (
+            self.home,
+            self.qdrant_dir,
+            self.quarantine_dir,
+            self.runs_dir,
+            self.logs_dir,
+            self.cache_dir,
+            self.prefect_home,
+            self.mlflow_artifacts_dir,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
