@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -216,7 +217,7 @@ class Embedder:
         assert self._identity is not None
         target = self._cache_dir / "onnx" / self._identity.weights_sha256[:16] / "model.opt.onnx"
         if not target.is_file():
-            _export_onnx(path, target, max_tokens=self._identity.max_tokens)
+            _export_onnx(path, target)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads()
         options.inter_op_num_threads = 1
@@ -317,7 +318,7 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-def _export_onnx(model_path: Path, target: Path, *, max_tokens: int) -> None:
+def _export_onnx(model_path: Path, target: Path) -> None:
     """Export transformer + mean pooling + normalisation to one ONNX graph and fuse it for CPU inference."""
     import torch
     from onnxruntime.transformers import optimizer
@@ -348,7 +349,8 @@ def _export_onnx(model_path: Path, target: Path, *, max_tokens: int) -> None:
     tmp = target.with_name(f"model.opt.{os.getpid()}.onnx")
     axes = {name: {0: "batch", 1: "tokens"} for name in _ONNX_INPUTS}
     axes["embedding"] = {0: "batch"}
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent branches are expected and benign
         torch.onnx.export(
             Pooled(model),
             (sample, sample, torch.zeros_like(sample)),
@@ -368,4 +370,3 @@ def _export_onnx(model_path: Path, target: Path, *, max_tokens: int) -> None:
     fused.save_model_to_file(str(tmp))
     raw.unlink(missing_ok=True)
     os.replace(tmp, target)  # atomic: a concurrent process sees either no file or a complete one
-    del max_tokens

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -208,9 +208,6 @@ def read_step(ctx: IngestContext, items: Sequence[SourceItem]) -> tuple[list[Doc
     docs: list[Document] = []
     rejected: list[QuarantineRecord] = []
     with ctx.timed("partition"):
-        files = [i for i in items if i.kind == "file"]
-        if files:
-            ctx.progress.start("partition", len(files))
         for item in items:
             try:
                 if item.kind == "record":
@@ -386,51 +383,6 @@ def check_failure_share(plan: Plan, failed: int, max_share: float) -> None:
         )
 
 
-# ---------------------------------------------------------------------------------------------------- the run
-def run_ingest(
-    settings: Settings,
-    source: Path,
-    *,
-    collection: str | None = None,
-    tenant: str | None = None,
-    run_id: str | None = None,
-    progress: Progress | None = None,
-) -> IngestReport:
-    """Ingest ``source`` into ``collection`` in this process (the Prefect flow runs the same steps as tasks)."""
-    started = time.perf_counter()
-    ctx = IngestContext(settings, collection=collection, progress=progress)
-    run_id = run_id or uuid.uuid4().hex
-    discovery = discover_step(ctx, source, tenant=tenant)
-    plan = plan_step(ctx, discovery)
-    docs, read_rejects = read_step(ctx, plan.todo)
-    rejected = [*discovery.rejected, *read_rejects]
-    kept: list[Chunk] = []
-    validation: tuple[ValidationReport, ...] = ()
-    if docs:
-        chunks = chunk_step(ctx, docs)
-        kept, validate_rejects, report = validate_step(ctx, chunks, docs)
-        rejected += validate_rejects
-        validation = (report,)
-    rejected = record_rejections(ctx, rejected, run_id=run_id)
-    check_failure_share(plan, len(rejected), settings.ingest.max_failure_share)
-    if not kept and not plan.deleted:
-        return finish_run(ctx, plan, run_id=run_id, started=started, rejected=rejected, outcome=None)
-    writer = begin_step(ctx, kept, run_id=run_id)
-    try:
-        embedded = embed_step(ctx, kept, writer)
-        upserted = upsert_step(ctx, writer, embedded, source_key=discovery.source_key)
-        landed = landed_entries(kept, docs, discovery.source_key)
-        deleted, manifest_docs = delete_stale_step(ctx, writer, plan, landed)
-        version = publish_step(ctx, writer, manifest_docs)
-    except BaseException:
-        writer.abort()
-        raise
-    outcome = RunOutcome(
-        version=version, landed=landed, embedded=embedded, upserted=upserted, deleted=deleted, validation=validation
-    )
-    return finish_run(ctx, plan, run_id=run_id, started=started, rejected=rejected, outcome=outcome)
-
-
 def record_rejections(
     ctx: IngestContext, rejected: Sequence[QuarantineRecord], *, run_id: str
 ) -> list[QuarantineRecord]:
@@ -512,3 +464,91 @@ def finish_run(
         quarantined=tuple(stamped),
         validation=outcome.validation if outcome else (),
     )
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+ReadResult = tuple[list[Document], list[QuarantineRecord]]
+READ_BATCH = 16
+
+
+def read_batches_inline(ctx: IngestContext, batches: Sequence[Sequence[SourceItem]]) -> list[ReadResult]:
+    """Read batches one after another (the flow maps them over a thread pool instead)."""
+    return [read_step(ctx, batch) for batch in batches]
+
+
+@dataclass(frozen=True)
+class StepRunner:
+    """How each step is executed: plain calls by default; the Prefect flow passes its tasks (same signatures).
+
+    Keeping the sequence in :func:`run_ingest` alone means the CLI's in-process run and the orchestrated flow can
+    never drift apart.
+    """
+
+    discover: Callable[..., Discovery] = discover_step
+    plan: Callable[..., Plan] = plan_step
+    read_batches: Callable[..., list[ReadResult]] = read_batches_inline
+    chunk: Callable[..., list[Chunk]] = chunk_step
+    validate: Callable[..., tuple[list[Chunk], list[QuarantineRecord], ValidationReport]] = validate_step
+    embed: Callable[..., Embedded] = embed_step
+    upsert: Callable[..., int] = upsert_step
+    delete_stale: Callable[..., tuple[int, dict[str, DocEntry]]] = delete_stale_step
+    publish: Callable[..., IndexVersion] = publish_step
+
+
+def run_ingest(
+    settings: Settings,
+    source: Path,
+    *,
+    collection: str | None = None,
+    tenant: str | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+    runner: StepRunner | None = None,
+) -> IngestReport:
+    """Ingest ``source`` into ``collection``: the whole run, with each step executed by ``runner``.
+
+    Raises:
+        SourceError: The source cannot be listed.
+        FailureThresholdExceeded: Too many documents failed; their quarantine records are written, nothing is
+            published.
+    """
+    steps = runner or StepRunner()
+    started = time.perf_counter()
+    ctx = IngestContext(settings, collection=collection, progress=progress)
+    run_id = run_id or uuid.uuid4().hex
+    discovery = steps.discover(ctx, source, tenant=tenant)
+    plan = steps.plan(ctx, discovery)
+    batches = [list(plan.todo[i : i + READ_BATCH]) for i in range(0, len(plan.todo), READ_BATCH)]
+    docs: list[Document] = []
+    rejected: list[QuarantineRecord] = list(discovery.rejected)
+    files = sum(1 for item in plan.todo if item.kind == "file")
+    if files:
+        ctx.progress.start("partition", files)
+    for batch_docs, batch_rejects in steps.read_batches(ctx, batches) if batches else []:
+        docs += batch_docs
+        rejected += batch_rejects
+    kept: list[Chunk] = []
+    validation: tuple[ValidationReport, ...] = ()
+    if docs:
+        chunks = steps.chunk(ctx, docs)
+        kept, validate_rejects, report = steps.validate(ctx, chunks, docs)
+        rejected += validate_rejects
+        validation = (report,)
+    rejected = record_rejections(ctx, rejected, run_id=run_id)
+    check_failure_share(plan, len(rejected), settings.ingest.max_failure_share)
+    if not kept and not plan.deleted:
+        return finish_run(ctx, plan, run_id=run_id, started=started, rejected=rejected, outcome=None)
+    writer = begin_step(ctx, kept, run_id=run_id)
+    try:
+        embedded = steps.embed(ctx, kept, writer)
+        upserted = steps.upsert(ctx, writer, embedded, source_key=discovery.source_key)
+        landed = landed_entries(kept, docs, discovery.source_key)
+        deleted, manifest_docs = steps.delete_stale(ctx, writer, plan, landed)
+        version = steps.publish(ctx, writer, manifest_docs)
+    except BaseException:
+        writer.abort()
+        raise
+    outcome = RunOutcome(
+        version=version, landed=landed, embedded=embedded, upserted=upserted, deleted=deleted, validation=validation
+    )
+    return finish_run(ctx, plan, run_id=run_id, started=started, rejected=rejected, outcome=outcome)

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(default=Path(".ragops"), description="Every file ragops writes lives below this folder.")
+    cache: Path | None = Field(
+        default=None, description="Folder for rebuildable derived data (ONNX export, hashes); default <home>/cache."
+    )
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
@@ -142,8 +145,8 @@ class Settings(BaseSettings):
 
     @property
     def cache_dir(self) -> Path:
-        """Derived data that can always be rebuilt (weight hashes, embedding cache)."""
-        return self.home / "cache"
+        """Derived data that can always be rebuilt (weight hashes, the ONNX export)."""
+        return self.cache.expanduser().resolve() if self.cache else self.home / "cache"
 
     @property
     def prefect_home(self) -> Path:

@@ -7,18 +7,20 @@ makes sure experiments store artifacts under ``RAGOPS_HOME`` too.
 
 from __future__ import annotations
 
+import json
 import logging
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
-    import mlflow
+    from pipelines.ingest import IngestReport
 
 logger = logging.getLogger(__name__)
 
 
-def configure_mlflow(settings: Settings) -> mlflow:  # type: ignore[valid-type]
+def configure_mlflow(settings: Settings) -> ModuleType:
     """Import mlflow, point it at the configured store and return the module."""
     import mlflow as _mlflow
 
@@ -39,3 +41,35 @@ def ensure_experiment(settings: Settings, name: str) -> str:
     if settings.mlflow_tracking_uri.startswith("sqlite:"):
         location = (settings.mlflow_artifacts_dir / name).as_uri()
     return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def log_ingest_report(settings: Settings, report: IngestReport, *, params: dict[str, str]) -> str:
+    """Keep the run's report with the run: ``<home>/runs/<run_id>/report.json`` and an MLflow run in ``ingestion``.
+
+    Returns the MLflow run id.
+    """
+    run_dir = settings.runs_dir / report.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report_path = run_dir / "report.json"
+    report_path.write_text(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+    mlflow = configure_mlflow(settings)
+    experiment_id = ensure_experiment(settings, "ingestion")
+    counters = {
+        k: float(v)
+        for k, v in report.to_json().items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "index_version"
+    }
+    counters.update({f"stage_seconds_{k}": v for k, v in report.stage_seconds.items()})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"ingest {report.collection}") as run:
+        mlflow.log_params({**params, "collection": report.collection, "source": report.source})
+        mlflow.log_metrics(counters)
+        mlflow.set_tags(
+            {
+                "ragops.run_id": report.run_id,
+                "ragops.index_version": str(report.index_version),
+                "ragops.published": str(report.published).lower(),
+                "ragops.validation_success": str(all(v.success for v in report.validation)).lower(),
+            }
+        )
+        mlflow.log_artifact(str(report_path))
+        return str(run.info.run_id)

@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine (see README):
+#   make up     install into .venv/ (first time) and bring the platform up on its embedded defaults
+#   make test   install (first time), then lint, type-check and run the full test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ragops-installed
+
+.PHONY: install up test lint typecheck pytest bench clean
+
+# torch is installed first and pinned: an unpinned torch pulls the CUDA build (GBs).
+# unstructured[pdf] drags in torchvision, which has no CPU build matching torch 2.13 and breaks transformers
+# at import (`operator torchvision::nms does not exist`); nothing of ours needs it, so it is removed again.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip uninstall --quiet -y torchvision || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: install
+	$(BIN)/ragops up
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+bench: install
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .ragops

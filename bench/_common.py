@@ -1,0 +1,182 @@
+"""Shared helpers of the benchmarks: BEIR folders, nDCG@k, timing, machine facts.
+
+Nothing here imports a heavy library (torch, llama-index, qdrant-client): a benchmark calls
+``pipelines.env.apply_offline_env`` first and imports those afterwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("bench")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SCIFACT = REPO.parent / "shared" / "datasets" / "scifact"
+
+Qrels = dict[str, dict[str, int]]
+
+
+# ------------------------------------------------------------------------------------------------------ BEIR
+def corpus_file(folder: Path) -> Path:
+    """``corpus.jsonl`` or ``corpus.jsonl.gz`` of a BEIR folder."""
+    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder} holds no corpus.jsonl or corpus.jsonl.gz")
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL or JSONL.gz file (blank lines skipped)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def load_corpus(folder: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first ``limit`` corpus records (all when None), as ``{"_id", "title", "text"}`` dicts."""
+    out: list[dict[str, Any]] = []
+    for record in iter_jsonl(corpus_file(folder)):
+        if limit is not None and len(out) >= limit:
+            break
+        out.append(record)
+    return out
+
+
+def load_queries(folder: Path) -> dict[str, str]:
+    """Query id -> text."""
+    return {str(r["_id"]): str(r["text"]) for r in iter_jsonl(folder / "queries.jsonl")}
+
+
+def load_qrels(path: Path) -> Qrels:
+    """``query-id<TAB>corpus-id<TAB>score`` with a header line -> {query: {doc: score}}."""
+    qrels: Qrels = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        for row in reader:
+            if not row or row[0] == "query-id":
+                continue
+            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    return qrels
+
+
+def write_subset(source: Path, target: Path, limit: int) -> int:
+    """Write a BEIR folder holding the first ``limit`` documents of ``source`` (qrels restricted to them).
+
+    Returns:
+        The number of documents written.
+    """
+    docs = load_corpus(source, limit)
+    target.mkdir(parents=True, exist_ok=True)
+    with (target / "corpus.jsonl").open("w", encoding="utf-8") as handle:
+        for doc in docs:
+            handle.write(json.dumps(doc, ensure_ascii=False) + "\n")
+    (target / "queries.jsonl").write_bytes((source / "queries.jsonl").read_bytes())
+    kept = {str(d["_id"]) for d in docs}
+    qrels_dir = target / "qrels"
+    qrels_dir.mkdir(exist_ok=True)
+    for split in sorted((source / "qrels").glob("*.tsv")):
+        qrels = load_qrels(split)
+        with (qrels_dir / split.name).open("w", encoding="utf-8") as handle:
+            handle.write("query-id\tcorpus-id\tscore\n")
+            for query_id, rels in qrels.items():
+                for doc_id, score in rels.items():
+                    if doc_id in kept:
+                        handle.write(f"{query_id}\t{doc_id}\t{score}\n")
+    return len(docs)
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+def docs_from_chunk_hits(hits: Iterable[tuple[str, float]]) -> list[str]:
+    """Rank documents by their best chunk: ``(doc_id, score)`` chunk hits -> doc ids, best first.
+
+    A document's score is the maximum over its chunks; ties keep the order of the hits.
+    """
+    best: dict[str, float] = {}
+    for doc_id, score in hits:
+        if doc_id not in best or score > best[doc_id]:
+            best[doc_id] = score
+    return sorted(best, key=lambda d: -best[d])
+
+
+def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int = 10) -> float:
+    """nDCG@k with linear gains (the qrels score; binary qrels give 0/1) and a log2 discount.
+
+    The ideal ranking is the qrels' own scores sorted in decreasing order; a query without any positive judgement
+    scores 0.
+    """
+    dcg = sum(relevant.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k]))
+    ideal_gains = sorted((g for g in relevant.values() if g > 0), reverse=True)[:k]
+    idcg = sum(g / math.log2(rank + 2) for rank, g in enumerate(ideal_gains))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def mean_ndcg(run: Mapping[str, Sequence[str]], qrels: Qrels, k: int = 10) -> float:
+    """Mean nDCG@k over every query in ``qrels`` (a query missing from ``run`` scores 0)."""
+    if not qrels:
+        return float("nan")
+    return sum(ndcg_at_k(run.get(q, ()), rels, k) for q, rels in qrels.items()) / len(qrels)
+
+
+# ------------------------------------------------------------------------------------------- timing, machine
+@contextmanager
+def stopwatch(label: str, into: dict[str, float]) -> Iterator[None]:
+    """Record the wall time of the block in ``into[label]`` and log it."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[label] = time.perf_counter() - start
+        logger.info("%s took %.2f s", label, into[label])
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The CPU features that decide which kernels are fast (bf16 needs avx512_bf16 or AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")}
+
+
+def cpu_model() -> str:
+    """The CPU model name (or the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages, rounded."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    """Round for the JSON report (None and NaN stay None)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(value, digits)

@@ -1,0 +1,132 @@
+"""The Prefect flow ``ingest``: the steps of ``pipelines.ingest`` as tasks, with retries and a run summary.
+
+Tasks are thin: each calls one step function, and ``pipelines.ingest.run_ingest`` sequences them through a
+:class:`~pipelines.ingest.StepRunner` made of these tasks, so the flow and the in-process CLI run cannot drift.
+Steps that touch files or the index can fail transiently (a file being rewritten, a Qdrant server restarting) and
+are retried; chunking and embedding are pure and are not. Partitioning is mapped over batches of files on a thread
+pool (file I/O and pdfminer overlap). Task inputs hold models and clients, so Prefect's result caching is off
+(``NO_CACHE``): idempotency comes from content hashes instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipelines import ingest as steps
+from pipelines.env import apply_offline_env
+from pipelines.ingest import IngestContext, IngestReport, ReadResult, StepRunner
+from pipelines.settings import Settings
+from pipelines.tracking import log_ingest_report
+from pipelines.types import SourceItem
+
+_RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [1, 5], "cache_policy": NO_CACHE}
+
+discover_task = task(name="discover", **_RETRY)(steps.discover_step)
+plan_task = task(name="plan", **_RETRY)(steps.plan_step)
+partition_task = task(name="partition", **_RETRY)(steps.read_step)
+chunk_task = task(name="chunk", cache_policy=NO_CACHE)(steps.chunk_step)
+validate_task = task(name="validate", cache_policy=NO_CACHE)(steps.validate_step)
+embed_task = task(name="embed", cache_policy=NO_CACHE)(steps.embed_step)
+upsert_task = task(name="upsert", **_RETRY)(steps.upsert_step)
+delete_stale_task = task(name="delete-stale", **_RETRY)(steps.delete_stale_step)
+publish_task = task(name="publish", cache_policy=NO_CACHE)(steps.publish_step)
+
+
+def _partition_mapped(ctx: IngestContext, batches: Sequence[Sequence[SourceItem]]) -> list[ReadResult]:
+    """Partition batches concurrently on the flow's thread pool."""
+    futures = [partition_task.submit(ctx, list(batch)) for batch in batches]
+    return [future.result() for future in futures]
+
+
+TASKS = StepRunner(
+    discover=discover_task,
+    plan=plan_task,
+    read_batches=_partition_mapped,
+    chunk=chunk_task,
+    validate=validate_task,
+    embed=embed_task,
+    upsert=upsert_task,
+    delete_stale=delete_stale_task,
+    publish=publish_task,
+)
+
+
+@task(name="report", **_RETRY)
+def report_task(settings: Settings, report: IngestReport) -> str:
+    """Log the run to MLflow and publish a markdown summary as a Prefect artifact."""
+    mlflow_run = log_ingest_report(settings, report, params=run_params(settings))
+    create_markdown_artifact(key="ingest-summary", markdown=summary_markdown(report, mlflow_run), description="ingest")
+    return mlflow_run
+
+
+def run_params(settings: Settings) -> dict[str, str]:
+    """Parameters recorded with every ingestion run in MLflow."""
+    return {
+        "chunk_size": str(settings.chunking.chunk_size),
+        "chunk_overlap": str(settings.chunking.chunk_overlap),
+        "embedder": settings.embedder.model_name,
+        "backend": settings.embedder.backend,
+        "max_failure_share": str(settings.ingest.max_failure_share),
+    }
+
+
+def summary_markdown(report: IngestReport, mlflow_run: str) -> str:
+    """A human summary of the run for the Prefect UI."""
+    rows = [
+        ("documents seen", report.documents_seen),
+        (
+            "new / changed / unchanged / deleted",
+            f"{report.documents_new} / {report.documents_changed} / {report.documents_unchanged} / "
+            f"{report.documents_deleted}",
+        ),
+        ("failed (quarantined)", report.documents_failed),
+        (
+            "chunks upserted / deleted / truncated",
+            f"{report.chunks_upserted} / {report.chunks_deleted} / {report.chunks_truncated}",
+        ),
+        ("embeddings computed / reused", f"{report.embeddings_computed} / {report.embeddings_reused}"),
+        ("points in index", report.points_total),
+        ("index version", report.index_version),
+        ("seconds", f"{report.seconds:.1f}"),
+        ("MLflow run", mlflow_run),
+    ]
+    lines = [f"# Ingest of `{report.source}` into `{report.collection}`", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    if report.quarantined:
+        lines += ["", "## Quarantined", "", "| document | stage | reason |", "|---|---|---|"]
+        lines += [f"| {q.doc_id} | {q.stage} | {q.reason} |" for q in report.quarantined]
+    return "\n".join(lines)
+
+
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def ingest_flow(source: str, collection: str | None = None, tenant: str | None = None) -> dict[str, Any]:
+    """Ingest a folder or JSONL corpus into the vector index: incremental, validated, published atomically.
+
+    Args:
+        source: Folder, JSONL/JSONL.gz file, or BEIR folder to ingest.
+        collection: Target collection (default: RAGOPS_QDRANT__COLLECTION).
+        tenant: Tenant recorded on every document (sidecar files can override it per folder or document).
+    """
+    settings = Settings()
+    apply_offline_env(settings)
+    settings.ensure_dirs()
+    report = steps.run_ingest(settings, Path(source), collection=collection, tenant=tenant, runner=TASKS)
+    mlflow_run = report_task(settings, report)
+    get_run_logger().info(
+        "ingested %s: %d new, %d changed, %d deleted, %d failed, %d points (MLflow run %s)",
+        source,
+        report.documents_new,
+        report.documents_changed,
+        report.documents_deleted,
+        report.documents_failed,
+        report.points_total,
+        mlflow_run,
+    )
+    return report.to_json()

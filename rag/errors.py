@@ -1,0 +1,45 @@
+"""Errors raised by the query side (stacks, retrieval, answering).
+
+RagError
+ ├── StackError                 a stack that cannot be registered, loaded or served as configured
+ │    ├── StackNotFound         no such stack version, or no version holds the requested alias
+ │    └── StackMismatch         the stack does not fit the index it names (embedder, chunking, collection)
+ ├── RetrievalError             the vector store could not answer (missing index, Qdrant failure)
+ ├── AnswerError                the answerer failed (LLM unreachable, bad response)
+ └── BadQuery (ValueError)      the caller's fault: empty or oversized question, unknown filter key, bad top_k
+
+Library errors only: the service maps them to HTTP statuses (BadQuery -> 422, StackNotFound -> 404 or 503,
+RetrievalError/AnswerError -> 503) and the CLI to exit codes.
+"""
+
+from __future__ import annotations
+
+from pipelines.errors import RagopsError
+
+
+class RagError(RagopsError):
+    """Base of every error raised on purpose by the ``rag`` package."""
+
+
+class StackError(RagError):
+    """A stack cannot be registered, loaded or served as configured; the message names the fix."""
+
+
+class StackNotFound(StackError, LookupError):
+    """No stack version matches (unknown version number, or no version holds the alias)."""
+
+
+class StackMismatch(StackError):
+    """The stack's recorded embedder, chunking or collection differs from the index it would read."""
+
+
+class RetrievalError(RagError):
+    """The index could not be queried."""
+
+
+class AnswerError(RagError):
+    """The answerer could not produce an answer."""
+
+
+class BadQuery(RagError, ValueError):
+    """The request itself is invalid (empty question, unknown filter key, out-of-range top_k)."""

@@ -1,0 +1,262 @@
+"""The nouns of the query side: the stack configuration, retrieved chunks, citations and answers.
+
+``StackConfig`` is a frozen pydantic model (it is validated from JSON: the ``stack.json`` artifact of a registered
+stack, a CLI file, an API body) with ``extra="forbid"`` so a misspelt key is an error, not a silently ignored
+setting. Everything that crosses module boundaries at query time is a frozen dataclass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from pipelines.chunk import ChunkingParams
+    from pipelines.embed import EmbedderIdentity
+    from pipelines.index import IndexVersion
+
+RetrievalMode = Literal["dense", "hybrid"]
+AnswererKind = Literal["extractive", "llm"]
+FilterValue = str | Sequence[str]
+Filters = Mapping[str, FilterValue]
+"""Metadata filters: ``{"tenant": "acme"}`` (equality) or ``{"source": ["a.md", "b.md"]}`` (any of)."""
+
+FILTER_KEYS: frozenset[str] = frozenset({"tenant", "source", "doc_id"})
+"""Payload keys a query may filter on; anything else is rejected with BadQuery."""
+
+ABSTAIN_TEXT = "The answer was not found in the indexed documents."
+"""What the extractive answerer says when the retrieved text does not support an answer."""
+
+DEFAULT_PROMPT_TEMPLATE = (
+    "Answer the question using only the numbered context passages below. Cite the passages you use as [n]. "
+    "If the passages do not contain the answer, reply exactly: " + ABSTAIN_TEXT + "\n\n"
+    "Context:\n{context}\n\nQuestion: {question}\nAnswer:"
+)
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class EmbedderRef(BaseModel):
+    """The embedder a stack queries with; must equal the identity recorded in the index it reads."""
+
+    model_config = _FROZEN
+
+    name: str = Field(min_length=1)
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    dim: int = Field(gt=0)
+    max_tokens: int = Field(gt=0)
+
+    @classmethod
+    def from_identity(cls, identity: EmbedderIdentity) -> EmbedderRef:
+        """From the pipelines' identity record."""
+        return cls(**identity.to_json())
+
+    def matches(self, identity: EmbedderIdentity) -> bool:
+        """True when ``identity`` puts vectors in the same space (same weights and dimension)."""
+        return (self.weights_sha256, self.dim) == (identity.weights_sha256, identity.dim)
+
+
+class ChunkingRef(BaseModel):
+    """The chunking parameters the index was built with (fixed per collection; recorded for provenance)."""
+
+    model_config = _FROZEN
+
+    splitter: str
+    chunk_size: int = Field(gt=0)
+    chunk_overlap: int = Field(ge=0)
+    tokenizer: str
+
+    @classmethod
+    def from_params(cls, params: ChunkingParams) -> ChunkingRef:
+        """From the pipelines' chunking record."""
+        return cls(**asdict(params))
+
+
+class RetrievalConfig(BaseModel):
+    """How chunks are found: dense only, or dense plus BM25 sparse fused by weighted reciprocal rank."""
+
+    model_config = _FROZEN
+
+    mode: RetrievalMode = "dense"
+    top_k: int = Field(default=5, ge=1, le=100, description="Chunks handed to the answerer.")
+    candidates: int = Field(
+        default=30, ge=1, le=1000, description="Hybrid: depth of each of the dense and sparse result lists before fusion."
+    )
+    fusion: Literal["rrf"] = "rrf"
+    rrf_k: int = Field(default=60, ge=1, description="RRF constant: score = sum(weight / (rrf_k + rank)).")
+    dense_weight: float = Field(default=1.0, ge=0.0)
+    sparse_weight: float = Field(default=1.0, ge=0.0)
+    score_threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="Drop chunks whose dense cosine similarity is below this."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrievalConfig:
+        if self.candidates < self.top_k:
+            raise ValueError(f"candidates ({self.candidates}) must be at least top_k ({self.top_k})")
+        if self.mode == "hybrid" and self.dense_weight == 0 and self.sparse_weight == 0:
+            raise ValueError("dense_weight and sparse_weight cannot both be 0")
+        return self
+
+
+class AnswererConfig(BaseModel):
+    """Which answerer runs and when it abstains."""
+
+    model_config = _FROZEN
+
+    kind: AnswererKind = "extractive"
+    max_sentences: int = Field(default=3, ge=1, le=10)
+    min_support: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="Abstain when the best sentence's support is below this."
+    )
+
+
+class LlmConfig(BaseModel):
+    """An OpenAI-compatible chat endpoint (used when ``answerer.kind == "llm"``). The key itself is never stored."""
+
+    model_config = _FROZEN
+
+    base_url: str | None = None
+    model: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0.0)
+    api_key_env: str | None = Field(default=None, description="Name of the environment variable holding the key.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=512, ge=1)
+
+
+class StackConfig(BaseModel):
+    """Everything that decides an answer. Registered as one version of the MLflow model ``rag-stack``.
+
+    Usage example::
+
+        with VectorIndex(settings).reader() as reader:
+            config = StackConfig.for_index(reader.version, name="baseline", retrieval={"mode": "hybrid"})
+        StackConfig.model_validate_json(config.model_dump_json()) == config   # round-trips
+    """
+
+    model_config = _FROZEN
+
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    collection: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    index_version: int | None = Field(default=None, ge=1, description="Pinned index version; None follows current.")
+    embedder: EmbedderRef
+    chunking: ChunkingRef
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    answerer: AnswererConfig = Field(default_factory=AnswererConfig)
+    llm: LlmConfig = Field(default_factory=LlmConfig)
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+
+    @model_validator(mode="after")
+    def _check(self) -> StackConfig:
+        for slot in ("{question}", "{context}"):
+            if slot not in self.prompt_template:
+                raise ValueError(f"prompt_template must contain {slot}")
+        if self.answerer.kind == "llm" and not (self.llm.base_url and self.llm.model):
+            raise ValueError("answerer.kind 'llm' needs llm.base_url and llm.model")
+        return self
+
+    @classmethod
+    def for_index(
+        cls, version: IndexVersion, *, name: str, pin: bool = False, **overrides: Any
+    ) -> StackConfig:
+        """A stack over ``version``'s collection with its embedder and chunking; ``pin`` fixes the version number.
+
+        ``overrides`` are further fields (``retrieval={"mode": "hybrid"}``, ``answerer=...``), validated as usual.
+        """
+        data: dict[str, Any] = {
+            "name": name,
+            "collection": version.collection,
+            "index_version": version.version if pin else None,
+            "embedder": EmbedderRef.from_identity(version.embedder).model_dump(),
+            "chunking": ChunkingRef.from_params(version.chunking).model_dump(),
+        }
+        data.update(overrides)
+        return cls.model_validate(data)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (the ``stack.json`` artifact)."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON minus the name: two stacks that answer identically share it."""
+        data = self.to_json()
+        data.pop("name", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def flat_params(self) -> dict[str, str]:
+        """Dotted ``key -> value`` pairs for MLflow params (long values, e.g. the prompt, are cut to 500 chars)."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, inner)
+            else:
+                out[prefix] = str(value)[:500]
+
+        walk("", self.to_json())
+        return out
+
+
+@dataclass(frozen=True)
+class RetrievedChunk:
+    """One chunk returned by retrieval.
+
+    ``score`` ranks the list: the cosine similarity in dense mode, the fused RRF score in hybrid mode.
+    ``similarity`` is always the dense cosine similarity (comparable across modes; what thresholds and the
+    answerer's support use), ``None`` only if it could not be computed.
+    """
+
+    chunk_id: str
+    doc_id: str
+    title: str
+    source: str
+    position: int
+    text: str
+    score: float
+    similarity: float | None = None
+    tenant: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A numbered reference from an answer to the chunk that supports it."""
+
+    n: int
+    doc_id: str
+    source: str
+    chunk_id: str
+    position: int
+    score: float
+    title: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer with its citations; ``abstained`` answers carry no citations.
+
+    ``support`` is the answerer's confidence in [0, 1] that the cited text answers the question; ``sentences`` are
+    the pieces of ``text`` (what a stream yields, joined by single spaces).
+    """
+
+    text: str
+    citations: tuple[Citation, ...]
+    abstained: bool
+    support: float
+    sentences: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for APIs and the pyfunc output."""
+        return {
+            "text": self.text,
+            "citations": [asdict(c) for c in self.citations],
+            "abstained": self.abstained,
+            "support": round(self.support, 4),
+        }
