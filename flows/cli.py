@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -211,7 +210,9 @@ def ingest_source(
 
 @app.command()
 def ingest(
-    source: Annotated[Path, typer.Argument(help="Folder of .txt/.md/.html/.pdf/.docx, a .jsonl[.gz], or a BEIR folder.")],
+    source: Annotated[
+        Path, typer.Argument(help="Folder of .txt/.md/.html/.pdf/.docx, a .jsonl[.gz], or a BEIR folder.")
+    ],
     collection: Annotated[
         str | None, typer.Option("--collection", "-c", help="Target collection (default RAGOPS_QDRANT__COLLECTION).")
     ] = None,
@@ -355,4 +356,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

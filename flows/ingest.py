@@ -105,7 +105,7 @@ def summary_markdown(report: IngestReport, mlflow_run: str) -> str:
     return "\n".join(lines)
 
 
-@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2))  # type: ignore[arg-type]
 def ingest_flow(source: str, collection: str | None = None, tenant: str | None = None) -> dict[str, Any]:
     """Ingest a folder or JSONL corpus into the vector index: incremental, validated, published atomically.
 

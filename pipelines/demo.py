@@ -97,9 +97,7 @@ def parse_source(path: Path) -> SourceDocument:
     """
     lines = path.read_text(encoding="utf-8").splitlines()
     if not lines or not lines[0].startswith("# ") or not lines[0][2:].strip():
-        raise ValueError(
-            f"{path}: the first line must be the title, written as '# Title'"
-        )
+        raise ValueError(f"{path}: the first line must be the title, written as '# Title'")
     title = lines[0][2:].strip()
     body = lines[1:]
     folder = DEFAULT_FOLDER
@@ -108,9 +106,7 @@ def parse_source(path: Path) -> SourceDocument:
         body = body[1:]
     folder_path = PurePosixPath(folder)
     if not folder or folder_path.is_absolute() or ".." in folder_path.parts:
-        raise ValueError(
-            f"{path}: folder {folder!r} must be a relative path inside the corpus"
-        )
+        raise ValueError(f"{path}: folder {folder!r} must be a relative path inside the corpus")
 
     blocks: list[Block] = []
     pending: list[str] = []
@@ -159,16 +155,12 @@ def plan_demo_corpus(source: Path = DEMO_CORPUS_DIR) -> list[PlannedFile]:
 
     def add(item: PlannedFile) -> None:
         if item.doc_id in planned:
-            raise ValueError(
-                f"{item.source} and {planned[item.doc_id].source} both produce {item.doc_id}"
-            )
+            raise ValueError(f"{item.source} and {planned[item.doc_id].source} both produce {item.doc_id}")
         planned[item.doc_id] = item
 
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
-        if not path.is_file() or any(
-            part.startswith((".", "__")) for part in rel.parts
-        ):
+        if not path.is_file() or any(part.startswith((".", "__")) for part in rel.parts):
             continue
         top = rel.parts[0]
         if top in (PDF_SOURCE_DIR, DOCX_SOURCE_DIR):
@@ -182,9 +174,7 @@ def plan_demo_corpus(source: Path = DEMO_CORPUS_DIR) -> list[PlannedFile]:
     return [planned[doc_id] for doc_id in sorted(planned)]
 
 
-def build_demo_corpus(
-    target: Path, *, overwrite: bool = False, source: Path | None = None
-) -> list[Path]:
+def build_demo_corpus(target: Path, *, overwrite: bool = False, source: Path | None = None) -> list[Path]:
     """Materialise the demo corpus into ``target``.
 
     ``.md``/``.html``/``.txt`` files are copied as they are (same relative paths); each ``_pdf_src/X.md`` is rendered
@@ -218,9 +208,7 @@ def build_demo_corpus(
             data = render_docx(parse_source(item.source))
         rendered.append((target.joinpath(*PurePosixPath(item.doc_id).parts), data))
 
-    conflicts = [
-        path for path, data in rendered if path.exists() and path.read_bytes() != data
-    ]
+    conflicts = [path for path, data in rendered if path.exists() and path.read_bytes() != data]
     if conflicts and not overwrite:
         raise FileExistsError(
             f"{len(conflicts)} demo corpus file(s) already exist in {target} with other content, e.g. "
@@ -236,9 +224,7 @@ def build_demo_corpus(
         path.write_bytes(data)
         written += 1
         logger.debug("wrote %s (%d bytes)", path, len(data))
-    logger.info(
-        "demo corpus in %s: %d files written, %d unchanged", target, written, unchanged
-    )
+    logger.info("demo corpus in %s: %d files written, %d unchanged", target, written, unchanged)
     return sorted(path for path, _ in rendered)
 
 
@@ -285,9 +271,7 @@ def render_pdf(document: SourceDocument) -> bytes:
             leading=15,
         ),
         "paragraph": body,
-        "bullet": ParagraphStyle(
-            "DemoBullet", parent=body, leftIndent=6 * mm, bulletIndent=2 * mm
-        ),
+        "bullet": ParagraphStyle("DemoBullet", parent=body, leftIndent=6 * mm, bulletIndent=2 * mm),
     }
 
     flowables: list[Paragraph | Spacer] = [
@@ -296,9 +280,7 @@ def render_pdf(document: SourceDocument) -> bytes:
     ]
     for block in document.blocks:
         bullet_text = "\u2022" if block.kind == "bullet" else None
-        flowables.append(
-            Paragraph(escape(block.text), styles[block.kind], bulletText=bullet_text)
-        )
+        flowables.append(Paragraph(escape(block.text), styles[block.kind], bulletText=bullet_text))
 
     buffer = io.BytesIO()
     template = SimpleDocTemplate(

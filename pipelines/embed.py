@@ -85,7 +85,9 @@ def weights_file(model_path: Path) -> Path:
         candidate = model_path / name
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"no model.safetensors or pytorch_model.bin in {model_path}; is it a sentence-transformers folder?")
+    raise ConfigError(
+        f"no model.safetensors or pytorch_model.bin in {model_path}; is it a sentence-transformers folder?"
+    )
 
 
 def weights_hash(model_path: Path, *, cache_dir: Path | None = None) -> str:

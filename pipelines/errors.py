@@ -58,7 +58,7 @@ class DataQualityError(DocumentRejected):
         super().__init__(reason, stage="validate")
 
 
-class IndexError_(IngestionError):  # noqa: N801 - the builtin IndexError means something else
+class IndexError_(IngestionError):
     """The vector index cannot be used for this operation."""
 
 

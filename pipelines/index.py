@@ -125,9 +125,7 @@ class Manifest:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
         """Inverse of :meth:`to_json`."""
-        docs = {
-            k: DocEntry(**{**v, "chunk_ids": tuple(v["chunk_ids"])}) for k, v in dict(data.get("docs", {})).items()
-        }
+        docs = {k: DocEntry(**{**v, "chunk_ids": tuple(v["chunk_ids"])}) for k, v in dict(data.get("docs", {})).items()}
         return cls(version=IndexVersion.from_json(data["version"]), docs=docs)
 
 
@@ -164,8 +162,8 @@ def _tune_local_storage(client: QdrantClient, collection: str) -> None:
     This reaches into a private attribute; if a qdrant-client release moves it, writes are merely slower.
     """
     try:
-        storage = client._client.collections[collection].storage  # noqa: SLF001
-        connection = storage.storage
+        local = getattr(client, "_client")  # noqa: B009 - private: the QdrantLocal behind the client
+        connection = local.collections[collection].storage.storage
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
     except (AttributeError, KeyError, TypeError):
@@ -297,7 +295,7 @@ class IndexWriter:
             run_id=self.run_id,
         )
         self.client.update_collection(self.collection, metadata={"ragops": version.to_json()})
-        self._store._write_manifest(Manifest(version=version, docs=dict(docs)), staging=True)  # noqa: SLF001
+        self._store._write_manifest(Manifest(version=version, docs=dict(docs)), staging=True)
         self._closed = True
         self._finish()
         logger.info("published index version", extra={"collection": version.collection, "version": version.version})
@@ -415,9 +413,7 @@ class VectorIndex:
         return QdrantClient(path=str(path))
 
     # ------------------------------------------------------------------------------------------------ writing
-    def begin(
-        self, *, embedder: EmbedderIdentity, chunking: ChunkingParams, avgdl: float, run_id: str
-    ) -> IndexWriter:
+    def begin(self, *, embedder: EmbedderIdentity, chunking: ChunkingParams, avgdl: float, run_id: str) -> IndexWriter:
         """Start the next version from the current one (after clearing what a crashed run left behind)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._clear_stale_staging()
@@ -556,7 +552,7 @@ class VectorIndex:
             if records:
                 client.upsert(
                     target,
-                    points=[models.PointStruct(id=r.id, vector=r.vector or {}, payload=r.payload) for r in records],
+                    points=[models.PointStruct(id=r.id, vector=r.vector or {}, payload=r.payload) for r in records],  # type: ignore[arg-type]
                     wait=True,
                 )
             if offset is None:

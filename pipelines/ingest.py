@@ -195,10 +195,10 @@ def plan_step(ctx: IngestContext, discovery: Discovery) -> Plan:
             else:
                 todo.append(item)
         present = {i.doc_id for i in discovery.items} | {r.doc_id for r in discovery.rejected}
-        deleted = [
-            e for e in known.values() if e.source_key == discovery.source_key and e.doc_id not in present
-        ]
-        return Plan(discovery=discovery, base=base, todo=tuple(todo), unchanged=tuple(unchanged), deleted=tuple(deleted))
+        deleted = [e for e in known.values() if e.source_key == discovery.source_key and e.doc_id not in present]
+        return Plan(
+            discovery=discovery, base=base, todo=tuple(todo), unchanged=tuple(unchanged), deleted=tuple(deleted)
+        )
 
 
 def read_step(ctx: IngestContext, items: Sequence[SourceItem]) -> tuple[list[Document], list[QuarantineRecord]]:
@@ -218,12 +218,16 @@ def read_step(ctx: IngestContext, items: Sequence[SourceItem]) -> tuple[list[Doc
                     continue
                 assert item.path is not None
                 part = partition_file(
-                    item.path, max_bytes=ctx.settings.ingest.max_file_bytes, encodings=ctx.settings.ingest.text_encodings
+                    item.path,
+                    max_bytes=ctx.settings.ingest.max_file_bytes,
+                    encodings=ctx.settings.ingest.text_encodings,
                 )
-                docs.append(_document(item, title=part.title or item.path.stem, text=part.text, file_type=part.file_type))
+                docs.append(
+                    _document(item, title=part.title or item.path.stem, text=part.text, file_type=part.file_type)
+                )
             except DocumentRejected as exc:
                 rejected.append(_reject(item, exc.reason, exc.stage))
-            except Exception as exc:  # noqa: BLE001 - one bad document must never stop the batch
+            except Exception as exc:
                 logger.exception("unexpected failure reading a document", extra={"doc_id": item.doc_id})
                 rejected.append(_reject(item, f"unexpected error: {type(exc).__name__}: {exc}", "partition"))
             if item.kind == "file":
@@ -271,7 +275,10 @@ def validate_step(
         chunked = {c.doc_id for c in chunks}
         rejected = [
             QuarantineRecord(
-                doc_id=doc_id, source=by_id[doc_id].source, stage="validate", reason=reason,
+                doc_id=doc_id,
+                source=by_id[doc_id].source,
+                stage="validate",
+                reason=reason,
                 content_hash=by_id[doc_id].content_hash,
             )
             for doc_id, reason in report.rejected.items()
@@ -279,7 +286,10 @@ def validate_step(
         # A document that produced no chunk at all would silently vanish: reject it explicitly.
         rejected += [
             QuarantineRecord(
-                doc_id=d.doc_id, source=d.source, stage="chunk", reason="no chunks (no text after splitting)",
+                doc_id=d.doc_id,
+                source=d.source,
+                stage="chunk",
+                reason="no chunks (no text after splitting)",
                 content_hash=d.content_hash,
             )
             for d in docs
@@ -398,9 +408,7 @@ def begin_step(ctx: IngestContext, chunks: Sequence[Chunk], *, run_id: str) -> I
     """Open the next index version (a first version takes its BM25 avgdl from this batch)."""
     with ctx.timed("begin"):
         avgdl = Bm25Encoder().average_length([c.embed_text for c in chunks[:5000]])
-        return ctx.index.begin(
-            embedder=ctx.embedder.identity, chunking=ctx.chunker.params, avgdl=avgdl, run_id=run_id
-        )
+        return ctx.index.begin(embedder=ctx.embedder.identity, chunking=ctx.chunker.params, avgdl=avgdl, run_id=run_id)
 
 
 def publish_step(ctx: IngestContext, writer: IndexWriter, docs: Mapping[str, DocEntry]) -> IndexVersion:

@@ -182,7 +182,11 @@ def partition_file(path: Path, *, max_bytes: int, encodings: Sequence[str] = ("u
         result = _partition_docx(data, max_bytes=max_bytes)
     logger.debug(
         "partitioned %s: %s, %d elements, %d chars, title=%r",
-        path, result.file_type, result.elements, len(result.text), result.title,
+        path,
+        result.file_type,
+        result.elements,
+        len(result.text),
+        result.title,
     )
     return result
 
@@ -212,9 +216,7 @@ def _stat_regular_file(path: Path) -> int:
         st = path.stat()
     except FileNotFoundError:
         if path.is_symlink():
-            raise PartitionError(
-                f"broken symlink: target {os.readlink(path)} does not exist", stage="read"
-            ) from None
+            raise PartitionError(f"broken symlink: target {os.readlink(path)} does not exist", stage="read") from None
         raise PartitionError("file not found", stage="read") from None
     except NotADirectoryError:
         raise PartitionError("file not found (a parent in the path is not a directory)", stage="read") from None
@@ -379,7 +381,7 @@ def _inspect_pdf(data: bytes) -> tuple[str | None, str | None]:
             try:
                 # Owner-password-only PDFs (printing/copying restrictions) open with an empty user password.
                 opened = bool(reader.decrypt(""))
-            except Exception:  # noqa: BLE001 - any failure to open with no password means it needs one
+            except Exception:
                 opened = False
             if not opened:
                 raise PartitionError("encrypted PDF (password protected)")
@@ -387,7 +389,7 @@ def _inspect_pdf(data: bytes) -> tuple[str | None, str | None]:
         title = info.title if info is not None else None
     except PartitionError:
         raise
-    except Exception as exc:  # noqa: BLE001 - pypdf raises many types for broken files; the caller decides
+    except Exception as exc:
         return None, _one_line(exc)
     return (title if isinstance(title, str) else None), None
 

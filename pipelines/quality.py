@@ -187,11 +187,7 @@ def _measure(text: str | None) -> tuple[float, str | None]:
     if not text:
         return 1.0, digest
     # Fast path in C for the common case: nothing but printable characters and whitespace.
-    if (
-        _REPLACEMENT_CHAR not in text
-        and collapsed.isprintable()
-        and not any(char in text for char in _CONTROL_SPACES)
-    ):
+    if _REPLACEMENT_CHAR not in text and collapsed.isprintable() and not any(char in text for char in _CONTROL_SPACES):
         return 1.0, digest
     good = sum(1 for char in text if _is_printable_char(char))
     return good / len(text), digest

@@ -43,7 +43,7 @@ def test_ingest_json_contract_and_incremental_rerun(settings: Settings, tmp_path
     first = ragops(settings, "ingest", str(source), "--json")
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)
-    assert REQUIRED_KEYS <= data.keys()
+    assert data.keys() >= REQUIRED_KEYS
     assert data["documents_new"] == 5 and data["embeddings_computed"] == data["chunks_upserted"] > 0
     second = json.loads(ragops(settings, "ingest", str(source), "--json").stdout)
     assert second["embeddings_computed"] == 0 and second["documents_unchanged"] == 5

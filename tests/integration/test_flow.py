@@ -60,7 +60,9 @@ def test_flow_ingests_logs_to_mlflow_and_publishes_summary(
 
     async def summary() -> str:
         async with get_client() as client:
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-summary"])))
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-summary"]))
+            )
             return str(found[0].data) if found else ""
 
     markdown = asyncio.run(summary())
