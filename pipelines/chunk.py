@@ -42,12 +42,6 @@ def embed_text(title: str, text: str) -> str:
     return f"{title}\n\n{text}" if title else text
 
 
-def _short_title(title: str, max_words: int = 32) -> str:
-    """Titles are embedded with every chunk; a runaway title (a whole paragraph) must not crowd out the text."""
-    words = title.split()
-    return title if len(words) <= max_words else " ".join(words[:max_words])
-
-
 @dataclass(frozen=True)
 class ChunkingParams:
     """The chunking parameters an index version was built with (part of its identity)."""
@@ -104,6 +98,28 @@ class Chunker:
             tokenizer=self._embedder.identity.name,
         )
 
+    def _fit_title(self, title: str) -> str:
+        """Cap the title at a quarter of the chunk size in word pieces.
+
+        The title is embedded with every chunk; a runaway title (a URL, a hash, a whole paragraph) must neither
+        crowd out the text nor exceed the window (llama-index refuses metadata longer than the chunk).
+        """
+        cap = max(8, self._size // 4)
+        if len(self._embedder.token_ids(title)) <= cap:
+            return title
+        kept: list[str] = []
+        for word in title.split():
+            if len(self._embedder.token_ids(" ".join([*kept, word]))) > cap:
+                break
+            kept.append(word)
+        if kept:
+            return " ".join(kept)
+        # A single enormous token run (no spaces): keep as many characters as fit.
+        text = title
+        while text and len(self._embedder.token_ids(text)) > cap:
+            text = text[: len(text) * 3 // 4]
+        return text
+
     def chunk(self, doc: Document) -> list[Chunk]:
         """Split one document; the title's word pieces are subtracted from the room for text."""
         return self.chunk_many([doc])
@@ -114,7 +130,7 @@ class Chunker:
         assert self._splitter is not None
         chunks: list[Chunk] = []
         for doc in docs:
-            title = _short_title(doc.title)
+            title = self._fit_title(doc.title)
             pieces = self._splitter.split_text_metadata_aware(doc.text, metadata_str=embed_text(title, ""))
             for position, piece in enumerate(p for p in pieces if p.strip()):
                 chunks.append(

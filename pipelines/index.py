@@ -348,6 +348,12 @@ class VectorIndex:
         collection: str | None = None,
         client_factory: Callable[[], QdrantClient] | None = None,
     ) -> None:
+        """Args:
+        settings: Paths, Qdrant URL and key, keep-versions policy.
+        collection: Logical collection (default ``settings.qdrant.collection``).
+        client_factory: Server mode with a custom client; it must return a NEW client per call, since readers
+            and writers close the clients they get.
+        """
         self.settings = settings
         self.collection = collection or settings.qdrant.collection
         self.server_mode = bool(settings.qdrant.url) or client_factory is not None
@@ -521,11 +527,13 @@ class VectorIndex:
                 ops.insert(0, models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.collection)))
             client.update_collection_aliases(change_aliases_operations=ops)
             _atomic_write(self.root / POINTER_FILE, json.dumps({"version": version, "published_at": _now()}))
+            client.close()
 
         def discard() -> None:
             with contextlib.suppress(Exception):
                 client.delete_collection(name)
             shutil.rmtree(self._vdir(version, staging=True), ignore_errors=True)
+            client.close()
 
         return IndexWriter(
             store=self,
@@ -570,6 +578,7 @@ class VectorIndex:
             for description in client.get_collections().collections:
                 if description.name.startswith(prefix) and description.name not in published:
                     client.delete_collection(description.name)
+            client.close()
 
     # ------------------------------------------------------------------------------------------------ reading
     def open_reader(self, version: int | None = None, *, expect: EmbedderIdentity | None = None) -> IndexReader:
@@ -625,6 +634,8 @@ class VectorIndex:
                 with contextlib.suppress(Exception):
                     client.delete_collection(self._server_name(version))
             shutil.rmtree(self._vdir(version), ignore_errors=True)
+        if client is not None:
+            client.close()
         self._clear_dead_readers()
         return removed
 

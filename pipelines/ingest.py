@@ -127,9 +127,18 @@ class IngestReport:
 class IngestContext:
     """The heavy components of a run, created lazily and shared by its steps."""
 
-    def __init__(self, settings: Settings, *, collection: str | None = None, progress: Progress | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        collection: str | None = None,
+        progress: Progress | None = None,
+        index: VectorIndex | None = None,
+    ):
         self.settings = settings
-        self.collection = collection or settings.qdrant.collection
+        self.collection = index.collection if index else (collection or settings.qdrant.collection)
+        if index is not None:
+            self.__dict__["index"] = index  # pre-seed the cached property (e.g. a server-mode index)
         self.progress: Progress = progress or NoProgress()
         self.stage_seconds: dict[str, float] = {}
 
@@ -253,16 +262,32 @@ def _reject(item: SourceItem, reason: str, stage: str) -> QuarantineRecord:
     )
 
 
-def chunk_step(ctx: IngestContext, docs: Sequence[Document]) -> list[Chunk]:
-    """Split documents into window-sized chunks."""
+def chunk_step(ctx: IngestContext, docs: Sequence[Document]) -> tuple[list[Chunk], list[QuarantineRecord]]:
+    """Split documents into window-sized chunks; a document the splitter cannot handle is quarantined."""
     with ctx.timed("chunk"):
         ctx.progress.start("chunk", len(docs))
         chunks: list[Chunk] = []
+        rejected: list[QuarantineRecord] = []
         for start in range(0, len(docs), 256):
             batch = docs[start : start + 256]
-            chunks.extend(ctx.chunker.chunk_many(batch))
+            try:
+                chunks.extend(ctx.chunker.chunk_many(batch))
+            except Exception:  # isolate the failing document(s) one by one
+                for doc in batch:
+                    try:
+                        chunks.extend(ctx.chunker.chunk(doc))
+                    except Exception as exc:  # one bad document must never stop the batch
+                        rejected.append(
+                            QuarantineRecord(
+                                doc_id=doc.doc_id,
+                                source=doc.source,
+                                stage="chunk",
+                                reason=f"could not be chunked: {type(exc).__name__}: {exc}",
+                                content_hash=doc.content_hash,
+                            )
+                        )
             ctx.progress.advance("chunk", len(batch))
-        return chunks
+        return chunks, rejected
 
 
 def validate_step(
@@ -394,11 +419,15 @@ def check_failure_share(plan: Plan, failed: int, max_share: float) -> None:
 
 
 def record_rejections(
-    ctx: IngestContext, rejected: Sequence[QuarantineRecord], *, run_id: str
+    ctx: IngestContext, rejected: Sequence[QuarantineRecord], *, run_id: str, source_key: str
 ) -> list[QuarantineRecord]:
-    """Write quarantine records (before anything can fail the run, so no reason is ever lost)."""
-    stamped = [QuarantineRecord(**{**asdict(r), "run_id": run_id}) for r in rejected]
+    """Write this run's quarantine records for the source, replacing its earlier ones.
+
+    Called before anything can fail the run, so no reason is ever lost.
+    """
+    stamped = [QuarantineRecord(**{**asdict(r), "run_id": run_id, "source_key": source_key}) for r in rejected]
     ctx.quarantine.put(stamped)
+    ctx.quarantine.retain(source_key, {(r.doc_id, r.source) for r in stamped})
     for record in stamped:
         logger.warning("quarantined", extra={"doc_id": record.doc_id, "stage": record.stage, "reason": record.reason})
     return stamped
@@ -495,7 +524,7 @@ class StepRunner:
     discover: Callable[..., Discovery] = discover_step
     plan: Callable[..., Plan] = plan_step
     read_batches: Callable[..., list[ReadResult]] = read_batches_inline
-    chunk: Callable[..., list[Chunk]] = chunk_step
+    chunk: Callable[..., tuple[list[Chunk], list[QuarantineRecord]]] = chunk_step
     validate: Callable[..., tuple[list[Chunk], list[QuarantineRecord], ValidationReport]] = validate_step
     embed: Callable[..., Embedded] = embed_step
     upsert: Callable[..., int] = upsert_step
@@ -512,8 +541,11 @@ def run_ingest(
     run_id: str | None = None,
     progress: Progress | None = None,
     runner: StepRunner | None = None,
+    index: VectorIndex | None = None,
 ) -> IngestReport:
     """Ingest ``source`` into ``collection``: the whole run, with each step executed by ``runner``.
+
+    ``index`` replaces the collection's default :class:`VectorIndex` (e.g. one with an injected server client).
 
     Raises:
         SourceError: The source cannot be listed.
@@ -522,7 +554,7 @@ def run_ingest(
     """
     steps = runner or StepRunner()
     started = time.perf_counter()
-    ctx = IngestContext(settings, collection=collection, progress=progress)
+    ctx = IngestContext(settings, collection=collection, progress=progress, index=index)
     run_id = run_id or uuid.uuid4().hex
     discovery = steps.discover(ctx, source, tenant=tenant)
     plan = steps.plan(ctx, discovery)
@@ -538,11 +570,14 @@ def run_ingest(
     kept: list[Chunk] = []
     validation: tuple[ValidationReport, ...] = ()
     if docs:
-        chunks = steps.chunk(ctx, docs)
+        chunks, chunk_rejects = steps.chunk(ctx, docs)
+        rejected += chunk_rejects
+        failed = {r.doc_id for r in chunk_rejects}
+        docs = [d for d in docs if d.doc_id not in failed]
         kept, validate_rejects, report = steps.validate(ctx, chunks, docs)
         rejected += validate_rejects
         validation = (report,)
-    rejected = record_rejections(ctx, rejected, run_id=run_id)
+    rejected = record_rejections(ctx, rejected, run_id=run_id, source_key=discovery.source_key)
     check_failure_share(plan, len(rejected), settings.ingest.max_failure_share)
     if not kept and not plan.deleted:
         return finish_run(ctx, plan, run_id=run_id, started=started, rejected=rejected, outcome=None)

@@ -45,6 +45,19 @@ class Quarantine:
         """Forget a document's record once it has landed."""
         self._path(doc_id, source).unlink(missing_ok=True)
 
+    def retain(self, source_key: str, keep: set[tuple[str, str]]) -> int:
+        """Drop this source's records except ``keep`` ((doc_id, source) pairs rejected by the latest run).
+
+        A record outlives its document otherwise: a bad file that is deleted, or restored to its last published
+        bytes (unchanged, so never re-read), would stay in the quarantine forever.
+        """
+        removed = 0
+        for record in self.list():
+            if record.source_key == source_key and (record.doc_id, record.source) not in keep:
+                self.release(record.doc_id, record.source)
+                removed += 1
+        return removed
+
     def list(self) -> list[QuarantineRecord]:
         """Every current record, oldest source first."""
         if not self.folder.is_dir():

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +214,7 @@ def _open_text(path: Path) -> Iterator[str]:
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
             yield from handle
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as exc:
         raise SourceError(f"cannot read {path}: {exc}") from exc
 
 
@@ -239,7 +240,7 @@ def _discover_jsonl(path: Path, base: Mapping[str, MetadataValue]) -> Discovery:
                 QuarantineRecord(doc_id=f"line-{lineno}", source=where, stage="read", reason="not a JSON object")
             )
             continue
-        raw_id = record.get("_id", record.get("id"))
+        raw_id = record.get("_id") if record.get("_id") is not None else record.get("id")
         text = record.get("text")
         if raw_id is None or str(raw_id).strip() == "":
             rejected.append(
@@ -248,11 +249,13 @@ def _discover_jsonl(path: Path, base: Mapping[str, MetadataValue]) -> Discovery:
             continue
         doc_id = str(raw_id)
         if doc_id in seen:
+            # Keyed by line, not by id: the first record with this id lands and must not release this entry.
             rejected.append(
                 QuarantineRecord(doc_id=doc_id, source=where, stage="read", reason=f"duplicate id {doc_id!r}")
             )
             continue
         seen.add(doc_id)
+        where = f"{path}#{doc_id}"  # keyed like a landed record, so a fixed record releases its entry
         if not isinstance(text, str):
             rejected.append(
                 QuarantineRecord(doc_id=doc_id, source=where, stage="read", reason="record has no string 'text'")

@@ -80,3 +80,4 @@ class QuarantineRecord:
     reason: str
     content_hash: str = ""
     run_id: str = ""
+    source_key: str = ""

@@ -56,9 +56,7 @@ class _TextOnly(HTMLParser):
 
 
 def _normalise(text: str) -> str:
-    return (
-        re.sub(r"\s+", " ", text.replace("**", "").replace("`", "")).strip().casefold()
-    )
+    return re.sub(r"\s+", " ", text.replace("**", "").replace("`", "")).strip().casefold()
 
 
 def _source_text(doc_id: str) -> str:
@@ -105,15 +103,9 @@ def test_has_at_least_200_items_with_unique_ids(items: list[dict[str, Any]]) -> 
 def test_items_are_well_formed(items: list[dict[str, Any]]) -> None:
     for item in items:
         assert set(item) == KEYS, item["id"]
-        assert isinstance(item["question"], str) and item["question"].strip(), item[
-            "id"
-        ]
-        assert all(isinstance(a, str) and a.strip() for a in item["answers"]), item[
-            "id"
-        ]
-        assert len(set(item["relevant_doc_ids"])) == len(item["relevant_doc_ids"]), (
-            item["id"]
-        )
+        assert isinstance(item["question"], str) and item["question"].strip(), item["id"]
+        assert all(isinstance(a, str) and a.strip() for a in item["answers"]), item["id"]
+        assert len(set(item["relevant_doc_ids"])) == len(item["relevant_doc_ids"]), item["id"]
         assert item["tags"] and set(item["tags"]) <= KNOWN_TAGS, item["id"]
         # An answer comes from somewhere; a question without one cites nothing.
         assert bool(item["answers"]) == bool(item["relevant_doc_ids"]), item["id"]
@@ -139,21 +131,12 @@ def test_tags_match_the_shape_of_the_item(items: list[dict[str, Any]]) -> None:
             assert len(item["answers"]) >= 2, item["id"]
 
 
-def test_relevant_docs_exist_in_the_built_corpus(
-    items: list[dict[str, Any]], doc_ids: set[str]
-) -> None:
-    missing = {
-        (item["id"], doc)
-        for item in items
-        for doc in item["relevant_doc_ids"]
-        if doc not in doc_ids
-    }
+def test_relevant_docs_exist_in_the_built_corpus(items: list[dict[str, Any]], doc_ids: set[str]) -> None:
+    missing = {(item["id"], doc) for item in items for doc in item["relevant_doc_ids"] if doc not in doc_ids}
     assert not missing
 
 
-def test_every_corpus_document_is_the_target_of_some_question(
-    items: list[dict[str, Any]], doc_ids: set[str]
-) -> None:
+def test_every_corpus_document_is_the_target_of_some_question(items: list[dict[str, Any]], doc_ids: set[str]) -> None:
     cited = {doc for item in items for doc in item["relevant_doc_ids"]}
     assert doc_ids <= cited, sorted(doc_ids - cited)
 
@@ -164,9 +147,7 @@ def test_every_answer_appears_in_a_relevant_document(
     texts: dict[str, str] = {}
     ungrounded: list[tuple[str, str]] = []
     for item in filter(_answerable, items):
-        docs = [
-            texts.setdefault(doc, _source_text(doc)) for doc in item["relevant_doc_ids"]
-        ]
+        docs = [texts.setdefault(doc, _source_text(doc)) for doc in item["relevant_doc_ids"]]
         for answer in item["answers"]:
             if not any(_normalise(answer) in text for text in docs):
                 ungrounded.append((item["id"], answer))

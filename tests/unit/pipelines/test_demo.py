@@ -76,14 +76,10 @@ def test_layout_uses_subfolders_and_leaves_out_generator_sources(
 ) -> None:
     root, paths = built
     relative = [path.relative_to(root) for path in paths]
-    assert all(len(rel.parts) == 2 for rel in relative), (
-        "every document sits in one subfolder"
-    )
+    assert all(len(rel.parts) == 2 for rel in relative), "every document sits in one subfolder"
     assert not any(part.startswith("_") for rel in relative for part in rel.parts)
     assert not any(rel.suffix == ".py" for rel in relative)
-    assert all(re.fullmatch(r"[a-z0-9-]+", rel.stem) for rel in relative), (
-        "file names are lowercase-with-dashes"
-    )
+    assert all(re.fullmatch(r"[a-z0-9-]+", rel.stem) for rel in relative), "file names are lowercase-with-dashes"
 
 
 def test_generated_files_land_in_the_folder_their_source_names(
@@ -104,26 +100,17 @@ def test_copied_documents_are_byte_identical_to_their_sources(
     root, paths = built
     for path in paths:
         if path.suffix in (".md", ".html", ".txt"):
-            assert (
-                path.read_bytes()
-                == (DEMO_CORPUS_DIR / path.relative_to(root)).read_bytes()
-            )
+            assert path.read_bytes() == (DEMO_CORPUS_DIR / path.relative_to(root)).read_bytes()
 
 
-def test_second_build_is_byte_identical(
-    built: tuple[Path, list[Path]], tmp_path: Path
-) -> None:
+def test_second_build_is_byte_identical(built: tuple[Path, list[Path]], tmp_path: Path) -> None:
     root, first = built
     second = build_demo_corpus(tmp_path / "again")
-    assert [p.relative_to(root) for p in first] == [
-        p.relative_to(tmp_path / "again") for p in second
-    ]
+    assert [p.relative_to(root) for p in first] == [p.relative_to(tmp_path / "again") for p in second]
     generated = [p for p in first if p.suffix in (".pdf", ".docx")]
     assert len(generated) >= 12
     for path in first:
-        assert _digest(path) == _digest(tmp_path / "again" / path.relative_to(root)), (
-            path.relative_to(root)
-        )
+        assert _digest(path) == _digest(tmp_path / "again" / path.relative_to(root)), path.relative_to(root)
 
 
 def test_pdfs_open_and_contain_their_title(built: tuple[Path, list[Path]]) -> None:
@@ -146,11 +133,7 @@ def test_docx_files_carry_title_metadata_and_real_headings(
         source = parse_source(DEMO_CORPUS_DIR / DOCX_SOURCE_DIR / f"{path.stem}.md")
         document = docx.Document(str(path))
         assert document.core_properties.title == source.title
-        styles = [
-            paragraph.style.name
-            for paragraph in document.paragraphs
-            if paragraph.style is not None
-        ]
+        styles = [paragraph.style.name for paragraph in document.paragraphs if paragraph.style is not None]
         assert document.paragraphs[0].text == source.title
         assert "Heading 1" in styles, path.relative_to(root)
 
@@ -173,10 +156,7 @@ def test_rebuild_keeps_identical_files_and_refuses_to_clobber_changed_ones(
     assert edited.read_text(encoding="utf-8") == "local edit"
 
     build_demo_corpus(target, overwrite=True)
-    assert (
-        edited.read_bytes()
-        == (DEMO_CORPUS_DIR / edited.relative_to(target)).read_bytes()
-    )
+    assert edited.read_bytes() == (DEMO_CORPUS_DIR / edited.relative_to(target)).read_bytes()
 
 
 def test_parse_source_reads_title_folder_and_blocks(tmp_path: Path) -> None:

@@ -147,9 +147,7 @@ def test_import_is_lazy_and_opts_out_of_telemetry() -> None:
         "print([os.environ.get(k) for k in ('DO_NOT_TRACK', 'SCARF_NO_ANALYTICS', 'UNSTRUCTURED_DISABLE_NOTICE')])\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in {"DO_NOT_TRACK", "SCARF_NO_ANALYTICS"}}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, env=env
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, env=env)
     assert out.stdout.splitlines() == ["[]", "['1', '1', '1']"]
 
 
