@@ -98,6 +98,19 @@ class QualitySettings(BaseModel):
     )
 
 
+class ServiceSettings(BaseModel):
+    """The query service."""
+
+    host: str = Field(default="127.0.0.1", description="Interface the service binds to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of the query service.")
+    reload_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the service checks the champion alias and the published index."
+    )
+    max_question_chars: int = Field(default=2000, ge=1, description="Longer questions are refused with 422.")
+    max_top_k: int = Field(default=50, ge=1, description="Largest top_k a request may ask for.")
+    max_batch: int = Field(default=16, ge=1, description="Concurrent questions embedded in one forward pass.")
+
+
 class Settings(BaseSettings):
     """All configuration of ragops. Environment: ``RAGOPS_<FIELD>`` and ``RAGOPS_<GROUP>__<FIELD>``."""
 
@@ -116,6 +129,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
 
     @field_validator("home")
     @classmethod
