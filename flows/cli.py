@@ -34,6 +34,11 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Inspect the versioned vector index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+stack_app = typer.Typer(
+    help="Stacks: versions of the MLflow model 'rag-stack'; the alias 'champion' is what the service serves.",
+    no_args_is_help=True,
+)
+app.add_typer(stack_app, name="stack")
 
 T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")]
@@ -348,6 +353,219 @@ def index_status(
     typer.echo(f"  embedder  {current['embedder']['name']} (weights {current['embedder']['weights_sha256'][:12]})")
     typer.echo(f"  chunking  {current['chunking']['chunk_size']}/{current['chunking']['chunk_overlap']} word pieces")
     typer.echo(f"  published {current['created_at']}; versions kept: {data['versions']}")
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _stack_json(item: Any) -> dict[str, Any]:
+    return {
+        "version": item.version,
+        "name": item.config.name,
+        "aliases": list(item.aliases),
+        "description": item.description,
+        "created_at": item.created_at,
+        "tags": dict(item.tags),
+        "config": item.config.to_json(),
+    }
+
+
+@stack_app.command("list")
+def stack_list(as_json: JsonOpt = False) -> None:
+    """List registered stack versions, newest first, with their aliases."""
+    from rag.stack import StackRegistry
+
+    settings = build_settings()
+    items = guarded(lambda: StackRegistry(settings).list())
+    if as_json:
+        typer.echo(json.dumps([_stack_json(i) for i in items]))
+        return
+    if not items:
+        typer.echo("no stack registered yet (ragops stack register)")
+    for item in items:
+        aliases = f" [{', '.join(item.aliases)}]" if item.aliases else ""
+        typer.echo(
+            f"v{item.version}{aliases}  {item.config.name}  {item.config.retrieval.mode} top_k="
+            f"{item.config.retrieval.top_k}  collection={item.config.collection}  {item.created_at}"
+        )
+
+
+@stack_app.command("show")
+def stack_show(
+    version: Annotated[str, typer.Argument(help="A version number, or 'champion'.")] = "champion",
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one stack version: configuration, aliases and promotion tags."""
+    from rag.stack import StackRegistry
+
+    settings = build_settings()
+
+    def body() -> Any:
+        registry = StackRegistry(settings)
+        number = registry.champion()[0] if version == "champion" else version
+        return registry.get(number)
+
+    item = guarded(body)
+    data = _stack_json(item)
+    typer.echo(json.dumps(data, indent=None if as_json else 2))
+
+
+@stack_app.command("register")
+def stack_register(
+    name: Annotated[str, typer.Option("--name", help="Stack name.")] = "default",
+    collection: Annotated[str | None, typer.Option("--collection", "-c", help="Collection it reads.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Retrieval: dense or hybrid.")] = "dense",
+    top_k: Annotated[int, typer.Option("--top-k", help="Chunks handed to the answerer.")] = 5,
+    pin: Annotated[bool, typer.Option("--pin", help="Pin the current index version instead of following it.")] = False,
+    description: Annotated[str, typer.Option("--description", help="Free text stored with the version.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a new stack version over the collection's published index (not served until promoted)."""
+    from pipelines.index import VectorIndex
+    from rag.errors import StackError
+    from rag.stack import StackRegistry
+    from rag.types import StackConfig
+
+    settings = build_settings()
+
+    def body() -> int:
+        current = VectorIndex(settings, collection=collection).current()
+        if current is None:
+            raise StackError("the collection has no published index yet; run `ragops ingest` first")
+        config = StackConfig.for_index(current, name=name, pin=pin, retrieval={"mode": mode, "top_k": top_k})
+        return StackRegistry(settings).register(config, description=description, actor=_actor())
+
+    try:
+        number = guarded(body)
+    except ValueError as exc:  # pydantic validation of the options
+        raise _fail(f"invalid stack options: {exc}") from exc
+    if as_json:
+        typer.echo(json.dumps({"version": number}))
+    else:
+        typer.echo(f"registered rag-stack version {number}; serve it with `ragops stack promote {number}`")
+
+
+@stack_app.command("promote")
+def stack_promote(
+    version: Annotated[int, typer.Argument(help="Version to make champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded as a tag).")] = "manual promotion",
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the 'champion' alias to VERSION; the running service follows within its reload interval."""
+    from dataclasses import asdict
+
+    from rag.stack import StackRegistry
+
+    settings = build_settings()
+    result = guarded(lambda: StackRegistry(settings).promote(version, actor=_actor(), reason=reason))
+    if as_json:
+        typer.echo(json.dumps(asdict(result)))
+    elif result.changed:
+        typer.echo(f"champion: v{result.previous} -> v{result.version}")
+    else:
+        typer.echo(f"v{result.version} is already champion")
+
+
+@stack_app.command("rollback")
+def stack_rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded as a tag).")] = "manual rollback",
+    as_json: JsonOpt = False,
+) -> None:
+    """Move 'champion' back to the version that held it before the current one."""
+    from dataclasses import asdict
+
+    from rag.stack import StackRegistry
+
+    settings = build_settings()
+    result = guarded(lambda: StackRegistry(settings).rollback(actor=_actor(), reason=reason))
+    if as_json:
+        typer.echo(json.dumps(asdict(result)))
+    else:
+        typer.echo(f"champion: v{result.previous} -> v{result.version} (rolled back)")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Interface (default RAGOPS_SERVICE__HOST).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_SERVICE__PORT).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Serve the champion stack over HTTP: /v1/query, /v1/chat/completions (OpenAI), /healthz, /readyz, /v1/stack.
+
+    Follows the 'champion' alias and the published index, switching atomically when either moves.
+    """
+    import uvicorn
+
+    from rag.service.app import create_app
+
+    settings = build_settings(verbose)
+    bind_host = host or settings.service.host
+    bind_port = port or settings.service.port
+    typer.echo(f"serving on http://{bind_host}:{bind_port} (docs at /docs)", err=True)
+    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="info" if verbose else "warning")
+
+
+@app.command()
+def query(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    url: Annotated[
+        str | None, typer.Option("--url", help="A running service; default: answer in this process.")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Chunks to retrieve.")] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's documents.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask a question and print the answer with its citations (from a running service, or the champion in-process)."""
+    settings = build_settings()
+    filters = {"tenant": tenant} if tenant else None
+    if url:
+        import httpx
+
+        try:
+            response = httpx.post(
+                url.rstrip("/") + "/v1/query",
+                json={"question": question, "top_k": top_k, "filters": filters},
+                timeout=60,
+            )
+        except httpx.HTTPError as exc:
+            raise _fail(f"cannot reach {url}: {exc}") from exc
+        data = response.json()
+        if response.status_code != 200:
+            raise _fail(data.get("error", {}).get("message", response.text))
+    else:
+        data = guarded(lambda: _query_in_process(settings, question, filters=filters, top_k=top_k))
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    typer.echo(data["answer"])
+    for citation in data["citations"]:
+        typer.echo(f"  [{citation['n']}] {citation['title']} ({citation['doc_id']}, chunk {citation['position']})")
+    typer.echo(f"  stack v{data['stack_version']}", err=True)
+
+
+def _query_in_process(
+    settings: Settings, question: str, *, filters: dict[str, str] | None, top_k: int | None
+) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from rag.engine import RagEngine
+    from rag.stack import StackRegistry
+
+    version, config = StackRegistry(settings).champion()
+    with RagEngine.open(settings, config) as engine:
+        answer = engine.ask(question, filters=filters, top_k=top_k)
+    return {
+        "answer": answer.text,
+        "citations": [asdict(c) for c in answer.citations],
+        "abstained": answer.abstained,
+        "stack_version": version,
+    }
 
 
 def main() -> None:
