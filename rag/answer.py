@@ -1,22 +1,33 @@
 """Answering from retrieved chunks without an LLM: pick the sentences that best answer the question and cite them.
 
-How the extractive answerer decides (no model call, no download; well under a millisecond for five chunks):
+How the extractive answerer decides (no model call, no download; about 2 ms for five chunks never seen before, under
+1 ms for chunks seen before, because parsed chunks are cached by their content-derived id):
 
 1. **Split** every retrieved chunk into sentences: lines first (partitioned documents put headings, list items and
    paragraphs on their own lines), then a sentence regex that leaves abbreviations ("Dr.", "e.g.", "Inc."),
-   initials and decimals alone. Fragments that chunk overlap cut mid-sentence are dropped, and sentences repeated by
-   overlapping chunks of one document are kept once.
+   initials and decimals alone. Fragments that chunk overlap cut mid-sentence are dropped, sentences repeated by
+   overlapping chunks of one document are kept once, FAQ question lines become context for the answer below them,
+   and long unpunctuated lines (flattened tables) are answered with the 20-word window that holds the question.
 2. **Score** each sentence against the question with the BM25 analyser the index uses (lower case, stop words out,
-   Snowball stems). ``coverage`` is the share of the question's IDF mass that the sentence contains, where the IDF is
-   computed over the retrieved sentences (a question word found nowhere in them weighs most, so a question about
-   something the documents never mention cannot reach full coverage). Words found only in the sentence's context
-   (document title, the heading above it, the sentence before it) count half. The sentence score blends coverage
-   with the chunk's dense cosine similarity and mild length and block-position priors.
-3. **Support** is ``0.5 * coverage + 0.5 * similarity`` of the best sentence, a number in [0, 1]. Below
-   ``min_support`` the answerer abstains with :data:`rag.types.ABSTAIN_TEXT`.
-4. **Select** the best sentence and up to ``max_sentences - 1`` more that score close to it, add a question term,
-   and do not repeat a selected one; group them by chunk (best chunk first) in document order, and number the
+   Snowball stems; near forms such as "weigh"/"weight" and one-letter typos count as the question's word).
+   ``coverage`` is the share of the question's IDF mass that the sentence contains, the IDF computed over the
+   retrieved sentences: a question word found nowhere in them weighs most, so a question about something the
+   documents never mention cannot reach full coverage. Words found only in the sentence's context (document title,
+   the heading or FAQ question above it, the sentence before it) count half. The sentence score blends coverage with
+   the chunk's dense cosine similarity, small bonuses for a block's first sentence and for definitions
+   ("X is ...", "Top speed: ..."), a length prior, and a penalty when a how-many/when question meets a sentence
+   without a number.
+3. **Support** is ``0.5 * coverage + 0.5 * similarity`` of the best sentence, in [0, 1], lowered when a numeric
+   question gets no number and when the question names an identifier (a model or version number) that appears in no
+   retrieved text. Below ``min_support`` the answerer abstains with :data:`rag.types.ABSTAIN_TEXT`.
+4. **Select** the best sentence and up to ``max_sentences - 1`` more that score at least 75% of it, match a question
+   word and do not repeat a selected one; group them by chunk (best chunk first) in text order, and number the
    chunks as citations ``[1]``, ``[2]``.
+
+Calibrated on the demo QA set (351 questions over the demo corpus, top 5): with dense retrieval 80% of answerable
+questions get an answer holding the reference fact (86% with hybrid; 93%/96% of the facts are in the retrieved text at
+all), and the default ``min_support`` of 0.35 abstains on 44% (dense) / 47% (hybrid) of the unanswerable ones while
+answering 94% / 97% of the answerable ones. Paraphrases with no shared word ("fast" vs "top speed") are its limit.
 """
 
 from __future__ import annotations
@@ -34,8 +45,60 @@ from rag.types import ABSTAIN_TEXT, Answer, AnswererConfig, Citation, RetrievedC
 
 # Abbreviations after which a full stop does not end a sentence (lower-cased, without the final dot).
 _ABBREVIATIONS = frozenset(
-    "dr mr mrs ms prof sr jr st mt no nos vs etc inc ltd co corp dept fig figs eq eqs approx est al e.g i.e cf "
-    "jan feb mar apr jun jul aug sep sept oct nov dec min max ca resp vol pp p art sec ch b.v u.s u.k".split()
+    {
+        "dr",
+        "mr",
+        "mrs",
+        "ms",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "mt",
+        "no",
+        "nos",
+        "vs",
+        "etc",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "dept",
+        "fig",
+        "figs",
+        "eq",
+        "eqs",
+        "approx",
+        "est",
+        "al",
+        "e.g",
+        "i.e",
+        "cf",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "min",
+        "max",
+        "ca",
+        "resp",
+        "vol",
+        "pp",
+        "art",
+        "sec",
+        "ch",
+        "b.v",
+        "u.s",
+        "u.k",
+    }
 )
 _SPLIT = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9])")
 _LAST_WORD = re.compile(r"(\S+)$")
@@ -101,7 +164,8 @@ class Answerer(Protocol):
         ...
 
     def stream(self, question: str, chunks: Sequence[RetrievedChunk]) -> Iterator[str]:
-        """The answer text in pieces (joined by single spaces they give ``answer(...).text``)."""
+        """The answer in pieces: sentences to join with single spaces (extractive) or token deltas to concatenate
+        (:mod:`rag.llm`, whose pieces may also carry a bracketed fallback notice)."""
         ...
 
 
@@ -214,10 +278,13 @@ def _near(a: str, b: str) -> bool:
 
 
 def _excerpt(
-    sentence: _Sentence, query: set[str], idf: dict[str, float]
+    sentence: _Sentence, alias: dict[str, str], idf: dict[str, float]
 ) -> tuple[str, frozenset[str], frozenset[str]]:
-    """The window of a long table-like line that holds most of the question: text, terms, numbers."""
-    hits = [i for i, terms in enumerate(sentence.word_terms) if terms & query]
+    """The window of a long table-like line that holds most of the question: text, terms, numbers.
+
+    ``alias`` maps every form of a question term found in the text to that question term.
+    """
+    hits = [i for i, terms in enumerate(sentence.word_terms) if not terms.isdisjoint(alias)]
     if not hits:
         return sentence.text, sentence.terms, sentence.numbers
     best: tuple[float, int, int, frozenset[str]] | None = None
@@ -225,7 +292,7 @@ def _excerpt(
         start = max(0, hit - 2)
         end = min(len(sentence.words), start + _WINDOW_WORDS)
         terms = frozenset().union(*sentence.word_terms[start:end])
-        value = sum(idf[t] for t in query & terms)
+        value = sum(idf[q] for q in {alias[t] for t in terms if t in alias})
         if best is None or value > best[0] + 1e-9:
             best = (value, start, end, terms)
     assert best is not None
@@ -247,7 +314,7 @@ def _cite(sentence: str, n: int) -> str:
     """``"It weighs 8 kg [1]."``: the marker goes before the final punctuation when there is one."""
     match = _TERMINAL.search(sentence)
     if match:
-        return f"{sentence[: match.start()].rstrip()} [{n}]{sentence[match.start():]}"
+        return f"{sentence[: match.start()].rstrip()} [{n}]{sentence[match.start() :]}"
     return f"{sentence} [{n}]"
 
 
@@ -264,6 +331,10 @@ class ExtractiveAnswerer:
 
     def __init__(self, config: AnswererConfig | None = None) -> None:
         self.config = config or AnswererConfig()
+
+    def warm_up(self) -> None:
+        """Load the stemmer and stop-word list now rather than on the first question (idempotent)."""
+        _analyser().terms("warm up")
 
     def answer(self, question: str, chunks: Sequence[RetrievedChunk]) -> Answer:
         """Select, order and cite sentences; abstain when the best support is below ``min_support``."""
@@ -318,7 +389,10 @@ class ExtractiveAnswerer:
         if not parsed:
             return [], 0.0
         # Each question term also matches near forms in the retrieved text (suffix variants, one-letter typos).
-        variants = {q: frozenset({q, *(t for t in vocabulary if _near(q, t))}) for q in query}
+        by_initial: dict[str, list[str]] = {}
+        for term in vocabulary:
+            by_initial.setdefault(term[0], []).append(term)
+        variants = {q: frozenset({q, *(t for t in by_initial.get(q[0], ()) if _near(q, t))}) for q in query}
         # Unify near forms to the question's own term, so every sentence is compared with question terms only.
         alias = {t: q for q, forms in variants.items() for t in forms}
         canon = [(rank, index, s, frozenset(alias.get(t, t) for t in s.terms)) for rank, index, s in parsed]
@@ -336,7 +410,7 @@ class ExtractiveAnswerer:
         for rank, index, sentence, terms in canon:
             text, numbers, n_words = sentence.text, sentence.numbers, sentence.n_words
             if sentence.words:
-                text, raw_terms, numbers = _excerpt(sentence, set(all_forms), idf)
+                text, raw_terms, numbers = _excerpt(sentence, alias, idf)
                 terms = frozenset(alias.get(t, t) for t in raw_terms)
                 n_words = min(n_words, _WINDOW_WORDS)
             context = frozenset(alias.get(t, t) for t in sentence.context)
@@ -352,7 +426,9 @@ class ExtractiveAnswerer:
             has_number = bool(numbers - asked_numbers)
             if wants_number and not has_number:
                 score *= _NO_NUMBER_FACTOR
-            scored.append(_Scored(text, terms, rank, index, score, coverage, similarity, frozenset(matched), has_number))
+            scored.append(
+                _Scored(text, terms, rank, index, score, coverage, similarity, frozenset(matched), has_number)
+            )
         scored.sort(key=lambda s: (-s.score, s.chunk_rank, s.index))
         best = scored[0]
         support = 0.5 * best.coverage + 0.5 * best.similarity

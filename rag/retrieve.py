@@ -15,6 +15,7 @@ in one batched call per request batch (:meth:`Retriever.retrieve_many`), and not
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -157,7 +158,7 @@ class WeightedRrf:
             ids=list(order),
             dense_similarities=dense_sims,
         )
-        return fused  # type: ignore[no-any-return]
+        return fused
 
 
 # ---------------------------------------------------------------------------------------------------- retriever
@@ -189,7 +190,10 @@ class Retriever:
         self.embedder = embedder
         self.config = config
         self.bm25 = Bm25Encoder(avgdl=reader.version.avgdl)
-        self._lock = threading.Lock()  # local-mode Qdrant is a plain in-process object; serialise access to it
+        # Embedded (local-mode) Qdrant is a plain in-process object without locking: serialise access to it.
+        # A server client is thread-safe, so concurrent queries to a server are not serialised.
+        local = type(getattr(reader.client, "_client", None)).__name__ == "QdrantLocal"
+        self._lock: contextlib.AbstractContextManager[Any] = threading.Lock() if local else contextlib.nullcontext()
         self._store: QdrantVectorStore | None = None
 
     @property
@@ -215,6 +219,11 @@ class Retriever:
             )
         return self._store
 
+    def warm_up(self) -> None:
+        """Build the vector store and load the BM25 analyser now, not on the first question (idempotent)."""
+        _ = self.store
+        self.bm25.terms("warm up")
+
     def _sparse_query(self, texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
         vectors = [self.bm25.encode_query(t) for t in texts]
         return [v.indices for v in vectors], [v.values for v in vectors]
@@ -224,7 +233,9 @@ class Retriever:
         return [v.indices for v in vectors], [v.values for v in vectors]
 
     # ---------------------------------------------------------------------------------------------------- use
-    def retrieve(self, question: str, *, filters: Filters | None = None, top_k: int | None = None) -> list[RetrievedChunk]:
+    def retrieve(
+        self, question: str, *, filters: Filters | None = None, top_k: int | None = None
+    ) -> list[RetrievedChunk]:
         """The best chunks for one question, best first."""
         return self.retrieve_many([question], filters=filters, top_k=top_k)[0]
 
@@ -279,8 +290,8 @@ class Retriever:
         query = VectorStoreQuery(
             query_embedding=vector.tolist(),
             query_str=question,
-            similarity_top_k=cfg.candidates if hybrid else top_k,
-            sparse_top_k=cfg.candidates if hybrid else None,
+            similarity_top_k=max(cfg.candidates, top_k) if hybrid else top_k,
+            sparse_top_k=max(cfg.candidates, top_k) if hybrid else None,
             hybrid_top_k=top_k if hybrid else None,
             mode=VectorStoreQueryMode.HYBRID if hybrid else VectorStoreQueryMode.DEFAULT,
             filters=filters,
@@ -301,7 +312,9 @@ class Retriever:
                 dense.update(self._similarities(missing, vector))
         else:
             dense = {n.node_id: float(s) for n, s in zip(nodes, scores, strict=False)}
-        chunks = [_to_chunk(node, float(score), dense.get(node.node_id)) for node, score in zip(nodes, scores, strict=False)]
+        chunks = [
+            _to_chunk(node, float(score), dense.get(node.node_id)) for node, score in zip(nodes, scores, strict=False)
+        ]
         if cfg.score_threshold is not None:
             chunks = [c for c in chunks if c.similarity is not None and c.similarity >= cfg.score_threshold]
         return chunks

@@ -54,7 +54,9 @@ class EmbedderRef(BaseModel):
     @classmethod
     def from_identity(cls, identity: EmbedderIdentity) -> EmbedderRef:
         """From the pipelines' identity record."""
-        return cls(**identity.to_json())
+        return cls(
+            name=identity.name, weights_sha256=identity.weights_sha256, dim=identity.dim, max_tokens=identity.max_tokens
+        )
 
     def matches(self, identity: EmbedderIdentity) -> bool:
         """True when ``identity`` puts vectors in the same space (same weights and dimension)."""
@@ -85,7 +87,7 @@ class RetrievalConfig(BaseModel):
     mode: RetrievalMode = "dense"
     top_k: int = Field(default=5, ge=1, le=100, description="Chunks handed to the answerer.")
     candidates: int = Field(
-        default=30, ge=1, le=1000, description="Hybrid: depth of each of the dense and sparse result lists before fusion."
+        default=30, ge=1, le=1000, description="Hybrid: depth of the dense and of the sparse result list before fusion."
     )
     fusion: Literal["rrf"] = "rrf"
     rrf_k: int = Field(default=60, ge=1, description="RRF constant: score = sum(weight / (rrf_k + rank)).")
@@ -112,7 +114,7 @@ class AnswererConfig(BaseModel):
     kind: AnswererKind = "extractive"
     max_sentences: int = Field(default=3, ge=1, le=10)
     min_support: float = Field(
-        default=0.3, ge=0.0, le=1.0, description="Abstain when the best sentence's support is below this."
+        default=0.35, ge=0.0, le=1.0, description="Abstain when the best sentence's support is below this."
     )
 
 
@@ -162,9 +164,7 @@ class StackConfig(BaseModel):
         return self
 
     @classmethod
-    def for_index(
-        cls, version: IndexVersion, *, name: str, pin: bool = False, **overrides: Any
-    ) -> StackConfig:
+    def for_index(cls, version: IndexVersion, *, name: str, pin: bool = False, **overrides: Any) -> StackConfig:
         """A stack over ``version``'s collection with its embedder and chunking; ``pin`` fixes the version number.
 
         ``overrides`` are further fields (``retrieval={"mode": "hybrid"}``, ``answerer=...``), validated as usual.

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.settings import Settings
+from rag.answer import ExtractiveAnswerer
 from rag.errors import AnswerError, BadQuery, RetrievalError, StackError, StackNotFound
 from rag.retrieve import validate_filters, validate_question
 from rag.service.batcher import RetrievalBatcher
@@ -123,7 +124,12 @@ class QueryPipeline:
             with timings.stage("retrieve"):
                 chunks = await self._batcher.retrieve(served, text, filters=clean_filters, top_k=top_k)
             with timings.stage("answer"):
-                answer = served.engine.answerer.answer(text, chunks)
+                answerer = served.engine.answerer
+                if isinstance(answerer, ExtractiveAnswerer):
+                    answer = answerer.answer(text, chunks)  # ~2 ms of CPU: a thread hop would cost as much
+                else:
+                    # An LLM answerer blocks for up to llm.timeout_s and must not stall the event loop.
+                    answer = await anyio.to_thread.run_sync(answerer.answer, text, chunks)
             with timings.stage("check_output"):
                 retrieved = {c.chunk_id for c in chunks}
                 if any(c.chunk_id not in retrieved for c in answer.citations):
@@ -142,6 +148,7 @@ class QueryPipeline:
                         "abstained": answer.abstained,
                         "citations": [{"doc_id": c.doc_id, "chunk_id": c.chunk_id} for c in answer.citations],
                         "answer": answer.text,
+                        "notice": _notice(answer),
                     }
                 )
             return Outcome(request_id, served, answer, chunks, usage, timings.total())
@@ -151,6 +158,12 @@ class QueryPipeline:
         counts = served.engine.embedder.count_tokens([question, answer.text, *(c.text for c in chunks)])
         prompt = counts[0] + sum(counts[2:])
         return Usage(prompt_tokens=prompt, completion_tokens=counts[1], total_tokens=prompt + counts[1])
+
+
+def _notice(answer: Answer) -> str | None:
+    """What the caller should be told about how the answer was made (e.g. the LLM failed: extractive fallback)."""
+    notice = getattr(answer, "notice", None)  # set by rag.llm.FallbackAnswerer (NoticedAnswer)
+    return notice if isinstance(notice, str) else None
 
 
 def _citations(answer: Answer) -> list[CitationOut]:
@@ -180,6 +193,7 @@ def _response(outcome: Outcome) -> QueryResponse:
         index_version=outcome.served.index_version,
         usage=outcome.usage,
         timings=outcome.timings,
+        notice=_notice(outcome.answer),
     )
 
 
@@ -330,7 +344,12 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
         created = int(time.time())
         completion_id = f"chatcmpl-{outcome.request_id}"
         citations = [c.model_dump() for c in _citations(outcome.answer)]
-        extra = {"citations": citations, "stack_version": outcome.served.version, "abstained": outcome.answer.abstained}
+        extra = {
+            "citations": citations,
+            "stack_version": outcome.served.version,
+            "abstained": outcome.answer.abstained,
+            "notice": _notice(outcome.answer),
+        }
         if not body.stream:
             return {
                 "id": completion_id,

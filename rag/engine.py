@@ -1,0 +1,134 @@
+"""A stack ready to answer: the index version it reads, its embedder, retriever and answerer, opened together.
+
+The service, the pyfunc model and the evaluation runner all answer through :class:`RagEngine`, so a stack behaves
+the same wherever it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pipelines.errors import EmbedderMismatchError, IndexError_
+from rag.answer import Answerer, ExtractiveAnswerer
+from rag.errors import StackError, StackMismatch
+from rag.retrieve import Retriever
+from rag.types import Answer, Filters, RetrievedChunk, StackConfig
+
+if TYPE_CHECKING:
+    from pipelines.embed import Embedder
+    from pipelines.index import IndexReader
+    from pipelines.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_answerer(config: StackConfig) -> Answerer:
+    """The answerer a stack names: extractive, or an LLM that falls back to the extractive answer (with a notice)."""
+    extractive = ExtractiveAnswerer(config.answerer)
+    extractive.warm_up()
+    if config.answerer.kind == "extractive":
+        return extractive
+    if config.answerer.kind == "llm":
+        from rag.llm import FallbackAnswerer, LlmAnswerer  # llama-index's LLM client only for stacks that use it
+
+        answerer = FallbackAnswerer(LlmAnswerer(config), extractive)
+        answerer.warm_up()  # builds the client (no request); a named but unset key variable is a StackError here
+        return answerer
+    raise StackError(
+        f"stack {config.name!r} asks for answerer kind {config.answerer.kind!r}, which this release does not provide; "
+        "register the stack with answerer.kind 'extractive' or 'llm'"
+    )
+
+
+class RagEngine:
+    """Retrieve and answer with one stack.
+
+    Usage example::
+
+        with RagEngine.open(settings, config) as engine:
+            answer = engine.ask("How large is the Reno plant?", filters={"tenant": "acme"})
+            answers = engine.ask_many(["q1", "q2"])   # one embedder call for the batch
+
+    Args:
+        config: The stack.
+        reader: The index version to read (closed by :meth:`close` when ``owns_reader``).
+        embedder: The stack's embedder, already checked against the index.
+    """
+
+    def __init__(
+        self, config: StackConfig, *, reader: IndexReader, embedder: Embedder, owns_reader: bool = True
+    ) -> None:
+        self.config = config
+        self.reader = reader
+        self.embedder = embedder
+        self.retriever = Retriever(reader, embedder, config)
+        self.retriever.warm_up()
+        self.answerer = build_answerer(config)
+        self._owns_reader = owns_reader
+
+    @classmethod
+    def open(cls, settings: Settings, config: StackConfig, *, embedder: Embedder | None = None) -> RagEngine:
+        """Load the embedder (unless given), check it is the stack's, and open the index version the stack names.
+
+        Raises:
+            StackMismatch: The configured embedder or the index differs from what the stack was registered with.
+            StackError: The index has no published version (or not the pinned one).
+        """
+        from pipelines.embed import Embedder
+        from pipelines.index import VectorIndex
+
+        if embedder is None:
+            embedder = Embedder(settings.embedder, cache_dir=settings.cache_dir)
+            embedder.warm_up()
+        if not config.embedder.matches(embedder.identity):
+            raise StackMismatch(
+                f"stack {config.name!r} needs embedder {config.embedder.name} (weights "
+                f"{config.embedder.weights_sha256[:12]}) but RAGOPS_EMBEDDER__* loads {embedder.identity.name} "
+                f"(weights {embedder.identity.weights_sha256[:12]})"
+            )
+        index = VectorIndex(settings, collection=config.collection)
+        try:
+            reader = index.open_reader(config.index_version, expect=embedder.identity)
+        except EmbedderMismatchError as exc:
+            raise StackMismatch(str(exc)) from exc
+        except IndexError_ as exc:
+            raise StackError(f"stack {config.name!r} cannot open its index: {exc}") from exc
+        try:
+            return cls(config, reader=reader, embedder=embedder)
+        except BaseException:
+            reader.close()
+            raise
+
+    def retrieve(
+        self, question: str, *, filters: Filters | None = None, top_k: int | None = None
+    ) -> list[RetrievedChunk]:
+        """The chunks the stack would answer from."""
+        return self.retriever.retrieve(question, filters=filters, top_k=top_k)
+
+    def ask(self, question: str, *, filters: Filters | None = None, top_k: int | None = None) -> Answer:
+        """Retrieve and answer one question."""
+        return self.ask_many([question], filters=filters, top_k=top_k)[0]
+
+    def ask_many(
+        self,
+        questions: Sequence[str],
+        *,
+        filters: Filters | Sequence[Filters | None] | None = None,
+        top_k: int | None = None,
+    ) -> list[Answer]:
+        """Answer several questions; the embedder runs once for all of them."""
+        batches = self.retriever.retrieve_many(questions, filters=filters, top_k=top_k)
+        return [self.answerer.answer(q, chunks) for q, chunks in zip(questions, batches, strict=True)]
+
+    def close(self) -> None:
+        """Release the index reader (and its private copy in embedded mode)."""
+        if self._owns_reader:
+            self.reader.close()
+
+    def __enter__(self) -> RagEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
