@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,6 +205,26 @@ def _error(status: int, message: str, kind: str, code: str | None = None) -> JSO
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": code}})
 
 
+# Library errors and the HTTP answer each gets (Starlette picks the handler of the closest class in the MRO, so
+# StackNotFound is answered as "no_stack" although it is a StackError).
+ERROR_MAP: tuple[tuple[type[Exception], int, str, str], ...] = (
+    (BadQuery, 422, "invalid_request_error", "invalid_request"),
+    (StackNotFound, 503, "service_unavailable", "no_stack"),
+    (StackError, 503, "service_unavailable", "stack_error"),
+    (RetrievalError, 503, "service_unavailable", "retrieval_error"),
+    (AnswerError, 503, "service_unavailable", "answer_error"),
+)
+
+
+def _library_error_handler(
+    status: int, kind: str, code: str
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return _error(status, str(exc), kind, code)
+
+    return handle
+
+
 def _last_user_message(request: ChatRequest) -> str:
     for message in reversed(request.messages):
         if message.role == "user":
@@ -256,25 +276,8 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
             parts.append(f"{where}: {err.get('msg')}")
         return _error(422, "invalid request: " + "; ".join(parts), "invalid_request_error", "invalid_request")
 
-    @app.exception_handler(BadQuery)
-    async def _bad_query(_: Request, exc: BadQuery) -> JSONResponse:
-        return _error(422, str(exc), "invalid_request_error", "invalid_request")
-
-    @app.exception_handler(StackNotFound)
-    async def _no_stack(_: Request, exc: StackNotFound) -> JSONResponse:
-        return _error(503, str(exc), "service_unavailable", "no_stack")
-
-    @app.exception_handler(StackError)
-    async def _stack_error(_: Request, exc: StackError) -> JSONResponse:
-        return _error(503, str(exc), "service_unavailable", "stack_error")
-
-    @app.exception_handler(RetrievalError)
-    async def _retrieval_error(_: Request, exc: RetrievalError) -> JSONResponse:
-        return _error(503, str(exc), "service_unavailable", "retrieval_error")
-
-    @app.exception_handler(AnswerError)
-    async def _answer_error(_: Request, exc: AnswerError) -> JSONResponse:
-        return _error(503, str(exc), "service_unavailable", "answer_error")
+    for error_type, status, kind, code in ERROR_MAP:
+        app.add_exception_handler(error_type, _library_error_handler(status, kind, code))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,0 +1,308 @@
+"""Query-service benchmark: latency and throughput over loopback, against in-process baselines measured in the run.
+
+Usage: ``python bench/query.py [--data DIR] [--home DIR] [--duration S] [--limit N]``. Prints one JSON object.
+
+1. Ingests DIR's corpus (BEIR folder; default ``../shared/datasets/scifact``) into a RAGOPS_HOME (a temporary one,
+   or ``--home`` to reuse an index across runs), registers a dense extractive stack and promotes it.
+2. Floor: the same retriever call the service makes (``RagEngine.retrieve``), in process, no HTTP, concurrency 1.
+3. Naive llama-index: ``VectorStoreIndex.from_vector_store(QdrantVectorStore(...)).as_query_engine()`` over the same
+   index with ``HuggingFaceEmbedding`` on the same model and a MockLLM, 8 threads.
+4. Starts ``ragops serve`` as a real subprocess and drives ``POST /v1/query`` over loopback with the test queries at
+   concurrency 1 and 8 for ``--duration`` seconds each.
+
+Targets (2 cores, extractive answerer, no cache): ``p50_ms_c8 <= 40``, ``p99_ms_c8 <= 150``,
+``overhead_p50_ms_c1 <= 10`` (service p50 minus floor p50 at concurrency 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "scifact"
+
+logger = logging.getLogger("bench.query")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of ``values`` (q in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+def summarize(latencies: Sequence[float], seconds: float, errors: int) -> dict[str, float]:
+    """p50/p95/p99 in ms and requests per second."""
+    return {
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "p95_ms": round(percentile(latencies, 95) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+        "rps": round(len(latencies) / seconds, 2) if seconds else 0.0,
+        "requests": len(latencies),
+        "errors": errors,
+    }
+
+
+def load_queries(data: Path) -> list[str]:
+    """The test-split queries of a BEIR folder (all queries if there is no qrels/test.tsv)."""
+    wanted: set[str] | None = None
+    qrels = data / "qrels" / "test.tsv"
+    if qrels.is_file():
+        wanted = {line.split("\t")[0] for line in qrels.read_text().splitlines()[1:] if line.strip()}
+    queries = []
+    for line in (data / "queries.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if wanted is None or str(record["_id"]) in wanted:
+            queries.append(str(record["text"]))
+    return queries
+
+
+def subset(data: Path, limit: int, target: Path) -> Path:
+    """A BEIR folder holding the first ``limit`` documents (for quick runs)."""
+    import gzip
+
+    target.mkdir(parents=True, exist_ok=True)
+    source = data / "corpus.jsonl.gz" if (data / "corpus.jsonl.gz").exists() else data / "corpus.jsonl"
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rt", encoding="utf-8") as handle, (target / "corpus.jsonl").open("w") as out:
+        for i, line in enumerate(handle):
+            if i >= limit:
+                break
+            out.write(line)
+    shutil.copy(data / "queries.jsonl", target / "queries.jsonl")
+    return target
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def timed_loop(call: Callable[[str], Any], queries: Sequence[str], duration: float, threads: int) -> dict[str, float]:
+    """Run ``call`` over the queries from ``threads`` threads for ``duration`` seconds."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    deadline = time.perf_counter() + duration
+    counter = iter(range(10**9))
+
+    def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            question = queries[next(counter) % len(queries)]
+            start = time.perf_counter()
+            try:
+                call(question)
+            except Exception:
+                with lock:
+                    errors += 1
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return summarize(latencies, time.perf_counter() - started, errors)
+
+
+async def http_load(url: str, queries: Sequence[str], duration: float, concurrency: int) -> dict[str, float]:
+    """``concurrency`` closed-loop clients posting ``/v1/query`` for ``duration`` seconds."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
+    counter = iter(range(10**9))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                question = queries[next(counter) % len(queries)]
+                start = time.perf_counter()
+                response = await client.post("/v1/query", json={"question": question})
+                if response.status_code != 200:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return summarize(latencies, time.perf_counter() - started, errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its JSON."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (corpus, queries, qrels).")
+    parser.add_argument("--home", type=Path, default=None, help="Reuse this RAGOPS_HOME (keeps the index).")
+    parser.add_argument("--duration", type=float, default=30.0, help="Seconds per load level.")
+    parser.add_argument("--limit", type=int, default=0, help="Only the first N documents (quick runs).")
+    parser.add_argument("--out", type=Path, default=None, help="Also write the JSON here.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+
+    from pipelines.env import apply_offline_env, child_env
+    from pipelines.settings import Settings
+
+    temp = Path(tempfile.mkdtemp(prefix="ragops-bench-query-"))
+    home = args.home or temp / "home"
+    settings = Settings(home=home)
+    apply_offline_env(settings)
+    settings.ensure_dirs()
+    data = subset(args.data, args.limit, temp / "subset") if args.limit else args.data
+    queries = load_queries(args.data)
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        from pipelines.index import VectorIndex
+        from pipelines.ingest import run_ingest
+        from rag.engine import RagEngine
+        from rag.stack import StackRegistry
+        from rag.types import StackConfig
+
+        logger.info("ingesting %s", data)
+        report = run_ingest(settings, data)
+        current = VectorIndex(settings).current()
+        assert current is not None
+        registry = StackRegistry(settings)
+        config = StackConfig.for_index(current, name="bench-dense")
+        version = registry.register(config, description="bench/query.py")
+        registry.promote(version, actor="bench", reason="benchmark")
+
+        logger.info("floor: in-process retrieval, concurrency 1")
+        with RagEngine.open(settings, config) as engine:
+            for question in queries[:20]:
+                engine.retrieve(question)
+            floor = timed_loop(engine.retrieve, queries, min(args.duration, 15.0), 1)
+            answer_floor = timed_loop(engine.ask, queries, min(args.duration, 10.0), 1)
+
+        logger.info("naive llama-index query engine, 8 threads")
+        naive = naive_llamaindex(settings, queries, min(args.duration, 20.0))
+
+        port = free_port()
+        env = child_env(settings, {"RAGOPS_HOME": str(home), "RAGOPS_SERVICE__RELOAD_INTERVAL_S": "3600"})
+        server = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, server)
+        asyncio.run(http_load(url, queries, 5.0, 8))  # warm-up
+        logger.info("service, concurrency 1")
+        c1 = asyncio.run(http_load(url, queries, args.duration, 1))
+        logger.info("service, concurrency 8")
+        c8 = asyncio.run(http_load(url, queries, args.duration, 8))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        if args.home is None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+    result: dict[str, Any] = {
+        "data": str(args.data),
+        "documents": report.documents_seen,
+        "points": report.points_total,
+        "queries": len(queries),
+        "duration_s": args.duration,
+        "p50_ms_c1": c1["p50_ms"],
+        "p95_ms_c1": c1["p95_ms"],
+        "p99_ms_c1": c1["p99_ms"],
+        "rps_c1": c1["rps"],
+        "p50_ms_c8": c8["p50_ms"],
+        "p95_ms_c8": c8["p95_ms"],
+        "p99_ms_c8": c8["p99_ms"],
+        "rps_c8": c8["rps"],
+        "errors": c1["errors"] + c8["errors"],
+        "floor_p50_ms_c1": floor["p50_ms"],
+        "floor_rps_c1": floor["rps"],
+        "floor_with_answer_p50_ms_c1": answer_floor["p50_ms"],
+        "overhead_p50_ms_c1": round(c1["p50_ms"] - floor["p50_ms"], 2),
+        "llamaindex_p50_ms_c8": naive["p50_ms"],
+        "llamaindex_rps_c8": naive["rps"],
+        "speedup_rps_c8_vs_llamaindex": round(c8["rps"] / naive["rps"], 2) if naive["rps"] else None,
+        "load_average": os.getloadavg(),
+    }
+    result["targets"] = {
+        "p50_ms_c8 <= 40": result["p50_ms_c8"] <= 40,
+        "p99_ms_c8 <= 150": result["p99_ms_c8"] <= 150,
+        "overhead_p50_ms_c1 <= 10": result["overhead_p50_ms_c1"] <= 10,
+    }
+    text = json.dumps(result)
+    if args.out:
+        args.out.write_text(text)
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
+    """Poll /readyz until the service has loaded the stack."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"ragops serve exited with {server.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("service did not become ready")
+
+
+def naive_llamaindex(settings: Any, queries: Sequence[str], duration: float) -> dict[str, float]:
+    """A default llama-index query engine over the same Qdrant index (dense, top 5, MockLLM)."""
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.llms import MockLLM
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+    from pipelines.embed import default_model_path
+    from pipelines.index import DENSE_VECTOR, SPARSE_VECTOR, VectorIndex
+
+    with VectorIndex(settings).reader() as reader:
+        store = QdrantVectorStore(
+            client=reader.client,
+            collection_name=reader.collection,
+            dense_vector_name=DENSE_VECTOR,
+            sparse_vector_name=SPARSE_VECTOR,
+        )
+        embed = HuggingFaceEmbedding(model_name=str(settings.embedder.model_path or default_model_path()), device="cpu")
+        index = VectorStoreIndex.from_vector_store(store, embed_model=embed)
+        engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=5)
+        for question in queries[:5]:
+            engine.query(question)
+        return timed_loop(engine.query, queries, duration, 8)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
