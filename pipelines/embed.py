@@ -143,6 +143,7 @@ class Embedder:
         self._model_path = settings.model_path or None
         self._identity: EmbedderIdentity | None = None
         self._tokenizer: Tokenizer | None = None
+        self._counter: Tokenizer | None = None
         self._session: Any = None
         self._st_model: Any = None
         self.backend: str = ""
@@ -177,6 +178,11 @@ class Embedder:
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         tokenizer.enable_truncation(max_length=max_tokens)
         tokenizer.no_padding()
+        # Counting needs no truncation; a second instance keeps the encoding one immutable across threads.
+        counter = Tokenizer.from_file(str(path / "tokenizer.json"))
+        counter.no_truncation()
+        counter.no_padding()
+        self._counter = counter
         self._tokenizer = tokenizer
         backend = self._settings.backend
         if backend == "auto":
@@ -258,18 +264,14 @@ class Embedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text, special tokens included, before truncation."""
         self.warm_up()
-        assert self._tokenizer is not None
-        self._tokenizer.no_truncation()
-        try:
-            return [len(enc.ids) for enc in self._tokenizer.encode_batch(list(texts))]
-        finally:
-            self._tokenizer.enable_truncation(max_length=self.max_tokens)
+        assert self._counter is not None
+        return [len(enc.ids) for enc in self._counter.encode_batch(list(texts))]
 
     def token_ids(self, text: str) -> list[int]:
         """Word-piece ids of ``text`` without special tokens (the splitter's measure of chunk size)."""
         self.warm_up()
-        assert self._tokenizer is not None
-        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        assert self._counter is not None
+        return list(self._counter.encode(text, add_special_tokens=False).ids)
 
     def encode(
         self, texts: Sequence[str], *, batch_size: int | None = None, progress: ProgressFn | None = None

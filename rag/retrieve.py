@@ -59,6 +59,14 @@ class QueryEncoder(Protocol):
 
 
 # ------------------------------------------------------------------------------------------------------- checks
+def _check_encodable(text: str, what: str) -> None:
+    """Lone surrogates (JSON "\\udc00") are valid Python text but not UTF-8: tokenizers and logs choke on them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadQuery(f"{what} contains characters that are not valid Unicode text (at position {exc.start})") from exc
+
+
 def validate_question(question: object) -> str:
     """The stripped question, or BadQuery when it is not a usable string."""
     if not isinstance(question, str):
@@ -66,6 +74,7 @@ def validate_question(question: object) -> str:
     text = question.strip()
     if not text:
         raise BadQuery("question is empty")
+    _check_encodable(text, "question")
     if len(text) > MAX_QUESTION_CHARS:
         raise BadQuery(f"question has {len(text)} characters; the limit is {MAX_QUESTION_CHARS}")
     return text
@@ -84,6 +93,8 @@ def validate_filters(filters: Filters | None) -> dict[str, list[str]]:
         values = [value] if isinstance(value, str) else list(value) if isinstance(value, Sequence) else None
         if values is None or not all(isinstance(v, str) and v for v in values):
             raise BadQuery(f"filter {key!r} must be a non-empty string or a list of non-empty strings")
+        for value_text in values:
+            _check_encodable(value_text, f"filter {key!r}")
         if not values:
             raise BadQuery(f"filter {key!r} has an empty list of values (it would match nothing)")
         if len(values) > MAX_FILTER_VALUES:

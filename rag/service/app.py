@@ -231,7 +231,11 @@ def _last_user_message(request: ChatRequest) -> str:
             if isinstance(message.content, str):
                 return message.content
             if isinstance(message.content, list):
-                return " ".join(str(p.get("text", "")) for p in message.content if p.get("type") == "text")
+                texts = [
+                    p["text"] for p in message.content if p.get("type") == "text" and isinstance(p.get("text"), str)
+                ]
+                if texts:
+                    return " ".join(texts)
     raise BadQuery("messages must contain a user message with text content")
 
 
@@ -249,7 +253,10 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
         async def follow() -> None:
             while True:
                 await asyncio.sleep(settings.service.reload_interval_s)
-                await anyio.to_thread.run_sync(stack_holder.check)
+                try:
+                    await anyio.to_thread.run_sync(stack_holder.check)
+                except Exception:  # check() records its failures; this only guards the loop itself
+                    logger.exception("stack reload check failed; trying again next interval")
 
         task = asyncio.create_task(follow())
         try:
@@ -281,7 +288,11 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "error")
+        response = _error(
+            exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "error"
+        )
+        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -55,6 +55,10 @@ class HolderStatus:
 
 
 ChampionFn = Callable[[], tuple[int, StackConfig]]
+HOW_TO_SERVE = (
+    "Register a stack over the published index with `ragops stack register` and promote it with "
+    "`ragops stack promote VERSION`"
+)
 
 
 class StackHolder:
@@ -111,7 +115,7 @@ class StackHolder:
                 version, config = self._champion_fn()()
             except StackNotFound as exc:
                 self._registry_ok()
-                self.status.load_error = str(exc)
+                self.status.load_error = f"{exc}. {HOW_TO_SERVE}"
                 return False
             except Exception as exc:  # the registry is another service: any failure means keep serving
                 if self.status.registry_ok or self.status.registry_error_since is None:
@@ -121,7 +125,12 @@ class StackHolder:
                 logger.warning("stack registry unreachable; serving the last loaded stack", exc_info=False)
                 return False
             self._registry_ok()
-            index_version = self._index_version(config)
+            try:
+                index_version = self._index_version(config)
+            except Exception as exc:  # an unreadable pointer must not end hot reload; keep serving
+                self.status.load_error = f"cannot read the index pointer of {config.collection!r}: {exc}"
+                logger.error("cannot read the index pointer: %s", exc)
+                return False
             current = self._current
             if current and current.version == version and current.index_version == index_version:
                 return False
@@ -185,11 +194,9 @@ class StackHolder:
         with self._lock:
             served = self._current
             if served is None:
-                raise StackNotFound(
-                    self.status.load_error
-                    or "no stack is being served yet: register one (`ragops stack register`) and promote it "
-                    "(`ragops stack promote VERSION`)"
-                )
+                if not self.status.registry_ok and self.status.registry_error:
+                    raise StackNotFound(f"the stack registry (MLflow) is unreachable: {self.status.registry_error}")
+                raise StackNotFound(self.status.load_error or f"no stack is being served yet. {HOW_TO_SERVE}")
             served.inflight += 1
         try:
             yield served

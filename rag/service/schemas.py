@@ -15,7 +15,9 @@ class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(min_length=1, description="The question, in natural language.")
-    top_k: int | None = Field(default=None, ge=1, description="Chunks to retrieve (default: the stack's top_k).")
+    top_k: int | None = Field(
+        default=None, ge=1, strict=True, description="Chunks to retrieve (default: the stack's top_k)."
+    )
     filters: dict[str, FilterValue] | None = Field(
         default=None, description="Metadata filters: tenant, source or doc_id, each a value or a list of values."
     )
@@ -76,7 +78,7 @@ class ChatRequest(BaseModel):
     model: str = Field(default="rag-stack")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
-    top_k: int | None = Field(default=None, ge=1)
+    top_k: int | None = Field(default=None, ge=1, strict=True)
     filters: dict[str, FilterValue] | None = None
 
 

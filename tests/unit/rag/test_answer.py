@@ -134,8 +134,7 @@ class TestAnswering:
 
     def test_adds_well_under_five_milliseconds_per_query(self) -> None:
         chunks = [
-            chunk(i, f"doc{i}.md", f"Document {i}", " ".join([CHUNKS[i % 3].text] * 2), 0.5 - i / 20)
-            for i in range(5)
+            chunk(i, f"doc{i}.md", f"Document {i}", " ".join([CHUNKS[i % 3].text] * 2), 0.5 - i / 20) for i in range(5)
         ]
         answerer = ExtractiveAnswerer()
         answerer.warm_up()

@@ -43,11 +43,19 @@ def test_open_refuses_a_stack_that_does_not_fit(
         RagEngine.open(settings, config.model_copy(update={"embedder": other}), embedder=embedder)
     with pytest.raises(StackError, match="cannot open its index"):
         RagEngine.open(settings, config.model_copy(update={"index_version": 99}), embedder=embedder)
-    with pytest.raises(StackError, match="answerer kind 'llm'"):
-        llm = config.model_copy(
-            update={
-                "answerer": config.answerer.model_copy(update={"kind": "llm"}),
-                "llm": config.llm.model_copy(update={"base_url": "http://127.0.0.1:9", "model": "m"}),
-            }
-        )
-        RagEngine.open(settings, llm, embedder=embedder)
+
+
+def test_an_llm_stack_falls_back_to_the_extractive_answer(
+    built_index: BuiltIndex, settings: Settings, embedder: Embedder, config: StackConfig
+) -> None:
+    """An LLM stack opens; with its server unreachable (port 9, loopback) the answer is extractive, with a notice."""
+    copy_index(built_index, settings)
+    llm = config.model_copy(
+        update={
+            "answerer": config.answerer.model_copy(update={"kind": "llm"}),
+            "llm": config.llm.model_copy(update={"base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 2}),
+        }
+    )
+    with RagEngine.open(settings, llm, embedder=embedder) as engine:
+        answer = engine.ask("How large is the Reno plant?")
+    assert "extractive" in (getattr(answer, "notice", None) or "")
