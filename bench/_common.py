@@ -142,6 +142,30 @@ def stopwatch(label: str, into: dict[str, float]) -> Iterator[None]:
         logger.info("%s took %.2f s", label, into[label])
 
 
+@contextmanager
+def contention(label: str, into: dict[str, dict[str, float]]) -> Iterator[None]:
+    """Record how much CPU this process got during the block, to read timings on a shared machine.
+
+    ``into[label]`` gets the wall seconds, this process's CPU seconds (all threads), the share of the machine's
+    cores it used (``cpu_seconds / wall / cores``; near 1.0 means it had the machine to itself while busy) and the
+    1-minute load average when the block started.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    load = load_average()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - wall
+        used = time.process_time() - cpu
+        cores = os.cpu_count() or 1
+        into[label] = {
+            "wall_seconds": round(elapsed, 2),
+            "cpu_seconds": round(used, 2),
+            "core_share": round(used / elapsed / cores, 3) if elapsed > 0 else 0.0,
+            "load1_at_start": load[0] if load else float("nan"),
+        }
+
+
 def cpu_flags() -> dict[str, bool]:
     """The CPU features that decide which kernels are fast (bf16 needs avx512_bf16 or AMX)."""
     try:

@@ -38,6 +38,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from _common import (
     DEFAULT_SCIFACT,
+    contention,
     cpu_flags,
     cpu_model,
     docs_from_chunk_hits,
@@ -127,9 +128,12 @@ def prepare_chunks(settings: Settings, data: Path, timings: dict[str, float]) ->
         discovery = discover_step(ctx, data)
         plan = plan_step(ctx, discovery)
         docs, rejected = read_step(ctx, plan.todo)
-        chunks = chunk_step(ctx, docs)
-    if rejected or discovery.rejected:
-        logger.warning("%d documents rejected while reading", len(rejected) + len(discovery.rejected))
+        chunks, chunk_rejects = chunk_step(ctx, docs)
+    if rejected or discovery.rejected or chunk_rejects:
+        logger.warning(
+            "%d documents rejected while reading or chunking",
+            len(rejected) + len(discovery.rejected) + len(chunk_rejects),
+        )
     params = ctx.chunker.params
     logger.info(
         "%d documents -> %d chunks (chunk_size %d, overlap %d)",
@@ -305,13 +309,15 @@ def run_benchmark(settings: Settings, data: Path, workdir: Path) -> dict[str, An
     from sentence_transformers import SentenceTransformer
 
     timings: dict[str, float] = {}
+    shares: dict[str, dict[str, float]] = {}
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
 
     # (a) encode floor over ragops's own chunk texts
     prepared = prepare_chunks(settings, data, timings)
     floor_model = SentenceTransformer(str(prepared.model_path), device="cpu")
-    floor, chunk_vectors = encode_floor(floor_model, prepared.texts)
+    with contention("encode_floor", shares):
+        floor, chunk_vectors = encode_floor(floor_model, prepared.texts)
 
     qrels_path = data / "qrels" / "test.tsv"
     qrels = load_qrels(qrels_path) if qrels_path.is_file() else {}
@@ -330,11 +336,14 @@ def run_benchmark(settings: Settings, data: Path, workdir: Path) -> dict[str, An
     import llama_index.embeddings.huggingface  # import time (about 5 s) is not part of the baseline
     import llama_index.vector_stores.qdrant  # noqa: F401
 
-    baseline = llamaindex_baseline(data, prepared, workdir)
+    with contention("llamaindex", shares):
+        baseline = llamaindex_baseline(data, prepared, workdir)
 
     # (c) ragops end to end, (d) unchanged re-ingest
-    seconds, report = ragops_ingest(settings, data, "ingest")
-    reingest_seconds, rereport = ragops_ingest(settings, data, "re-ingest")
+    with contention("ragops_ingest", shares):
+        seconds, report = ragops_ingest(settings, data, "ingest")
+    with contention("ragops_reingest", shares):
+        reingest_seconds, rereport = ragops_ingest(settings, data, "re-ingest")
     chunks = int(report["points_total"])
     if chunks != len(prepared.texts):
         logger.warning("ragops indexed %d chunks but the floor encoded %d", chunks, len(prepared.texts))
@@ -403,6 +412,7 @@ def run_benchmark(settings: Settings, data: Path, workdir: Path) -> dict[str, An
         "embedder_first_use_seconds": rounded(timings.get("embedder_first_use")),
         "chunk_prep_seconds": rounded(timings.get("chunk_prep")),
         "ndcg10_queries": len(query_ids),
+        "cpu_contention": shares,
     }
 
 
@@ -419,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one JSON object on stdout."""
     args = parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("great_expectations", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     ignored = sorted(k for k in os.environ if k.startswith("RAGOPS_"))
     for key in ignored:
         del os.environ[key]
