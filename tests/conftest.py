@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.embed import Embedder
 from pipelines.env import OFFLINE_ENV
-from pipelines.settings import Settings
+from pipelines.settings import EmbedderSettings, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -67,6 +68,14 @@ def refuse_non_loopback() -> Iterator[None]:
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache (ONNX export, weight hash) for the whole session: it is derived data, identical for every test."""
     return tmp_path_factory.mktemp("ragops-cache")
+
+
+@pytest.fixture(scope="session")
+def embedder(shared_cache: Path) -> Embedder:
+    """The real MiniLM embedder (default backend), loaded once for the session."""
+    model = Embedder(EmbedderSettings(), cache_dir=shared_cache)
+    model.warm_up()
+    return model
 
 
 @pytest.fixture

@@ -142,15 +142,6 @@ def _run_with_index(settings: Settings, source: Path, index: VectorIndex) -> Ing
 
 # ------------------------------------------------------------------------------------------- shared fixtures
 @pytest.fixture(scope="module")
-def embedder(shared_cache: Path) -> Embedder:
-    from pipelines.settings import EmbedderSettings
-
-    model = Embedder(EmbedderSettings(), cache_dir=shared_cache)
-    model.warm_up()
-    return model
-
-
-@pytest.fixture(scope="module")
 def sample(
     tmp_path_factory: pytest.TempPathFactory, shared_cache: Path
 ) -> Iterator[tuple[Settings, dict, IngestReport]]:

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 
 import pytest
 
 from pipelines.chunk import Chunker, chunk_id, embed_text
 from pipelines.embed import Embedder
-from pipelines.settings import ChunkingSettings, EmbedderSettings
+from pipelines.settings import ChunkingSettings
 from pipelines.types import Chunk, Document
 
 pytestmark = pytest.mark.slow  # loads the embedder (and exports it to ONNX on a cold cache)
 
 WINDOW = 256
-
-
-@pytest.fixture(scope="module")
-def embedder(shared_cache: Path) -> Embedder:
-    model = Embedder(EmbedderSettings(), cache_dir=shared_cache)
-    model.warm_up()
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,11 @@ from rag.answer import ExtractiveAnswerer, _parse_chunk, split_sentences
 from rag.errors import BadQuery
 from rag.retrieve import Retriever
 from rag.types import ABSTAIN_TEXT, AnswererConfig, RetrievalConfig, RetrievedChunk
+from tests.fixtures.chunks import make_chunk
 
 
 def chunk(n: int, doc_id: str, title: str, text: str, similarity: float, position: int = 0) -> RetrievedChunk:
-    return RetrievedChunk(
-        chunk_id=f"c{n}-{doc_id}",
-        doc_id=doc_id,
-        title=title,
-        source=f"/data/{doc_id}",
-        position=position,
-        text=text,
-        score=similarity,
-        similarity=similarity,
-    )
+    return make_chunk(n, doc_id, title, text, similarity, position)
 
 
 CHUNKS = [

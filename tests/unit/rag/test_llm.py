@@ -21,22 +21,14 @@ from rag.llm import (
     format_context,
 )
 from rag.types import ABSTAIN_TEXT, RetrievedChunk, StackConfig
+from tests.fixtures.chunks import make_chunk
 from tests.fixtures.fake_openai import FakeOpenAI, split_deltas
 
 SHA = "ab" * 32
 
 
 def chunk(n: int, doc_id: str, title: str, text: str, similarity: float) -> RetrievedChunk:
-    return RetrievedChunk(
-        chunk_id=f"c{n}-{doc_id}",
-        doc_id=doc_id,
-        title=title,
-        source=f"/data/{doc_id}",
-        position=n,
-        text=text,
-        score=similarity,
-        similarity=similarity,
-    )
+    return make_chunk(n, doc_id, title, text, similarity, position=n)
 
 
 CHUNKS = [
