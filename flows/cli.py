@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -193,7 +193,7 @@ def ingest_source(
     use_prefect = bool(settings.prefect.api_url) if use_prefect is None else use_prefect
     if use_prefect:
         if not settings.prefect.api_url:
-            raise RagopsError("--prefect needs RAGOPS_PREFECT__API_URL (start one with `ragops up`)")
+            raise RagopsError("--prefect needs RAGOPS_PREFECT__API_URL pointing at a running Prefect server")
         from flows.ingest import ingest_flow
 
         return dict(ingest_flow(source=str(source), collection=collection, tenant=tenant))
@@ -202,14 +202,11 @@ def ingest_source(
     from pipelines.tracking import log_ingest_report
 
     progress = RichProgress() if show_progress else None
-    if progress:
-        with progress.shown():
-            report = run_ingest(settings, source, collection=collection, tenant=tenant, progress=progress)
-    else:
-        report = run_ingest(settings, source, collection=collection, tenant=tenant)
+    with progress.shown() if progress else nullcontext():
+        report = run_ingest(settings, source, collection=collection, tenant=tenant, progress=progress)
     data = report.to_json()
     data["mlflow_run_id"] = log_ingest_report(settings, report, params=run_params(settings))
-    data["orchestrated_by"] = "in-process (no Prefect API configured)"
+    data["orchestrated_by"] = "in-process"
     return data
 
 

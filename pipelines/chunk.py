@@ -14,7 +14,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pipelines.settings import ChunkingSettings
@@ -153,21 +153,4 @@ class Chunker:
     def _measure(self, chunks: list[Chunk]) -> list[Chunk]:
         counts = self._embedder.count_tokens([c.embed_text for c in chunks])
         limit = self._embedder.max_tokens
-        out = []
-        for chunk, n in zip(chunks, counts, strict=True):
-            out.append(
-                Chunk(
-                    chunk_id=chunk.chunk_id,
-                    doc_id=chunk.doc_id,
-                    position=chunk.position,
-                    text=chunk.text,
-                    embed_text=chunk.embed_text,
-                    n_tokens=n,
-                    truncated=n > limit,
-                    source=chunk.source,
-                    title=chunk.title,
-                    doc_hash=chunk.doc_hash,
-                    metadata=chunk.metadata,
-                )
-            )
-        return out
+        return [replace(c, n_tokens=n, truncated=n > limit) for c, n in zip(chunks, counts, strict=True)]

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -420,7 +419,11 @@ class VectorIndex:
 
     # ------------------------------------------------------------------------------------------------ writing
     def begin(self, *, embedder: EmbedderIdentity, chunking: ChunkingParams, avgdl: float, run_id: str) -> IndexWriter:
-        """Start the next version from the current one (after clearing what a crashed run left behind)."""
+        """Start the next version from the current one (after clearing what a crashed run left behind).
+
+        ``avgdl`` (BM25 mean document length) is used only for a collection's first version; later versions keep
+        the one recorded then, so sparse weights stay comparable across versions.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         self._clear_stale_staging()
         base = self.manifest()
@@ -657,14 +660,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def wait_for_version(index: VectorIndex, version: int, *, timeout: float = 10.0) -> bool:
-    """Poll the pointer until it reaches ``version`` (tests and the service's reload loop)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = index.current_version()
-        if current is not None and current >= version:
-            return True
-        time.sleep(0.05)
-    return False

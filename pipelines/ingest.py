@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +29,7 @@ import numpy as np
 from pipelines.chunk import Chunker
 from pipelines.embed import Embedder
 from pipelines.errors import DocumentRejected, FailureThresholdExceeded
-from pipelines.index import DocEntry, IndexVersion, IndexWriter, Manifest, VectorIndex
+from pipelines.index import DENSE_VECTOR, DocEntry, IndexVersion, IndexWriter, Manifest, VectorIndex
 from pipelines.quality import ChunkValidator, ValidationReport
 from pipelines.quarantine import Quarantine
 from pipelines.settings import Settings
@@ -256,7 +256,7 @@ def _document(item: SourceItem, *, title: str, text: str, file_type: str) -> Doc
     )
 
 
-def _reject(item: SourceItem, reason: str, stage: str) -> QuarantineRecord:
+def _reject(item: SourceItem | Document, reason: str, stage: str) -> QuarantineRecord:
     return QuarantineRecord(
         doc_id=item.doc_id, source=item.source, stage=stage, reason=reason, content_hash=item.content_hash
     )
@@ -277,15 +277,7 @@ def chunk_step(ctx: IngestContext, docs: Sequence[Document]) -> tuple[list[Chunk
                     try:
                         chunks.extend(ctx.chunker.chunk(doc))
                     except Exception as exc:  # one bad document must never stop the batch
-                        rejected.append(
-                            QuarantineRecord(
-                                doc_id=doc.doc_id,
-                                source=doc.source,
-                                stage="chunk",
-                                reason=f"could not be chunked: {type(exc).__name__}: {exc}",
-                                content_hash=doc.content_hash,
-                            )
-                        )
+                        rejected.append(_reject(doc, f"could not be chunked: {type(exc).__name__}: {exc}", "chunk"))
             ctx.progress.advance("chunk", len(batch))
         return chunks, rejected
 
@@ -298,27 +290,10 @@ def validate_step(
         kept, report = ctx.validator.validate(chunks)
         by_id = {d.doc_id: d for d in docs}
         chunked = {c.doc_id for c in chunks}
-        rejected = [
-            QuarantineRecord(
-                doc_id=doc_id,
-                source=by_id[doc_id].source,
-                stage="validate",
-                reason=reason,
-                content_hash=by_id[doc_id].content_hash,
-            )
-            for doc_id, reason in report.rejected.items()
-        ]
+        rejected = [_reject(by_id[doc_id], reason, "validate") for doc_id, reason in report.rejected.items()]
         # A document that produced no chunk at all would silently vanish: reject it explicitly.
         rejected += [
-            QuarantineRecord(
-                doc_id=d.doc_id,
-                source=d.source,
-                stage="chunk",
-                reason="no chunks (no text after splitting)",
-                content_hash=d.content_hash,
-            )
-            for d in docs
-            if d.doc_id not in chunked
+            _reject(d, "no chunks (no text after splitting)", "chunk") for d in docs if d.doc_id not in chunked
         ]
         return kept, rejected, report
 
@@ -350,8 +325,6 @@ def embed_step(ctx: IngestContext, chunks: Sequence[Chunk], writer: IndexWriter 
 
 
 def _fetch_vectors(writer: IndexWriter, ids: Sequence[str]) -> dict[str, np.ndarray]:
-    from pipelines.index import DENSE_VECTOR
-
     found: dict[str, np.ndarray] = {}
     for start in range(0, len(ids), 512):
         records = writer.client.retrieve(
@@ -425,7 +398,7 @@ def record_rejections(
 
     Called before anything can fail the run, so no reason is ever lost.
     """
-    stamped = [QuarantineRecord(**{**asdict(r), "run_id": run_id, "source_key": source_key}) for r in rejected]
+    stamped = [replace(r, run_id=run_id, source_key=source_key) for r in rejected]
     ctx.quarantine.put(stamped)
     ctx.quarantine.retain(source_key, {(r.doc_id, r.source) for r in stamped})
     for record in stamped:
@@ -436,7 +409,9 @@ def record_rejections(
 def begin_step(ctx: IngestContext, chunks: Sequence[Chunk], *, run_id: str) -> IndexWriter:
     """Open the next index version (a first version takes its BM25 avgdl from this batch)."""
     with ctx.timed("begin"):
-        avgdl = Bm25Encoder().average_length([c.embed_text for c in chunks[:5000]])
+        # avgdl is fixed when a collection is first built; later versions keep it, so only measure it then.
+        first = ctx.index.current_version() is None
+        avgdl = Bm25Encoder().average_length([c.embed_text for c in chunks[:5000]]) if first else 0.0
         return ctx.index.begin(embedder=ctx.embedder.identity, chunking=ctx.chunker.params, avgdl=avgdl, run_id=run_id)
 
 
