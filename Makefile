@@ -12,11 +12,24 @@ STAMP := $(VENV)/.ragops-installed
 # torch is installed first and pinned: an unpinned torch pulls the CUDA build (GBs).
 # unstructured[pdf] drags in torchvision, which has no CPU build matching torch 2.13 and breaks transformers
 # at import (`operator torchvision::nms does not exist`); nothing of ours needs it, so it is removed again.
+#
+# The playground's browser test drives Debian's chromium through Playwright (Playwright's own browser download is
+# not used). It is installed here when missing and we are root; otherwise the test skips and says how to install it.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip uninstall --quiet -y torchvision || true
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (Debian package) for the playground browser test"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq chromium >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } \
+			|| echo "warning: could not install chromium; the playground browser test will skip"; \
+	else \
+		echo "note: the playground browser test needs Chromium; install it with: sudo apt-get install -y chromium"; \
+	fi
 	touch $(STAMP)
 
 install: $(STAMP)

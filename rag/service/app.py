@@ -1,4 +1,5 @@
-"""The FastAPI app: ``/v1/query``, OpenAI-compatible ``/v1/chat/completions``, health, readiness and the stack.
+"""The FastAPI app: ``/v1/query``, OpenAI-compatible ``/v1/chat/completions``, feedback, sources, health,
+readiness, the stack, and the playground page at ``/``.
 
 Every request passes the same timed stages, reported in milliseconds in every response:
 authenticate -> limit -> check_input -> cache -> retrieve -> answer -> check_output -> record.
@@ -6,6 +7,9 @@ Authentication, rate limits and the cache are real, empty stages today (later wo
 batched across concurrent requests (:mod:`rag.service.batcher`). Errors use OpenAI's envelope
 ``{"error": {"message", "type", "code"}}``: 422 for a bad request, 503 while no stack can be served, 500 (with a
 request id, never a traceback) for anything unexpected.
+
+The playground (``GET /``) is three static files shipped in the package (``rag/service/static``): no build step and
+nothing fetched from elsewhere, which its Content-Security-Policy enforces.
 """
 
 from __future__ import annotations
@@ -19,26 +23,55 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.settings import Settings
 from rag.answer import ExtractiveAnswerer
 from rag.errors import AnswerError, BadQuery, RetrievalError, StackError, StackNotFound
+from rag.feedback import CitedChunk, FeedbackStore, RequestSnapshot, UnknownRequest
 from rag.retrieve import validate_filters, validate_question
 from rag.service.batcher import RetrievalBatcher
+from rag.service.feedback import FeedbackIntake
 from rag.service.holder import Served, StackHolder
-from rag.service.schemas import ChatRequest, CitationOut, QueryRequest, QueryResponse, Usage
+from rag.service.recent import RecentRequests
+from rag.service.schemas import (
+    ChatRequest,
+    CitationOut,
+    FeedbackRequest,
+    FeedbackResponse,
+    QueryRequest,
+    QueryResponse,
+    SourceOut,
+    Usage,
+)
+from rag.service.sources import UnknownChunk, fetch_chunk
 from rag.types import Answer, RetrievedChunk
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("authenticate", "limit", "check_input", "cache", "retrieve", "answer", "check_output", "record")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+"""The playground's files (package data: shipped in the wheel)."""
+
+PAGE_HEADERS = {
+    # Everything the page uses comes from this service; inline script, eval, frames and plugins are refused.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 @dataclass
@@ -75,13 +108,19 @@ class Outcome:
 
 
 class RequestLog:
-    """Append-only JSONL of answered requests (``<home>/logs/requests.jsonl``), for monitoring and feedback."""
+    """Append-only JSONL under ``<home>/logs``: answered requests (``requests.jsonl``, for monitoring and
+    feedback) or ratings (``feedback.jsonl``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, name: str = "requests.jsonl") -> None:
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
-        self._path = settings.logs_dir / "requests.jsonl"
+        self._path = settings.logs_dir / name
         self._lock = threading.Lock()
         self._handle = self._path.open("a", encoding="utf-8", buffering=1)
+
+    @property
+    def path(self) -> Path:
+        """The log file."""
+        return self._path
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record."""
@@ -96,11 +135,19 @@ class RequestLog:
 class QueryPipeline:
     """The staged request path shared by ``/v1/query`` and ``/v1/chat/completions``."""
 
-    def __init__(self, settings: Settings, holder: StackHolder, batcher: RetrievalBatcher, log: RequestLog) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        holder: StackHolder,
+        batcher: RetrievalBatcher,
+        log: RequestLog,
+        recent: RecentRequests | None = None,
+    ) -> None:
         self._settings = settings
         self._holder = holder
         self._batcher = batcher
         self._log = log
+        self._recent = recent
 
     async def run(self, question: object, *, filters: object, top_k: int | None) -> Outcome:
         """Run every stage for one question."""
@@ -136,21 +183,28 @@ class QueryPipeline:
                     raise AnswerError("the answer cited a chunk that was not retrieved")
                 usage = self._usage(served, text, chunks, answer)
             with timings.stage("record"):
-                self._log.write(
-                    {
-                        "request_id": request_id,
-                        "at": time.time(),
-                        "principal": principal,
-                        "question": text,
-                        "filters": clean_filters,
-                        "stack_version": served.version,
-                        "index_version": served.index_version,
-                        "abstained": answer.abstained,
-                        "citations": [{"doc_id": c.doc_id, "chunk_id": c.chunk_id} for c in answer.citations],
-                        "answer": answer.text,
-                        "notice": _notice(answer),
-                    }
+                # The cited chunks' texts are recorded with the request: feedback turns them into training pairs,
+                # and the index they came from may be gone by the time someone rates an old answer.
+                texts = {c.chunk_id: c.text for c in chunks}
+                snapshot = RequestSnapshot(
+                    request_id=request_id,
+                    at=time.time(),
+                    question=text,
+                    answer=answer.text,
+                    abstained=answer.abstained,
+                    stack_version=served.version,
+                    stack_name=served.config.name,
+                    index_version=served.index_version,
+                    citations=tuple(
+                        CitedChunk(c.n, c.chunk_id, c.doc_id, c.title, c.source, texts.get(c.chunk_id))
+                        for c in answer.citations
+                    ),
                 )
+                self._log.write(
+                    {**snapshot.to_json(), "principal": principal, "filters": clean_filters, "notice": _notice(answer)}
+                )
+                if self._recent is not None:
+                    self._recent.add(snapshot)
             return Outcome(request_id, served, answer, chunks, usage, timings.total())
 
     @staticmethod
@@ -209,6 +263,8 @@ def _error(status: int, message: str, kind: str, code: str | None = None) -> JSO
 # StackNotFound is answered as "no_stack" although it is a StackError).
 ERROR_MAP: tuple[tuple[type[Exception], int, str, str], ...] = (
     (BadQuery, 422, "invalid_request_error", "invalid_request"),
+    (UnknownRequest, 404, "invalid_request_error", "unknown_request"),
+    (UnknownChunk, 404, "invalid_request_error", "unknown_chunk"),
     (StackNotFound, 503, "service_unavailable", "no_stack"),
     (StackError, 503, "service_unavailable", "stack_error"),
     (RetrievalError, 503, "service_unavailable", "retrieval_error"),
@@ -248,7 +304,11 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(stack_holder.check)
         log = RequestLog(settings)
-        app.state.pipeline = QueryPipeline(settings, stack_holder, batcher, log)
+        feedback_log = RequestLog(settings, "feedback.jsonl")
+        recent = RecentRequests(settings.service.recent_requests, log.path)
+        store = await anyio.to_thread.run_sync(FeedbackStore, settings)
+        app.state.pipeline = QueryPipeline(settings, stack_holder, batcher, log, recent)
+        app.state.feedback = FeedbackIntake(store, recent, stack_holder, feedback_log)
 
         async def follow() -> None:
             while True:
@@ -264,6 +324,7 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
         finally:
             task.cancel()
             log.close()
+            feedback_log.close()
             stack_holder.close()
 
     app = FastAPI(
@@ -299,6 +360,12 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
         incident = uuid.uuid4().hex[:12]
         logger.exception("unexpected error (incident %s)", incident)
         return _error(500, f"internal error (incident {incident}); see the service log", "server_error")
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz() -> dict[str, str]:
@@ -350,6 +417,26 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
             yield _sse("done", _response(outcome).model_dump())
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, summary="Rate an answer (up or down)")
+    async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+        intake: FeedbackIntake = request.app.state.feedback
+        return await anyio.to_thread.run_sync(intake.rate, body)
+
+    @app.get("/v1/sources/{chunk_id}", response_model=SourceOut, summary="A cited chunk's text and origin")
+    async def source(chunk_id: str) -> SourceOut:
+        with stack_holder.acquire() as served:
+            chunk = await anyio.to_thread.run_sync(fetch_chunk, served, chunk_id)
+            return SourceOut(
+                chunk_id=chunk.chunk_id,
+                doc_id=chunk.doc_id,
+                title=chunk.title,
+                source=chunk.source,
+                position=chunk.position,
+                text=chunk.text,
+                index_version=chunk.index_version,
+                stack_version=served.version,
+            )
 
     @app.post("/v1/chat/completions", summary="OpenAI-compatible chat completions over the champion stack")
     async def chat(body: ChatRequest, request: Request) -> Any:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+from rag.errors import BadQuery
+from rag.feedback import MAX_COMMENT_CHARS, Rating, normalise_rating
 
 FilterValue = str | list[str]
 
@@ -80,6 +84,51 @@ class ChatRequest(BaseModel):
     stream: bool = False
     top_k: int | None = Field(default=None, ge=1, strict=True)
     filters: dict[str, FilterValue] | None = None
+
+
+def _rating(value: object) -> Rating:
+    try:
+        return normalise_rating(value)
+    except BadQuery as exc:  # a validation error (422) with our message as is, not prefixed "Value error, "
+        raise PydanticCustomError("rating", str(exc)) from None
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: a rating of one answered request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64, description="The request_id of the answer being rated.")
+    rating: Annotated[Rating, BeforeValidator(_rating)] = Field(
+        description='"up" (helpful) or "down" (not helpful); 1 and -1 are accepted too.'
+    )
+    comment: str | None = Field(default=None, max_length=MAX_COMMENT_CHARS, description="Optional free text.")
+
+
+class FeedbackResponse(BaseModel):
+    """The rating as stored; ``replaced`` says an earlier rating of the same request was overwritten."""
+
+    request_id: str
+    rating: Rating
+    comment: str | None
+    replaced: bool
+    previous_rating: Rating | None
+    revisions: int = Field(description="How often this request has been rated (1 = first rating).")
+    recorded_at: float
+    message: str
+
+
+class SourceOut(BaseModel):
+    """``GET /v1/sources/{chunk_id}``: a cited chunk's text and origin in the served index."""
+
+    chunk_id: str
+    doc_id: str
+    title: str
+    source: str
+    position: int
+    text: str
+    index_version: int
+    stack_version: int
 
 
 class ErrorBody(BaseModel):
