@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -251,31 +253,169 @@ def ingest(
 
 
 @app.command()
-def up(as_json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
-    """Bring the platform up on its embedded defaults: build the demo corpus and ingest it, then report.
+def up(
+    api_port: Annotated[int | None, typer.Option("--api-port", help="Query service port (default 8000).")] = None,
+    prefect_port: Annotated[
+        int | None, typer.Option("--prefect-port", help="Prefect UI/API port (default 4200).")
+    ] = None,
+    mlflow_port: Annotated[int | None, typer.Option("--mlflow-port", help="MLflow UI/API port (default 5000).")] = None,
+    bootstrap_demo: Annotated[
+        bool, typer.Option("--bootstrap/--no-bootstrap", help="Ingest the demo corpus and promote a first stack.")
+    ] = True,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Bring the whole platform up on this machine, on its embedded defaults, until Ctrl-C.
 
-    Uses local Qdrant, SQLite-backed MLflow and needs no LLM key. Safe to re-run: unchanged documents are not
-    re-ingested.
+    Starts a Prefect server (UI), an MLflow server (UI), a worker serving every deployment with its schedule
+    (ingest hourly, evaluate nightly, promote, rollback: pause them in the Prefect UI) and the query service with
+    its playground, all on 127.0.0.1 with state under RAGOPS_HOME. The first start ingests the bundled demo corpus,
+    evaluates a default stack through the gate and promotes it; a restart reuses everything. Ctrl-C stops every
+    part; a port in use or a crashed part is reported and stops the rest. Logs: RAGOPS_HOME/logs/<part>.log.
     """
-    from pipelines.demo import build_demo_corpus
+    import os
+
+    from flows.platform import PlatformError, Ports, Supervisor, bootstrap, platform_env
 
     settings = build_settings(verbose)
-    corpus = settings.home / "demo-corpus"
+    defaults = Ports.from_settings(settings)
+    ports = Ports(
+        api=api_port or defaults.api, prefect=prefect_port or defaults.prefect, mlflow=mlflow_port or defaults.mlflow
+    )
 
-    def body() -> dict[str, Any]:
-        build_demo_corpus(corpus, overwrite=True)
-        return ingest_source(settings, corpus, collection=None, tenant=None, show_progress=not as_json)
+    def echo(line: str) -> None:
+        typer.echo(line, err=True)
 
-    data = guarded(body)
-    data["home"] = str(settings.home)
-    data["mlflow_tracking_uri"] = settings.mlflow_tracking_uri
-    if as_json:
-        typer.echo(json.dumps(data))
-        return
-    _print_report(data)
-    typer.echo("")
-    typer.echo(f"state:  {settings.home}")
-    typer.echo(f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+    supervisor = Supervisor(settings, ports, echo)
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        supervisor.check_ports()
+        supervisor.start(["prefect", "mlflow"])
+        os.environ.update(platform_env(settings, ports))  # this process now talks to the servers too
+        served = build_settings(verbose)
+        supervisor.start(["worker", "api"])
+        if bootstrap_demo:
+            bootstrap(served, echo)
+        _wait_ready(f"http://127.0.0.1:{ports.api}/readyz", served.service.reload_interval_s + 60, echo)
+        typer.echo(
+            "\nragops is up:\n"
+            f"  query playground  http://127.0.0.1:{ports.api}/\n"
+            f"  query API         http://127.0.0.1:{ports.api}/docs\n"
+            f"  Prefect UI        http://127.0.0.1:{ports.prefect}\n"
+            f"  MLflow UI         http://127.0.0.1:{ports.mlflow}\n"
+            f"  state and logs    {settings.home}\n"
+            "Ctrl-C stops everything."
+        )
+        supervisor.watch(stop)
+    except PlatformError as exc:
+        supervisor.stop_all()
+        raise _fail(str(exc)) from exc
+    except RagopsError as exc:
+        supervisor.stop_all()
+        raise _fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        echo("stopping ...")
+    finally:
+        supervisor.stop_all()
+    echo("stopped")
+
+
+def _wait_ready(url: str, timeout_s: float, echo: Callable[[str], None]) -> None:
+    import time
+
+    import httpx
+
+    from flows.platform import PlatformError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                echo("api ready: a champion stack is loaded")
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise PlatformError(f"the query service did not become ready ({url}) within {timeout_s:.0f} s")
+
+
+server_app = typer.Typer(
+    help="Start one part of the platform (for deployments that run them on different machines; see infra/).",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+
+def _exec_server(name: str, host: str | None, port: int | None, verbose: bool) -> None:
+    import os
+
+    from flows.platform import SERVER_ENV, server_argv
+    from pipelines.env import child_env
+
+    settings = build_settings(verbose)
+    group = settings.prefect if name == "prefect" else settings.mlflow
+    chosen, bind = port or group.port, host or group.host
+    argv = server_argv(settings, name, chosen, bind)
+    typer.echo(f"{name} server on http://{bind}:{chosen}", err=True)
+    os.execve(argv[0], argv, child_env(settings, SERVER_ENV[name]))
+
+
+@server_app.command("prefect")
+def server_prefect(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface (default 127.0.0.1; 0.0.0.0 in containers).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_PREFECT__PORT, 4200).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The Prefect server with its UI (PREFECT_HOME and its SQLite database under RAGOPS_HOME)."""
+    _exec_server("prefect", host, port, verbose)
+
+
+@server_app.command("mlflow")
+def server_mlflow(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface (default 127.0.0.1; 0.0.0.0 in containers).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_MLFLOW__PORT, 5000).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The MLflow tracking server with its UI (SQLite store and artifacts under RAGOPS_HOME, no job workers)."""
+    _exec_server("mlflow", host, port, verbose)
+
+
+@server_app.command("worker")
+def server_worker(verbose: VerboseOpt = False) -> None:
+    """Serve every ragops deployment with its schedule against RAGOPS_PREFECT__API_URL (runs until stopped).
+
+    Deployments: ingest/hourly (RAGOPS_INGEST__SOURCES, default the demo corpus), evaluate/nightly-champion,
+    promote/manual, rollback/manual. Schedules can be paused in the Prefect UI.
+    """
+    settings = build_settings(verbose)
+    if not settings.prefect.api_url:
+        raise _fail("the worker needs a Prefect server: set RAGOPS_PREFECT__API_URL (e.g. http://127.0.0.1:4200/api)")
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import all_deployments
+
+    deployments = all_deployments(settings)
+    typer.echo(f"serving {len(deployments)} deployments: {', '.join(d.name for d in deployments)}", err=True)
+    # Schedules stay active when the worker stops (a restart of `ragops up` must not leave them paused).
+    prefect_serve(*deployments, print_starting_message=False, pause_on_shutdown=False)
+
+
+@server_app.command("api")
+def server_api(
+    host: Annotated[str | None, typer.Option("--host", help="Interface (default RAGOPS_SERVICE__HOST).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_SERVICE__PORT).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The query service (the same as `ragops serve`)."""
+    serve(host=host, port=port, verbose=verbose)
 
 
 @app.command()
@@ -452,21 +592,78 @@ def stack_register(
 def stack_promote(
     version: Annotated[int, typer.Argument(help="Version to make champion.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded as a tag).")] = "manual promotion",
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote without a passing gate (needs --override-reason).")
+    ] = False,
+    override_reason: Annotated[
+        str | None, typer.Option("--override-reason", help="Why the gate is overridden (recorded on the version).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move the 'champion' alias to VERSION; the running service follows within its reload interval."""
+    """Move the 'champion' alias to VERSION; the running service follows within its reload interval.
+
+    Refused unless VERSION passed the evaluation gate (`ragops eval --stack VERSION --gate`) on the configured test
+    set's current content, against the current champion. `--force --override-reason TEXT` overrides the gate; the
+    override, who did it and why are recorded on the version.
+    """
     from dataclasses import asdict
 
+    from evaluation.deploy import promote_gated
     from rag.stack import StackRegistry
 
+    if force and not override_reason:
+        raise _fail("--force needs --override-reason TEXT: an override of the gate is recorded with its reason", 2)
+    if override_reason and not force:
+        raise _fail("--override-reason only applies with --force", 2)
     settings = build_settings()
-    result = guarded(lambda: StackRegistry(settings).promote(version, actor=_actor(), reason=reason))
+    result = guarded(
+        lambda: promote_gated(
+            settings,
+            StackRegistry(settings),
+            version,
+            actor=_actor(),
+            reason=reason,
+            override=override_reason if force else None,
+        )
+    )
     if as_json:
         typer.echo(json.dumps(asdict(result)))
     elif result.changed:
         typer.echo(f"champion: v{result.previous} -> v{result.version}")
     else:
         typer.echo(f"v{result.version} is already champion")
+
+
+@stack_app.command("compare")
+def stack_compare(
+    baseline: Annotated[str, typer.Argument(help="Baseline version, or 'champion'.")],
+    candidate: Annotated[str, typer.Argument(help="Candidate version.")],
+    testset: Annotated[
+        str | None, typer.Option("--testset", help="Test set (default RAGOPS_EVAL__TESTSET).", show_default=False)
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-metric differences of two versions on the same test set, with paired significance tests.
+
+    Uses each version's newest logged evaluation on the test set's current hash (run `ragops eval` first); the
+    p-value comes from a paired permutation test on per-question scores, the interval from a paired bootstrap.
+    """
+    from evaluation.deploy import compare_versions
+    from rag.stack import StackRegistry
+
+    settings = build_settings()
+    report = guarded(lambda: compare_versions(settings, StackRegistry(settings), baseline, candidate, testset=testset))
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+        return
+    typer.echo(f"v{report.baseline_version} -> v{report.candidate_version} on {report.testset} ({report.sha[:12]})")
+    for c in report.comparisons:
+        mark = "*" if c.significant(settings.eval.alpha) else " "
+        typer.echo(
+            f" {mark} {c.metric:<22} {c.mean_baseline:8.4f} -> {c.mean_candidate:8.4f}  {c.delta:+.4f}  "
+            f"95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]  p={c.p_value:.3g}  (n={c.n})"
+        )
+    typer.echo(f"* significant at alpha={settings.eval.alpha}")
 
 
 @stack_app.command("rollback")
@@ -485,6 +682,101 @@ def stack_rollback(
         typer.echo(json.dumps(asdict(result)))
     else:
         typer.echo(f"champion: v{result.previous} -> v{result.version} (rolled back)")
+
+
+@app.command("eval")
+def eval_(
+    testset: Annotated[
+        str | None,
+        typer.Option(
+            "--testset",
+            help="A bundled name (demo_qa), a QA .jsonl or a BEIR folder (default RAGOPS_EVAL__TESTSET).",
+            show_default=False,
+        ),
+    ] = None,
+    stack: Annotated[str, typer.Option("--stack", help="A registered version number, or 'champion'.")] = "champion",
+    gate: Annotated[
+        bool,
+        typer.Option(
+            "--gate",
+            help="Check thresholds and regression against the champion; exit 4 when the gate fails.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Evaluate a stack on a fixed test set and log the run to MLflow (experiment 'evaluation').
+
+    Retrieval (nDCG@10, recall@k, MRR@10, hit rate), answers (exact match, token F1, containment, abstention,
+    groundedness, citation validity, format) and latency per stage. With --gate, also the deployment gate: every
+    configured threshold (RAGOPS_EVAL__THRESHOLDS) and no regression beyond tolerance against the champion's
+    reference evaluation on the same test set; a passing gate is what `ragops stack promote` requires.
+    """
+    from evaluation.deploy import evaluate_stack
+    from evaluation.testsets import load_testset
+    from rag.stack import StackRegistry
+
+    settings = build_settings(verbose)
+    bar = None if as_json else EvalProgress()
+
+    def body() -> Any:
+        chosen = load_testset(testset, split=settings.eval.split) if testset else None
+        with bar.shown() if bar else nullcontext():
+            return evaluate_stack(
+                settings,
+                StackRegistry(settings),
+                stack,
+                testset=chosen,
+                gate=gate,
+                progress=bar.update if bar else None,
+            )
+
+    outcome = guarded(body)
+    if as_json:
+        typer.echo(json.dumps(outcome.to_json()))
+    else:
+        _print_eval(outcome)
+    if outcome.gate is not None and not outcome.gate.passed:
+        raise typer.Exit(4)
+
+
+class EvalProgress:
+    """One progress bar over the questions of a test set (stderr)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_stderr_console()
+        )
+        self._task: Any = None
+
+    def update(self, done: int, total: int) -> None:
+        """Move the bar (creates it on the first call)."""
+        if self._task is None:
+            self._task = self._progress.add_task("evaluate", total=total)
+        self._progress.update(self._task, completed=done)
+
+    @contextmanager
+    def shown(self) -> Iterator[EvalProgress]:
+        """Display the bar while the block runs."""
+        with self._progress:
+            yield self
+
+
+def _print_eval(outcome: Any) -> None:
+    result = outcome.result
+    typer.echo(
+        f"stack {result.stack_name} v{result.stack_version} on {result.testset_name} ({result.testset_sha256[:12]}), "
+        f"{len(result.examples)} questions in {result.seconds:.1f} s"
+    )
+    for name, value in sorted(result.metrics.items()):
+        typer.echo(f"  {name:<28} {value:10.4f}")
+    for name, why in sorted(result.skipped.items()):
+        typer.echo(f"  {name:<28}    skipped: {why}")
+    if outcome.gate is not None:
+        typer.echo(outcome.gate.summary())
+    typer.echo(f"MLflow run: {outcome.run_id} (experiment 'evaluation')")
 
 
 @app.command()

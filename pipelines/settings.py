@@ -24,18 +24,34 @@ class QdrantSettings(BaseModel):
     api_key: SecretStr | None = Field(default=None, description="API key for a Qdrant server.")
     collection: str = Field(default="docs", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Logical collection name.")
     keep_versions: int = Field(default=3, ge=2, description="Published index versions kept on disk (>= 2).")
+    local_accelerator: bool = Field(
+        default=True,
+        description="Embedded mode: search an in-memory copy of the (immutable) index version with numpy instead of "
+        "qdrant-client's pure-Python local search; same results, loaded when a stack opens. Ignored for a server.",
+    )
 
 
 class MlflowSettings(BaseModel):
     """MLflow tracking and registry; defaults to a SQLite database and local artifact store under ``home``."""
 
     tracking_uri: str | None = Field(default=None, description="Tracking URI; unset means sqlite under home.")
+    port: int = Field(default=5000, ge=1, le=65535, description="Port of `ragops server mlflow` (UI and API).")
+    host: str = Field(
+        default="127.0.0.1", description="Interface `ragops server mlflow` binds (0.0.0.0 in containers)."
+    )
+    backend_store_uri: str | None = Field(
+        default=None, description="Store of `ragops server mlflow` (e.g. PostgreSQL); unset means SQLite under home."
+    )
 
 
 class PrefectSettings(BaseModel):
     """Prefect API; unset means flows run in-process without an orchestration server."""
 
     api_url: str | None = Field(default=None, description="Prefect API URL, e.g. http://127.0.0.1:4200/api.")
+    port: int = Field(default=4200, ge=1, le=65535, description="Port of `ragops server prefect` (UI and API).")
+    host: str = Field(
+        default="127.0.0.1", description="Interface `ragops server prefect` binds (0.0.0.0 in containers)."
+    )
 
 
 class EmbedderSettings(BaseModel):
@@ -67,6 +83,11 @@ class ChunkingSettings(BaseModel):
 class IngestSettings(BaseModel):
     """Limits and policies for reading sources."""
 
+    sources: list[str] = Field(
+        default_factory=list,
+        description="Folders/files the worker ingests on schedule; empty means the demo corpus under home.",
+    )
+    schedule_cron: str = Field(default="0 * * * *", description="When the worker ingests the sources (hourly).")
     max_file_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Larger files are quarantined.")
     text_encodings: list[str] = Field(
         default_factory=lambda: ["utf-8"],
@@ -109,6 +130,57 @@ class ServiceSettings(BaseModel):
     max_question_chars: int = Field(default=2000, ge=1, description="Longer questions are refused with 422.")
     max_top_k: int = Field(default=50, ge=1, description="Largest top_k a request may ask for.")
     max_batch: int = Field(default=16, ge=1, description="Concurrent questions embedded in one forward pass.")
+    recent_requests: int = Field(
+        default=2048,
+        ge=1,
+        description="Answered requests kept in memory for cheap feedback; older ones are looked up in the request log.",
+    )
+
+
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "hit_rate@10": 0.95,
+    "recall@10": 0.90,
+    "mrr@10": 0.80,
+    "containment": 0.70,
+    "groundedness": 0.95,
+    "citation_validity": 1.0,
+    "format_compliance": 0.98,
+}
+"""Gate minimums for the bundled demo QA set (measured with the extractive dense stack: hit rate 0.99, recall@10
+0.97, MRR 0.91, containment 0.80; hybrid higher), minus a margin. Set your own for your test set."""
+
+
+class JudgeSettings(BaseModel):
+    """An OpenAI-compatible LLM that grades answers; unset means the judge metrics are reported as skipped."""
+
+    base_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible API (…/v1).")
+    model: str | None = Field(default=None, description="Judge model name.")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the judge's API key.")
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_items: int = Field(default=100, ge=1, description="Judge at most this many examples per run (cost bound).")
+
+
+class EvalSettings(BaseModel):
+    """The evaluation gate: which test set, which minimums, how much regression against the champion is noise."""
+
+    testset: str = Field(
+        default="demo_qa",
+        description="The gate's test set: a bundled name (demo_qa), a QA .jsonl file or a BEIR folder.",
+    )
+    split: str = Field(default="test", description="BEIR qrels split evaluated.")
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_THRESHOLDS),
+        description="Metric -> minimum (higher is better); JSON in RAGOPS_EVAL__THRESHOLDS.",
+    )
+    tolerance: float = Field(default=0.02, ge=0.0, description="Allowed drop against the champion, any metric.")
+    tolerances: dict[str, float] = Field(default_factory=dict, description="Per-metric overrides of tolerance.")
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Significance level of the paired tests.")
+    resamples: int = Field(default=9999, ge=99, description="Permutations/bootstrap resamples of the paired tests.")
+    depth: int = Field(default=100, ge=10, le=1000, description="Chunks retrieved per query for ranking metrics.")
+    groundedness_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
+    schedule_cron: str = Field(default="0 2 * * *", description="When the champion is re-evaluated (nightly).")
+    webhook_url: str | None = Field(default=None, description="POSTed a JSON alert when the champion regresses.")
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
 
 class Settings(BaseSettings):
@@ -130,6 +202,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
 
     @field_validator("home")
     @classmethod
@@ -156,6 +229,11 @@ class Settings(BaseSettings):
     def logs_dir(self) -> Path:
         """Log files of long-running processes."""
         return self.home / "logs"
+
+    @property
+    def feedback_dir(self) -> Path:
+        """User feedback on answers (``feedback.db``, SQLite): the labelled pairs retraining learns from."""
+        return self.home / "feedback"
 
     @property
     def cache_dir(self) -> Path:

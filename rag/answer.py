@@ -44,7 +44,7 @@ from rag.errors import BadQuery
 from rag.types import ABSTAIN_TEXT, Answer, AnswererConfig, Citation, RetrievedChunk
 
 # Abbreviations after which a full stop does not end a sentence (lower-cased, without the final dot).
-_ABBREVIATIONS = frozenset(
+ABBREVIATIONS = frozenset(
     {
         "dr",
         "mr",
@@ -188,7 +188,7 @@ def split_sentences(text: str) -> list[list[str]]:
             piece = line[start : match.start()].strip()
             last = _LAST_WORD.search(piece)
             word = last.group(1).rstrip(".!?").lower() if last else ""
-            if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+            if word in ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
                 continue  # "Dr. Okafor", "J. Smith": not a sentence end
             sentences.append(piece)
             start = match.end()

@@ -253,8 +253,14 @@ class StackRegistry:
         return list(self._model_tag_json(LOG_TAG, []))
 
     # ------------------------------------------------------------------------------------------------ promote
-    def promote(self, version: int | str, *, actor: str, reason: str) -> Promotion:
-        """Move ``champion`` to ``version`` and record who, when and why; promoting the champion again is a no-op."""
+    def promote(
+        self, version: int | str, *, actor: str, reason: str, tags: Mapping[str, str] | None = None
+    ) -> Promotion:
+        """Move ``champion`` to ``version`` and record who, when and why; promoting the champion again is a no-op.
+
+        ``tags`` are recorded on the version too (the evaluation gate's run id, or an explicit override). This
+        method does not check any gate: :func:`evaluation.deploy.promote_gated` is the gated entry point.
+        """
         number = _version_number(version)
         actor = _check_text(actor, "actor", 200)
         reason = _check_text(reason, "reason", 2000)
@@ -267,7 +273,8 @@ class StackRegistry:
         lineage.append(number)
         client = self.client
         client.set_registered_model_alias(self.model_name, CHAMPION, str(number))
-        for key, value in (("promoted_by", actor), ("promoted_at", at), ("promotion_reason", reason)):
+        extra = tuple((str(k), str(v)) for k, v in (tags or {}).items())
+        for key, value in (("promoted_by", actor), ("promoted_at", at), ("promotion_reason", reason), *extra):
             client.set_model_version_tag(self.model_name, str(number), key, value)
         if current is not None:
             client.set_model_version_tag(self.model_name, str(number), "promoted_over", str(current))

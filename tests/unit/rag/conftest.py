@@ -14,56 +14,7 @@ from pipelines.embed import Embedder
 from pipelines.index import IndexReader, VectorIndex
 from pipelines.ingest import run_ingest
 from pipelines.settings import Settings
-
-# Six short documents with distinct facts, in two tenants. Both tenants have a document about Mount Kerrigan, so a
-# tenant filter visibly changes what a volcano question retrieves.
-DOCS: dict[str, str] = {
-    "acme/volcano.md": (
-        "# Mount Kerrigan\n\n"
-        "Mount Kerrigan is a dormant volcano in the Aldren Range. "
-        "Its last eruption happened in 1847 and covered the valley of Tesh in ash. "
-        "The summit reaches 3,412 metres above sea level.\n"
-    ),
-    "acme/bakery.md": (
-        "# The Copper Kettle Bakery\n\n"
-        "The Copper Kettle Bakery opened in 1962 on Harbour Street. "
-        "Its best-known product is a rye sourdough loaf baked in a wood-fired oven. "
-        "The bakery is closed every Monday.\n"
-    ),
-    "acme/satellite.txt": (
-        "Orion-7 Weather Satellite\n\n"
-        "The Orion-7 weather satellite was launched on 3 March 2019 from the Kourou spaceport. "
-        "It circles the Earth at an altitude of 705 kilometres and measures sea surface temperature. "
-        "The mission is planned to end in 2031.\n"
-    ),
-    "globex/chess.md": (
-        "# Zelda Marsh Chess Club\n\n"
-        "The Zelda Marsh chess club meets on Thursday evenings in the old library. "
-        "The club champion in 2023 was Priya Anand, who won eleven of her twelve games.\n"
-    ),
-    "globex/grinder.md": (
-        "# Burrmaster 500 Coffee Grinder\n\n"
-        "The Burrmaster 500 coffee grinder has 40 grind settings. "
-        "Descale the grinder every three months with citric acid. "
-        "The warranty for the Burrmaster 500 lasts two years.\n"
-    ),
-    "globex/kerrigan-hike.md": (
-        "# Hiking Mount Kerrigan\n\n"
-        "The trail to the top of Mount Kerrigan starts in the village of Lorn. "
-        "Hikers need about six hours to reach the crater rim and should carry three litres of water.\n"
-    ),
-}
-
-
-def write_corpus(root: Path) -> Path:
-    """Write :data:`DOCS` under ``root`` with a ``_meta.json`` tenant per folder."""
-    for rel, text in DOCS.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    for tenant in ("acme", "globex"):
-        (root / tenant / "_meta.json").write_text(f'{{"tenant": "{tenant}"}}', encoding="utf-8")
-    return root
+from tests.fixtures.corpus import write_corpus
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,31 @@
+"""Errors raised by the evaluation package.
+
+RagopsError
+ └── EvaluationError
+      ├── BadTestSet         a test set that cannot be used (malformed line, duplicate id, missing field)
+      ├── GateFailed         a candidate missed a quality gate
+      └── PromotionRefused   a promotion was refused (gate not passed, or not significantly better)
+
+``EvaluationError`` derives from :class:`pipelines.errors.RagopsError`, the base every ragops error shares, so the CLI's
+one ``except RagopsError`` turns these into a message and an exit code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from pipelines.errors import RagopsError
+
+
+class EvaluationError(RagopsError):
+    """Base of every error raised on purpose by the ``evaluation`` package."""
+
+
+class BadTestSet(EvaluationError):
+    """The test set cannot be used as written; the message names the file, line and problem."""
+
+
+class GateFailed(EvaluationError):
+    """The candidate did not meet a quality gate; the message names the metrics that failed."""
+
+
+class PromotionRefused(EvaluationError):
+    """The promotion was refused; the message says why (failed gate, no significant improvement)."""

@@ -1,0 +1,957 @@
+"""The deployment files under infra/, validated without running them.
+
+Nothing here builds an image, starts a container or talks to a cluster. Each file is parsed, checked against the
+schema its tool uses where one is available offline (the compose-spec schema vendored by check-jsonschema, the
+Kubernetes OpenAPI schemas bundled by kubernetes-validate, Prefect's own prefect.yaml model), and checked against
+the code it deploys: commands are ragops CLI commands, RAGOPS_* variables are fields of ``Settings``, flow
+entrypoints exist, ports, probes, volumes and secrets agree across files.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import ipaddress
+import json
+import re
+import shlex
+import tomllib
+import typing
+from collections.abc import Iterator, Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from pipelines.env import OFFLINE_ENV
+from pipelines.settings import EvalSettings, Settings
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+COMPOSE_DIR = INFRA / "compose"
+COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
+DOCKERFILE = INFRA / "docker" / "Dockerfile"
+DOCKERIGNORE = INFRA / "docker" / "Dockerfile.dockerignore"
+K8S = INFRA / "k8s"
+KUSTOMIZATION = K8S / "kustomization.yaml"
+SECRET_EXAMPLE = K8S / "secret.example.yaml"
+QDRANT_VALUES = K8S / "qdrant-values.yaml"
+PREFECT_FILE = INFRA / "prefect" / "prefect.yaml"
+QDRANT_CONFIG = INFRA / "qdrant" / "config.yaml"
+
+KUBERNETES_VERSION = "1.30"
+"""The oldest Kubernetes release the manifests must be valid for (kubernetes-validate picks its schema)."""
+
+RAGOPS_IMAGE_DOCKERFILE = "infra/docker/Dockerfile"
+
+RAGOPS_COMMANDS: dict[tuple[str, ...], dict[str, int]] = {
+    ("server", "prefect"): {"--port": 4200},
+    ("server", "mlflow"): {"--port": 5000},
+    ("server", "worker"): {},
+    ("server", "api"): {"--port": 8000},
+    ("serve",): {"--port": 8000},
+    ("up",): {"--api-port": 8000, "--prefect-port": 4200, "--mlflow-port": 5000},
+}
+"""The process commands of the ragops CLI: subcommand -> the options it takes, with their defaults (all ports)."""
+
+SERVER_COMMANDS = {("server", "prefect"), ("server", "mlflow"), ("server", "worker"), ("server", "api")}
+"""A multi-process deployment runs each of these exactly once (as a service or a Deployment)."""
+
+INDEX_FREE_COMMANDS = {("server", "prefect"), ("server", "mlflow")}
+"""Processes that never open the vector index; every other ragops process must be given a Qdrant server."""
+
+PENDING_SETTINGS: dict[str, str] = {}
+"""RAGOPS_* variables the deployment files use for settings that the CLI being written adds to pipelines/settings.py."""
+
+PENDING_FILES = {"flows/retrain.py": "the retrain flow is being written"}
+"""Flow files prefect.yaml points at that do not exist yet."""
+
+EXPECTED_DEPLOYMENTS: dict[str, tuple[str, str | None]] = {
+    "flows/ingest.py:ingest_flow": ("hourly", "hourly"),
+    "flows/evaluate.py:evaluate_flow": ("nightly-champion", "daily"),
+    "flows/retrain.py:retrain_flow": ("weekly", "weekly"),
+    "flows/evaluate.py:promote_flow": ("manual", None),
+    "flows/evaluate.py:rollback_flow": ("manual", None),
+}
+"""prefect.yaml: entrypoint -> (deployment name, schedule cadence or None for manual runs)."""
+
+SECRET_NAME = re.compile(r"PASSWORD|API_KEY|SECRET|TOKEN")
+"""Variable names whose values are secrets: never a literal in a committed file."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def settings_env_names(model: type[BaseModel] = Settings, prefix: str = "RAGOPS_") -> set[str]:
+    """Every environment variable ``model`` reads: ``RAGOPS_<FIELD>`` and ``RAGOPS_<GROUP>__<FIELD>``, recursively."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        key = prefix + name.upper()
+        nested = _model_in(field.annotation)
+        if nested is None:
+            names.add(key)
+        else:
+            names |= settings_env_names(nested, key + "__")
+    return names
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    for candidate in typing.get_args(annotation) or (annotation,):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def assert_known_settings(names: set[str], where: str) -> None:
+    unknown = {n for n in names if n.startswith("RAGOPS_")} - settings_env_names() - set(PENDING_SETTINGS)
+    assert not unknown, f"{where}: RAGOPS_* variables that are not fields of pipelines.settings.Settings: {unknown}"
+
+
+def parse_ragops_command(argv: list[Any], where: str) -> tuple[tuple[str, ...], dict[str, int]]:
+    """``argv`` as one of :data:`RAGOPS_COMMANDS`, with every option resolved (given or default)."""
+    args = [str(a) for a in argv]
+    assert args and args[0] == "ragops", f"{where}: command {args} is not a ragops command"
+    for sub, options in RAGOPS_COMMANDS.items():
+        if tuple(args[1 : 1 + len(sub)]) != sub:
+            continue
+        rest = args[1 + len(sub) :]
+        values = dict(options)
+        assert len(rest) % 2 == 0, f"{where}: `{' '.join(args)}`: options must be `--name value` pairs"
+        for option, value in zip(rest[::2], rest[1::2], strict=True):
+            assert option in options, f"{where}: `ragops {' '.join(sub)}` has no option {option}"
+            assert value.isdigit(), f"{where}: {option} {value} is not a port"
+            values[option] = int(value)
+        return sub, values
+    raise AssertionError(f"{where}: `{' '.join(args)}` is none of the ragops commands {sorted(RAGOPS_COMMANDS)}")
+
+
+def cron_cadence(cron: str) -> str:
+    """``hourly``, ``daily`` or ``weekly`` for the simple cron shapes the deployments use; ``other`` otherwise."""
+    fields = cron.split()
+    assert len(fields) == 5, f"cron {cron!r} does not have 5 fields"
+    minute, hour, dom, month, dow = fields
+    fixed = re.compile(r"^\d+$")
+    if fixed.match(minute) and hour == dom == month == dow == "*":
+        return "hourly"
+    if fixed.match(minute) and fixed.match(hour) and dom == month == "*":
+        if dow == "*":
+            return "daily"
+        if re.match(r"^([0-7]|MON|TUE|WED|THU|FRI|SAT|SUN)$", dow, re.IGNORECASE):
+            return "weekly"
+    return "other"
+
+
+def pyproject_pin(package: str) -> str:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name, sep, version = dep.partition("==")
+        if sep and re.sub(r"\[.*\]", "", name).strip().lower() == package:
+            return version.strip()
+    raise AssertionError(f"pyproject.toml does not pin {package} exactly")
+
+
+# --- compose ---------------------------------------------------------------------------------------------------------
+
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}`` against ``env``.
+
+    A required variable that ``env`` leaves unset becomes ``<NAME>``: these tests look at structure, not secrets.
+    """
+
+    def substitute(match: re.Match[str]) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"]
+        current = env.get(name)
+        if op == ":-":
+            return current if current else arg
+        if op == "-":
+            return current if current is not None else arg
+        if op in (":?", "?"):
+            return current if current else f"<{name}>"
+        return current or ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def compose_variables(text: str) -> dict[str, str | None]:
+    """Variables the compose file interpolates -> the operator (``:-``, ``:?``, ...) they are used with."""
+    return {m["name"]: m["op"] for m in _VARIABLE.finditer(text)}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: {raw!r} is not KEY=VALUE"
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+@cache
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return dict(compose()["services"])
+
+
+def ragops_services() -> dict[str, dict[str, Any]]:
+    """Services running the image built from infra/docker/Dockerfile."""
+    return {
+        name: svc
+        for name, svc in services().items()
+        if isinstance(svc.get("build"), dict) and svc["build"].get("dockerfile") == RAGOPS_IMAGE_DOCKERFILE
+    }
+
+
+def service_env(svc: Mapping[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def published_ports(svc: Mapping[str, Any], env: Mapping[str, str]) -> Iterator[tuple[str, str, int]]:
+    """(host IP, host port, container port) of each published port, with variables resolved against ``env``."""
+    for port in svc.get("ports", []):
+        if isinstance(port, dict):
+            yield interpolate(str(port.get("host_ip", "")), env), str(port.get("published", "")), int(port["target"])
+            continue
+        spec = interpolate(str(port), env).split("/")[0]
+        parts = spec.rsplit(":", 2)
+        host_ip = parts[0] if len(parts) == 3 else ""
+        host_port = parts[-2] if len(parts) >= 2 else ""
+        yield host_ip, host_port, int(parts[-1])
+
+
+def healthcheck_command(svc: Mapping[str, Any]) -> str:
+    test = svc["healthcheck"]["test"]
+    return " ".join(str(t) for t in test) if isinstance(test, list) else str(test)
+
+
+# --- Dockerfile ------------------------------------------------------------------------------------------------------
+
+
+@cache
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order; continuation lines joined, comments dropped (also inside continuations)."""
+    instructions: list[tuple[str, str]] = []
+    current = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not current):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        if current.strip():
+            instruction, _, arguments = current.strip().partition(" ")
+            instructions.append((instruction.upper(), arguments.strip()))
+        current = ""
+    assert not current, "Dockerfile ends inside a continued instruction"
+    return instructions
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile()
+    last_from = max(i for i, (instruction, _) in enumerate(instructions) if instruction == "FROM")
+    return instructions[last_from:]
+
+
+def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction, arguments in stage:
+        if instruction == "ENV":
+            for token in shlex.split(arguments):
+                key, sep, value = token.partition("=")
+                assert sep, f"ENV {arguments!r}: use the KEY=value form"
+                env[key] = value
+    return env
+
+
+def exec_form(arguments: str, instruction: str) -> list[str]:
+    parsed = json.loads(arguments)
+    assert isinstance(parsed, list), f"{instruction} must use the exec (JSON array) form"
+    return [str(p) for p in parsed]
+
+
+# --- Kubernetes ------------------------------------------------------------------------------------------------------
+
+NOT_MANIFESTS = {KUSTOMIZATION.name, QDRANT_VALUES.name}
+
+
+def k8s_files() -> list[Path]:
+    return sorted(K8S.glob("*.yaml"))
+
+
+def manifest_files() -> list[Path]:
+    return [p for p in k8s_files() if p.name not in NOT_MANIFESTS]
+
+
+@cache
+def k8s_documents() -> list[tuple[str, dict[str, Any]]]:
+    """(file name, document) for every Kubernetes object under infra/k8s/ (the secret example included)."""
+    documents = []
+    for path in manifest_files():
+        for document in yaml.safe_load_all(path.read_text()):
+            if document is not None:
+                documents.append((path.name, document))
+    return documents
+
+
+def k8s_objects(kind: str) -> list[dict[str, Any]]:
+    return [doc for _, doc in k8s_documents() if doc.get("kind") == kind]
+
+
+def k8s_object(kind: str, name: str) -> dict[str, Any]:
+    matches = [doc for doc in k8s_objects(kind) if doc["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def workloads() -> list[dict[str, Any]]:
+    return [doc for _, doc in k8s_documents() if doc.get("kind") in ("Deployment", "StatefulSet", "DaemonSet")]
+
+
+def containers(workload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    spec = workload["spec"]["template"]["spec"]
+    return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def container_command(container: Mapping[str, Any]) -> list[str]:
+    return [str(a) for a in list(container.get("command", [])) + list(container.get("args", []))]
+
+
+def config_map_data() -> dict[str, str]:
+    return {str(k): str(v) for k, v in k8s_object("ConfigMap", "ragops-config")["data"].items()}
+
+
+def container_env(container: Mapping[str, Any]) -> dict[str, str]:
+    """The container's environment as far as the manifests define it (ConfigMap values; secrets as ``<secret>``)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(k8s_object("ConfigMap", source["configMapRef"]["name"])["data"])
+    for item in container.get("env", []):
+        env[item["name"]] = str(item["value"]) if "value" in item else "<secret>"
+    return env
+
+
+def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# --- Prefect ---------------------------------------------------------------------------------------------------------
+
+
+@cache
+def prefect_project() -> dict[str, Any]:
+    loaded = yaml.safe_load(PREFECT_FILE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def prefect_deployments() -> dict[str, dict[str, Any]]:
+    return {d["entrypoint"]: d for d in prefect_project()["deployments"]}
+
+
+def flow_function(path: Path, function: str) -> ast.FunctionDef:
+    """The module-level ``def function`` in ``path``, decorated with Prefect's ``flow`` (read with ``ast``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function:
+            assert any(_is_flow_decorator(d) for d in node.decorator_list), f"{path.name}:{function} is not a @flow"
+            assert isinstance(node, ast.FunctionDef), f"{path.name}:{function} is async"
+            return node
+    raise AssertionError(f"{path.relative_to(REPO)} defines no module-level function {function}")
+
+
+def _is_flow_decorator(node: ast.expr) -> bool:
+    target = node.func if isinstance(node, ast.Call) else node
+    return (isinstance(target, ast.Name) and target.id == "flow") or (
+        isinstance(target, ast.Attribute) and target.attr == "flow"
+    )
+
+
+def flow_name(function: ast.FunctionDef) -> str:
+    for decorator in function.decorator_list:
+        if isinstance(decorator, ast.Call) and _is_flow_decorator(decorator):
+            for keyword in decorator.keywords:
+                if keyword.arg == "name" and isinstance(keyword.value, ast.Constant):
+                    return str(keyword.value.value)
+    return function.name.replace("_", "-")
+
+
+def function_parameters(function: ast.FunctionDef) -> tuple[set[str], set[str]]:
+    """(all parameter names, names without a default)."""
+    args = function.args
+    positional = args.posonlyargs + args.args
+    required = {a.arg for a in positional[: len(positional) - len(args.defaults)]}
+    required |= {a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is None}
+    return {a.arg for a in positional + args.kwonlyargs}, required
+
+
+def module_constant(path: Path, name: str) -> Any:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path.relative_to(REPO)} has no module-level {name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every file
+
+
+def infra_yaml_files() -> list[Path]:
+    return sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+@pytest.mark.parametrize("path", infra_yaml_files(), ids=lambda p: str(p.relative_to(INFRA)))
+def test_every_yaml_file_parses(path: Path) -> None:
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert documents, f"{path} is empty"
+    assert all(isinstance(d, dict) for d in documents), f"{path}: every document must be a mapping"
+
+
+def test_the_readme_names_every_file() -> None:
+    readme = (INFRA / "README.md").read_text()
+    files = [p for p in INFRA.rglob("*") if p.is_file() and p.name not in ("README.md", ".gitignore")]
+    missing = [str(p.relative_to(INFRA)) for p in files if str(p.relative_to(INFRA)) not in readme]
+    assert not missing, f"infra/README.md does not mention {missing}"
+
+
+def test_settings_env_names_cover_nested_groups() -> None:
+    names = settings_env_names()
+    assert {"RAGOPS_HOME", "RAGOPS_QDRANT__URL", "RAGOPS_EVAL__JUDGE__BASE_URL", "RAGOPS_SERVICE__PORT"} <= names
+    assert "RAGOPS_QDRANT" not in names and "RAGOPS_EVAL__JUDGE" not in names
+
+
+@pytest.mark.parametrize("name", sorted(PENDING_SETTINGS))
+def test_pending_settings_have_landed(name: str) -> None:
+    if name not in settings_env_names():
+        pytest.skip(f"pending: {name} ({PENDING_SETTINGS[name]}) is not in pipelines/settings.py yet")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dockerfile
+
+
+def test_dockerfile_base_is_python_311_slim() -> None:
+    args = {}
+    for instruction, arguments in dockerfile():
+        if instruction == "ARG":
+            name, _, default = arguments.partition("=")
+            args[name] = default
+        if instruction == "FROM":
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m[1], m[0]), arguments.split()[0])
+            assert image.startswith("python:3.11-slim"), f"FROM {image}: expected python:3.11-slim"
+
+
+def test_dockerfile_installs_cpu_torch_before_the_project() -> None:
+    runs = [arguments for instruction, arguments in dockerfile() if instruction == "RUN"]
+    torch_pin = f"torch=={pyproject_pin('torch')}"
+    torch_at = [i for i, r in enumerate(runs) if torch_pin in r.split()]
+    project_at = [i for i, r in enumerate(runs) if re.search(r"pip install (?:\S+ )*\.(?:\s|$)", r)]
+    assert torch_at, f"no RUN installs {torch_pin} (the pin in pyproject.toml)"
+    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_at[0]], "torch must come from the CPU index"
+    assert project_at, "no RUN installs the project (pip install .)"
+    assert torch_at[0] < project_at[0], "torch must be installed before the project, or pip pulls the CUDA build"
+    uninstall_at = [i for i, r in enumerate(runs) if re.search(r"pip uninstall (?:\S+ )*torchvision", r)]
+    assert uninstall_at and uninstall_at[0] >= project_at[0], "torchvision must be removed after the project install"
+
+
+def test_dockerfile_copies_only_what_exists_and_is_not_ignored() -> None:
+    ignored = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip()}
+    for instruction, arguments in dockerfile():
+        tokens = arguments.split()
+        if instruction not in ("COPY", "ADD") or any(t.startswith("--from") for t in tokens):
+            continue
+        sources = [t for t in tokens if not t.startswith("--")][:-1]
+        for source in sources:
+            assert (REPO / source).exists(), f"COPY {source}: not in the build context (the repository root)"
+            assert source not in ignored, f"COPY {source}: excluded by {DOCKERIGNORE.name}"
+    assert {".venv", ".ragops", ".git"} <= ignored, "the build context must not ship the venv, state or history"
+
+
+def test_dockerfile_runs_as_a_non_root_user_with_state_in_a_volume() -> None:
+    stage = final_stage()
+    users = [arguments for instruction, arguments in stage if instruction == "USER"]
+    assert users, "the final stage sets no USER: the image would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), f"USER {users[-1]} is root"
+    env = dockerfile_env(stage)
+    assert env.get("RAGOPS_HOME") == "/data"
+    volumes = [a for instruction, a in stage if instruction == "VOLUME"]
+    assert any("/data" in v for v in volumes), "RAGOPS_HOME (/data) must be a VOLUME"
+
+
+def test_dockerfile_sets_the_offline_environment() -> None:
+    env = dockerfile_env(final_stage())
+    wrong = {k: env.get(k) for k, v in OFFLINE_ENV.items() if env.get(k) != v}
+    assert not wrong, f"the image's ENV must match pipelines.env.OFFLINE_ENV; differs: {wrong}"
+    assert_known_settings(set(env), "Dockerfile ENV")
+
+
+def test_dockerfile_default_command_is_the_query_service_with_a_healthcheck() -> None:
+    stage = final_stage()
+    cmd = [exec_form(a, "CMD") for i, a in stage if i == "CMD"]
+    entrypoint = [exec_form(a, "ENTRYPOINT") for i, a in stage if i == "ENTRYPOINT"]
+    assert cmd, "no CMD"
+    assert not entrypoint or entrypoint[-1][0] == "tini", "ENTRYPOINT may only be an init (tini), not the program"
+    sub, options = parse_ragops_command(cmd[-1], "Dockerfile CMD")
+    assert sub == ("server", "api")
+    env = dockerfile_env(stage)
+    port = options.get("--port") if "--port" in cmd[-1] else int(env.get("RAGOPS_SERVICE__PORT", "8000"))
+    healthchecks = [a for i, a in stage if i == "HEALTHCHECK"]
+    assert healthchecks and "/healthz" in healthchecks[-1], "HEALTHCHECK must ask GET /healthz"
+    exposed = {int(p.split("/")[0]) for i, a in stage if i == "EXPOSE" for p in a.split()}
+    assert port in exposed, f"the service listens on {port} but the image exposes {exposed}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# docker compose
+
+
+def test_compose_matches_the_compose_spec_schema() -> None:
+    try:
+        text = resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    except ModuleNotFoundError:
+        pytest.skip("check-jsonschema (dev extra) is not installed: it ships the compose-spec JSON schema")
+    import jsonschema
+
+    schema = json.loads(text)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose())]
+    assert not errors, "docker-compose.yml does not match the compose spec:\n" + "\n".join(errors)
+
+
+def test_compose_services_have_an_image_and_a_healthcheck() -> None:
+    assert set(services()) == {"qdrant", "postgres", "prefect", "mlflow", "worker", "api"}
+    for name, svc in services().items():
+        assert svc.get("image") or svc.get("build"), f"{name}: neither image nor build"
+        check = svc.get("healthcheck") or {}
+        assert check.get("test") and not check.get("disable"), f"{name}: no healthcheck"
+    assert services()["qdrant"]["image"].split(":")[-1] not in ("", "latest"), "pin the Qdrant image tag"
+
+
+def test_compose_ragops_services_build_the_ragops_image() -> None:
+    for name, svc in ragops_services().items():
+        context = (COMPOSE_DIR / svc["build"]["context"]).resolve()
+        assert context == REPO, f"{name}: the build context must be the repository root"
+        assert (context / svc["build"]["dockerfile"]).is_file()
+
+
+def test_compose_ragops_commands_are_cli_commands() -> None:
+    used = []
+    for name, svc in ragops_services().items():
+        sub, options = parse_ragops_command(svc["command"], f"compose service {name}")
+        used.append(sub)
+        port = options.get("--port")
+        container_ports = {target for _, _, target in published_ports(svc, {})}
+        if container_ports:
+            assert container_ports == {port}, f"{name}: publishes {container_ports} but listens on {port}"
+        check = healthcheck_command(svc)
+        checked = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", check)}
+        expected = int(service_env(svc)["PREFECT_RUNNER_SERVER_PORT"]) if port is None else port
+        assert checked == {expected}, f"{name}: the healthcheck asks port {checked}, the process listens on {expected}"
+    assert sorted(used) == sorted(SERVER_COMMANDS), f"each `ragops server` command once, got {used}"
+
+
+def test_compose_healthchecks_ask_the_right_endpoints() -> None:
+    paths = {("server", "api"): "/healthz", ("server", "prefect"): "/api/health", ("server", "mlflow"): "/health"}
+    paths[("server", "worker")] = "/health"
+    for name, svc in ragops_services().items():
+        sub, _ = parse_ragops_command(svc["command"], name)
+        assert re.search(rf":\d+{re.escape(paths[sub])}'", healthcheck_command(svc)), f"{name}: expected {paths[sub]}"
+    assert "/readyz" in healthcheck_command(services()["qdrant"])
+    assert "pg_isready" in healthcheck_command(services()["postgres"])
+
+
+@pytest.mark.parametrize("source", ["compose defaults", ".env.example"])
+def test_compose_publishes_ports_on_loopback_only(source: str) -> None:
+    env = {} if source == "compose defaults" else read_env_file(ENV_EXAMPLE)
+    for name, svc in services().items():
+        for host_ip, _, target in published_ports(svc, env):
+            assert host_ip, f"{name}: port {target} is published on every interface (no host IP)"
+            assert ipaddress.ip_address(host_ip.strip("[]")).is_loopback, f"{name}: port {target} bound to {host_ip}"
+
+
+def test_compose_depends_on_healthy_services() -> None:
+    expected = {
+        "prefect": {"postgres"},
+        "mlflow": {"postgres"},
+        "worker": {"qdrant", "prefect", "mlflow"},
+        "api": {"qdrant", "mlflow"},
+    }
+    for name, svc in services().items():
+        depends = svc.get("depends_on", {})
+        assert isinstance(depends, dict), f"{name}: depends_on must use the long form with a condition"
+        assert set(depends) == expected.get(name, set()), f"{name}: depends on {set(depends)}"
+        for target, spec in depends.items():
+            assert spec.get("condition") == "service_healthy", f"{name} -> {target}: condition must be service_healthy"
+            assert services()[target].get("healthcheck"), f"{name} waits for {target}, which has no healthcheck"
+
+
+def test_compose_env_names_are_settings() -> None:
+    for name, svc in services().items():
+        assert_known_settings(set(service_env(svc)), f"compose service {name}")
+    assert_known_settings(set(read_env_file(ENV_EXAMPLE)), ".env.example")
+
+
+def test_compose_ragops_processes_use_the_qdrant_server() -> None:
+    """The embedded Qdrant store opens in one process only: every process that reads the index needs a server."""
+    for name, svc in ragops_services().items():
+        sub, _ = parse_ragops_command(svc["command"], name)
+        env = service_env(svc)
+        if sub in INDEX_FREE_COMMANDS:
+            assert "RAGOPS_QDRANT__API_KEY" not in env, f"{name} does not need the Qdrant key"
+            continue
+        assert urlsplit(env.get("RAGOPS_QDRANT__URL", "")).hostname == "qdrant", f"{name}: RAGOPS_QDRANT__URL unset"
+        assert "RAGOPS_QDRANT__API_KEY" in env, f"{name}: Qdrant needs its API key"
+
+
+def test_compose_mlflow_accepts_the_host_name_clients_use() -> None:
+    allowed = service_env(services()["mlflow"])["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    for name, svc in ragops_services().items():
+        uri = service_env(svc).get("RAGOPS_MLFLOW__TRACKING_URI")
+        if uri:
+            netloc = urlsplit(uri).netloc
+            assert any(fnmatch.fnmatch(netloc, a) for a in allowed), f"{name}: MLflow would refuse Host {netloc}"
+    assert service_env(services()["mlflow"]).get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION") == "false"
+
+
+def test_compose_secrets_come_from_required_variables() -> None:
+    text = COMPOSE_FILE.read_text()
+    example = read_env_file(ENV_EXAMPLE)
+    for name, svc in services().items():
+        for key, value in service_env(svc).items():
+            if SECRET_NAME.search(key):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", value), f"{name}: {key} must be ${{VAR:?...}}, not {value!r}"
+    for variable, op in compose_variables(text).items():
+        assert variable in example, f"${{{variable}}} is not documented in .env.example"
+        if op in (":?", "?") or SECRET_NAME.search(variable):
+            assert example[variable] == "", f".env.example must leave the secret {variable} empty"
+    stale = set(example) - set(compose_variables(text))
+    assert not stale, f".env.example documents variables docker-compose.yml does not use: {stale}"
+    assert ".env" in (COMPOSE_DIR / ".gitignore").read_text().split(), "infra/compose/.env must be git-ignored"
+
+
+def test_compose_volumes_are_declared_or_shipped() -> None:
+    declared = set(compose().get("volumes") or {})
+    used = set()
+    for name, svc in services().items():
+        for volume in svc.get("volumes", []):
+            spec = volume if isinstance(volume, str) else f"{volume['source']}:{volume['target']}"
+            source = interpolate(spec, {}).split(":")[0]
+            if source.startswith((".", "/")):
+                if Path(source).suffix:
+                    assert (COMPOSE_DIR / source).is_file(), f"{name}: bind-mounted {source} does not exist"
+            else:
+                assert source in declared, f"{name}: volume {source} is not declared under volumes:"
+                used.add(source)
+    assert declared == used, f"declared but unused volumes: {declared - used}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Qdrant
+
+
+def test_qdrant_config_is_production_ready_and_matches_compose() -> None:
+    config = yaml.safe_load(QDRANT_CONFIG.read_text())
+    assert config["telemetry_disabled"] is True
+    assert "api_key" not in config.get("service", {}), "the API key comes from QDRANT__SERVICE__API_KEY, not the file"
+    storage = config["storage"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services()["qdrant"]["volumes"]}
+    for key in ("storage_path", "snapshots_path"):
+        assert storage[key] in mounts, f"storage.{key} {storage[key]} is not a volume in docker-compose.yml"
+    assert mounts.get("/qdrant/config/production.yaml") == "../qdrant/config.yaml"
+    env = service_env(services()["qdrant"])
+    assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", env["QDRANT__SERVICE__API_KEY"])
+    for name, svc in ragops_services().items():
+        url = service_env(svc).get("RAGOPS_QDRANT__URL")
+        assert url is None or urlsplit(url).port == config["service"]["http_port"], f"{name}: {url}"
+    assert urlsplit(config_map_data()["RAGOPS_QDRANT__URL"]).port == config["service"]["http_port"]
+
+
+def test_qdrant_image_matches_the_client() -> None:
+    client = pyproject_pin("qdrant-client").split(".")[:2]
+    compose_tag = services()["qdrant"]["image"].split(":")[1]
+    values = yaml.safe_load(QDRANT_VALUES.read_text())
+    assert values["image"]["tag"] == compose_tag, "compose and the Helm values run different Qdrant versions"
+    assert compose_tag.lstrip("v").split(".")[:2] == client, f"Qdrant {compose_tag} vs qdrant-client {client}"
+
+
+def test_qdrant_helm_values_take_the_key_from_the_ragops_secret() -> None:
+    values = yaml.safe_load(QDRANT_VALUES.read_text())
+    assert not isinstance(values.get("apiKey"), str), "no literal API key in the Helm values"
+    env = {item["name"]: item for item in values["env"]}
+    ref = env["QDRANT__SERVICE__API_KEY"]["valueFrom"]["secretKeyRef"]
+    secret = k8s_object("Secret", ref["name"])
+    assert ref["key"] in secret["stringData"]
+    config = values["config"]
+    assert config["telemetry_disabled"] is True and config["cluster"]["enabled"] is True
+    assert 2 <= config["storage"]["collection"]["replication_factor"] <= values["replicaCount"]
+    context = values["containerSecurityContext"]
+    assert context["runAsNonRoot"] and not context["allowPrivilegeEscalation"] and context["readOnlyRootFilesystem"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Kubernetes
+
+
+def test_k8s_manifests_name_themselves() -> None:
+    for file, doc in k8s_documents():
+        assert doc.get("apiVersion") and doc.get("kind"), f"{file}: apiVersion and kind are required"
+        metadata = doc.get("metadata") or {}
+        assert metadata.get("name"), f"{file}: {doc['kind']} has no metadata.name"
+        if doc["kind"] != "Namespace":
+            assert metadata.get("namespace") == "ragops", f"{file}: {doc['kind']} {metadata['name']} not in ragops"
+
+
+def test_k8s_kustomization_lists_every_manifest_but_the_secret_example() -> None:
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    listed = kustomization["resources"]
+    assert all((K8S / r).is_file() for r in listed), (
+        f"missing resources: {[r for r in listed if not (K8S / r).is_file()]}"
+    )
+    expected = {p.name for p in manifest_files()} - {SECRET_EXAMPLE.name}
+    assert set(listed) == expected, f"kustomization.yaml lists {set(listed) ^ expected} wrongly"
+    assert kustomization["namespace"] == "ragops"
+    images = {c["image"].split(":")[0] for w in workloads() for c in containers(w)}
+    assert images == {i["name"] for i in kustomization["images"]}, "kustomization.yaml must retag the ragops image"
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: p.name)
+def test_k8s_manifest_matches_the_kubernetes_schema(path: Path) -> None:
+    validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) is not installed")
+    errors = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc is None:
+            continue
+        try:  # strict: unknown fields (typos) are errors too
+            validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except validate.ValidationError as error:
+            errors.append(f"{doc['kind']} {doc['metadata']['name']}: {'/'.join(map(str, error.path))}: {error.message}")
+    assert not errors, f"{path.name} against Kubernetes {KUBERNETES_VERSION}:\n" + "\n".join(errors)
+
+
+def test_k8s_workloads_are_restricted_and_bounded() -> None:
+    assert workloads()
+    for workload in workloads():
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
+        pod_context = pod.get("securityContext", {})
+        assert pod_context.get("runAsNonRoot") is True, f"{name}: runAsNonRoot"
+        assert pod_context.get("runAsUser", 0) != 0
+        assert pod_context.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: seccomp"
+        assert pod.get("automountServiceAccountToken") is False, f"{name}: no API token needed"
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in containers(workload):
+            where = f"{name}/{container['name']}"
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container.get("resources", {}).get(bound, {})), f"{where}: {bound}"
+            context = container.get("securityContext", {})
+            assert context.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation"
+            assert context.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem"
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: drop ALL capabilities"
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            assert "emptyDir" in volumes.get(mounts.get("/tmp", ""), {}), f"{where}: /tmp must be an emptyDir"
+            assert "/data" in mounts, f"{where}: RAGOPS_HOME (/data) must be a volume"
+
+
+def test_k8s_commands_are_cli_commands() -> None:
+    used = []
+    for workload in workloads():
+        for container in containers(workload):
+            sub, _ = parse_ragops_command(container_command(container), workload["metadata"]["name"])
+            used.append(sub)
+    assert sorted(used) == sorted(SERVER_COMMANDS), f"each `ragops server` command once, got {used}"
+
+
+def test_k8s_probes_ask_the_port_the_process_listens_on() -> None:
+    for workload in workloads():
+        for container in containers(workload):
+            sub, options = parse_ragops_command(container_command(container), workload["metadata"]["name"])
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            env = container_env(container)
+            expected = options.get("--port") or int(env["PREFECT_RUNNER_SERVER_PORT"])
+            probes = [container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe") if k in container]
+            assert probes, f"{workload['metadata']['name']}: no probes"
+            for probe in probes:
+                port = probe["httpGet"]["port"]
+                assert ports.get(port, port) == expected, f"{workload['metadata']['name']}: probe on {port}"
+
+
+def test_k8s_api_is_replicated_with_readiness_and_liveness() -> None:
+    api = k8s_object("Deployment", "api")
+    assert api["spec"]["replicas"] == 2
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container_env(container)["RAGOPS_SERVICE__HOST"] == "0.0.0.0"
+
+
+def test_k8s_worker_is_a_single_replica_that_never_overlaps() -> None:
+    worker = k8s_object("Deployment", "worker")
+    assert worker["spec"]["replicas"] == 1, "one worker per work queue, or every schedule runs twice"
+    assert worker["spec"]["strategy"]["type"] == "Recreate", "a rolling update would run two workers at once"
+
+
+def test_k8s_hpa_and_pdb_protect_the_api() -> None:
+    api = k8s_object("Deployment", "api")
+    pod_labels = api["spec"]["template"]["metadata"]["labels"]
+    (hpa,) = k8s_objects("HorizontalPodAutoscaler")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "api")
+    assert hpa["spec"]["minReplicas"] == api["spec"]["replicas"] >= 2
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    (pdb,) = k8s_objects("PodDisruptionBudget")
+    assert labels_match(pdb["spec"]["selector"]["matchLabels"], pod_labels)
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "the PDB would block every drain"
+
+
+def test_k8s_services_select_a_workload_and_a_named_port() -> None:
+    for service in k8s_objects("Service"):
+        selector = service["spec"]["selector"]
+        selected = [w for w in workloads() if labels_match(selector, w["spec"]["template"]["metadata"]["labels"])]
+        assert len(selected) == 1, f"Service {service['metadata']['name']} selects {len(selected)} workloads"
+        names = {p["name"] for c in containers(selected[0]) for p in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in names, f"Service {service['metadata']['name']}: no port {port['targetPort']}"
+
+
+def test_k8s_env_names_are_settings_and_refs_resolve() -> None:
+    names = set(config_map_data()) | set(k8s_object("Secret", "ragops-secrets")["stringData"])
+    claims = {pvc["metadata"]["name"] for pvc in k8s_objects("PersistentVolumeClaim")}
+    for workload in workloads():
+        pod = workload["spec"]["template"]["spec"]
+        for volume in pod.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims
+        for container in containers(workload):
+            names |= {item["name"] for item in container.get("env", [])}
+            for item in container.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in k8s_object("Secret", ref["name"])["stringData"], f"no key {ref['key']}"
+    assert_known_settings(names, "infra/k8s")
+
+
+def test_k8s_secret_example_holds_no_values() -> None:
+    secret = k8s_object("Secret", "ragops-secrets")
+    assert "data" not in secret, "use stringData with empty values in the example"
+    assert all(value == "" for value in secret["stringData"].values()), "the example must not contain real values"
+
+
+def test_k8s_ragops_processes_use_the_qdrant_server() -> None:
+    """The embedded Qdrant store opens in one process only: every pod that reads the index needs a server."""
+    for workload in workloads():
+        for container in containers(workload):
+            sub, _ = parse_ragops_command(container_command(container), workload["metadata"]["name"])
+            env = container_env(container)
+            if sub not in INDEX_FREE_COMMANDS:
+                assert env.get("RAGOPS_QDRANT__URL", "").startswith("http"), f"{workload['metadata']['name']}"
+                assert env.get("RAGOPS_QDRANT__API_KEY") == "<secret>", f"{workload['metadata']['name']}: key"
+
+
+def test_k8s_mlflow_accepts_the_host_name_clients_use() -> None:
+    (container,) = k8s_object("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+    env = container_env(container)
+    allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    netloc = urlsplit(config_map_data()["RAGOPS_MLFLOW__TRACKING_URI"]).netloc
+    assert any(fnmatch.fnmatch(netloc, a) for a in allowed), f"MLflow would refuse Host {netloc}"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prefect
+
+
+def test_prefect_yaml_passes_prefects_own_validation() -> None:
+    try:
+        from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel
+        from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+    except ImportError as error:  # private modules: skip, loudly, if a Prefect upgrade moves them
+        pytest.skip(f"Prefect's prefect.yaml model moved ({error}); validate with `prefect deploy --all` instead")
+    model = PrefectYamlModel.model_validate(prefect_project())
+    assert len(model.deployments) == len(prefect_project()["deployments"])
+    for deployment in prefect_project()["deployments"]:
+        unknown = set(deployment) - set(DeploymentConfig.model_fields)
+        assert not unknown, f"{deployment['entrypoint']}: keys Prefect ignores (typos?): {unknown}"
+        unknown = set(deployment["work_pool"]) - {"name", "work_queue_name", "job_variables"}
+        assert not unknown, f"{deployment['entrypoint']}: work_pool keys Prefect ignores: {unknown}"
+        for schedule in deployment.get("schedules") or []:
+            _schedule_config_to_deployment_schedule(schedule)  # raises on a bad cron or timezone
+
+
+def test_prefect_yaml_declares_the_ragops_deployments() -> None:
+    project = prefect_project()
+    assert project["prefect-version"] == pyproject_pin("prefect")
+    deployments = prefect_deployments()
+    assert set(deployments) == set(EXPECTED_DEPLOYMENTS)
+    for entrypoint, (name, cadence) in EXPECTED_DEPLOYMENTS.items():
+        deployment = deployments[entrypoint]
+        assert deployment["name"] == name, f"{entrypoint}: deployment name"
+        crons = [s["cron"] for s in deployment.get("schedules") or []]
+        assert [cron_cadence(c) for c in crons] == ([cadence] if cadence else []), f"{entrypoint}: schedule {crons}"
+        assert deployment["work_pool"]["name"], f"{entrypoint}: no work pool"
+
+
+def test_prefect_yaml_nightly_matches_the_served_deployment() -> None:
+    nightly = prefect_deployments()["flows/evaluate.py:evaluate_flow"]
+    assert nightly["name"] == module_constant(REPO / "flows" / "deployments.py", "EVALUATE_DEPLOYMENT")
+    assert nightly["schedules"][0]["cron"] == EvalSettings.model_fields["schedule_cron"].default
+
+
+def test_prefect_yaml_runs_in_the_images_source_folder() -> None:
+    (step,) = prefect_project()["pull"]
+    workdir = [a for i, a in final_stage() if i == "WORKDIR"][-1]
+    assert step["prefect.deployments.steps.set_working_directory"]["directory"] == workdir
+    targets = {a.split()[-1].rstrip("/") for i, a in final_stage() if i == "COPY"}
+    assert workdir in targets, f"the image must keep the source (flows/...) in {workdir}"
+
+
+@pytest.mark.parametrize("entrypoint", sorted(EXPECTED_DEPLOYMENTS))
+def test_prefect_entrypoint_exists(entrypoint: str) -> None:
+    file, _, function = entrypoint.partition(":")
+    path = REPO / file
+    if not path.exists():
+        if file in PENDING_FILES:
+            pytest.skip(f"pending: {file} does not exist yet ({PENDING_FILES[file]})")
+        pytest.fail(f"{entrypoint}: {file} does not exist")
+    node = flow_function(path, function)
+    deployment = prefect_deployments()[entrypoint]
+    parameters, required = function_parameters(node)
+    given = set(deployment.get("parameters") or {})
+    assert given <= parameters, f"{entrypoint}: {function} takes no {given - parameters}"
+    if deployment.get("schedules"):
+        assert required <= given, f"{entrypoint}: scheduled runs would lack {required - given}"
+    assert flow_name(node), f"{entrypoint}: flow without a name"
+
+
+def test_prefect_entrypoints_reuse_no_flow_and_deployment_pair() -> None:
+    pairs = []
+    for entrypoint, deployment in prefect_deployments().items():
+        file, _, function = entrypoint.partition(":")
+        name = flow_name(flow_function(REPO / file, function)) if (REPO / file).exists() else function
+        pairs.append((name, deployment["name"]))
+    assert len(pairs) == len(set(pairs)), f"two deployments share a flow/deployment name: {pairs}"
