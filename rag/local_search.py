@@ -13,7 +13,7 @@ lock (numpy's matrix products release the GIL).
 "The same results" is meant literally, and each part reproduces qdrant-client 1.20's local-mode arithmetic:
 
 - **Dense** (cosine): Qdrant normalises the stored vectors and the query in float64 and ranks by their float64 dot
-  product. We scan a float32 copy (a quarter of the memory traffic of Qdrant's float64 scan) and rescore in float64,
+  product. We scan a float32 copy (half the memory traffic of a float64 scan) and rescore in float64,
   exactly as Qdrant does, every allowed point whose float32 score is within twice a proven rounding bound of the
   k-th best float32 score, so no point of Qdrant's top k can be missed and the returned scores are Qdrant's.
 - **Sparse** (dot product with ``Modifier.IDF``): Qdrant rescales each query weight by
@@ -108,8 +108,8 @@ def _internal_order(client: object, collection: str, ids: Sequence[str]) -> np.n
 
 def _keyword_values(value: Any) -> Iterable[str]:
     """The payload values a keyword filter can match: a string, or the strings of a list (one level, as Qdrant)."""
-    if isinstance(value, (str, int)):
-        return (str(value),)
+    if isinstance(value, str):
+        return (value,)
     if isinstance(value, list):
         return (v for v in value if isinstance(v, str))
     return ()

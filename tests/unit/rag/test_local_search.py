@@ -273,23 +273,26 @@ def test_synthetic_collection_equals_qdrant(
         assert np.allclose(hits.scores, [p.score for p in dense], rtol=0, atol=1e-12)
 
 
-def test_dense_order_is_qdrant_float64_order_where_float32_cannot_tell(stored: Callable[[list[Point]], Any]) -> None:
-    """Cosines 1e-10 apart are equal in float32; the float64 rescoring still ranks them as Qdrant does."""
-    deltas = np.random.default_rng(3).permutation(np.linspace(1e-4, 2e-4, 12))
+def test_dense_order_is_qdrants_float64_order_where_float32_gets_it_wrong(
+    stored: Callable[[list[Point]], Any],
+) -> None:
+    """Cosines about 1e-8 apart: the float32 scan misranks them, the float64 rescoring of everything within the
+    rounding bound of the k-th float32 score still returns exactly Qdrant's top k."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(64)
+    base /= np.linalg.norm(base)
     points: list[Point] = []
-    for i, delta in enumerate(deltas):
-        vector = np.zeros(8)
-        vector[0], vector[1] = 1.0, delta
-        points.append((str(uuid.UUID(int=i + 1)), (vector / np.linalg.norm(vector)).tolist(), None, {}))
+    for i in range(80):
+        vector = base + 1e-7 * rng.standard_normal(64)
+        points.append((str(uuid.UUID(int=i + 1)), vector.tolist(), None, {}))
     client = stored(points)
     memory = LocalSearchIndex.load(client, "c")
-    query = np.eye(8)[0]
-    scores32 = memory._dense32 @ query.astype(np.float32)
-    assert len(set(scores32.tolist())) < len(deltas), "the float32 scan must not be able to rank these"
-    expected = client.query_points("c", query=query.tolist(), using=DENSE_VECTOR, limit=4).points
-    got = memory.dense(query, limit=4)
+    expected = client.query_points("c", query=base.tolist(), using=DENSE_VECTOR, limit=5).points
+    float32_top = np.argsort(-(memory._dense32 @ base.astype(np.float32)), kind="stable")[:5]
+    assert {memory.ids[r] for r in float32_top.tolist()} != {str(p.id) for p in expected}, "float32 must misrank"
+    got = memory.dense(base, limit=5)
     assert list(got.ids) == [str(p.id) for p in expected]
-    assert list(got.ids) == [points[i][0] for i in np.argsort(deltas)[:4]]
+    assert list(got.scores) == pytest.approx([p.score for p in expected], abs=1e-12)
 
 
 def test_sparse_ties_come_back_in_qdrants_own_order(stored: Callable[[list[Point]], Any]) -> None:
