@@ -178,6 +178,21 @@ def test_weighted_rrf_prefers_documents_found_by_both_lists() -> None:
     assert WeightedRrf(k=60, dense_weight=0.0, sparse_weight=1.0)(dense, sparse, top_k=1).ids == ["c"]
 
 
+def test_weighted_rrf_ranks_ids_as_it_fuses_nodes() -> None:
+    """The in-memory search fuses id lists with ``rank``; it must order exactly as the node fusion does."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQueryResult
+
+    dense_ids, sparse_ids = ["a", "b", "c", "d"], ["d", "e", "a", "f"]
+    dense = VectorStoreQueryResult(nodes=[TextNode(id_=x, text=x) for x in dense_ids], similarities=[0.9] * 4)
+    sparse = VectorStoreQueryResult(nodes=[TextNode(id_=x, text=x) for x in sparse_ids], similarities=[1.0] * 4)
+    fusion = WeightedRrf(k=1, dense_weight=1.0, sparse_weight=1.0)
+    ranked = fusion.rank(dense_ids, sparse_ids, 5)
+    fused = fusion(dense, sparse, top_k=5)
+    assert [key for key, _ in ranked] == fused.ids == ["a", "d", "b", "e", "c"]  # b/e tie: dense first
+    assert [score for _, score in ranked] == fused.similarities
+
+
 def test_validate_filters_normalises_values() -> None:
     assert validate_filters({"tenant": "a", "source": ["x", "y"]}) == {"tenant": ["a"], "source": ["x", "y"]}
     assert validate_filters(None) == {}
