@@ -111,23 +111,17 @@ def docs_from_chunk_hits(hits: Iterable[tuple[str, float]]) -> list[str]:
     return sorted(best, key=lambda d: -best[d])
 
 
-def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int = 10) -> float:
-    """nDCG@k with linear gains (the qrels score; binary qrels give 0/1) and a log2 discount.
-
-    The ideal ranking is the qrels' own scores sorted in decreasing order; a query without any positive judgement
-    scores 0.
-    """
-    dcg = sum(relevant.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k]))
-    ideal_gains = sorted((g for g in relevant.values() if g > 0), reverse=True)[:k]
-    idcg = sum(g / math.log2(rank + 2) for rank, g in enumerate(ideal_gains))
-    return dcg / idcg if idcg > 0 else 0.0
-
-
 def mean_ndcg(run: Mapping[str, Sequence[str]], qrels: Qrels, k: int = 10) -> float:
-    """Mean nDCG@k over every query in ``qrels`` (a query missing from ``run`` scores 0)."""
+    """Mean nDCG@k of ranked document ids, computed by the evaluation package (ir-measures/pytrec_eval).
+
+    The same implementation the evaluation gate and ``bench/eval.py`` use; a query missing from ``run`` scores 0.
+    """
+    from evaluation.metrics import retrieval_metrics
+
     if not qrels:
         return float("nan")
-    return sum(ndcg_at_k(run.get(q, ()), rels, k) for q, rels in qrels.items()) / len(qrels)
+    ranked = {q: [(doc, 0.0) for doc in docs] for q, docs in run.items()}
+    return retrieval_metrics(qrels, ranked, metrics=(f"ndcg@{k}",)).mean(f"ndcg@{k}") or 0.0
 
 
 # ------------------------------------------------------------------------------------------- timing, machine

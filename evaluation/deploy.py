@@ -102,8 +102,7 @@ def champion_baseline(
         run_id = log_evaluation(
             settings, result, stack_params=registry.get(champion).config.flat_params(), champion_version=champion
         )
-        found = [r for r in find_evaluations(settings, stack_version=champion, testset_sha256=testset.sha256)]
-        run = next(r for r in found if r.run_id == run_id)
+        return Baseline(version=champion, run_id=run_id, metrics=dict(result.metrics), per_query=result.per_query)
     return load_baseline(settings, run)
 
 

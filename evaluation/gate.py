@@ -32,10 +32,6 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith("_ms") or metric.startswith(("tokens", "cost"))
 
 
-def _operational(metric: str) -> bool:
-    return lower_is_better(metric)
-
-
 @dataclass(frozen=True)
 class Baseline:
     """The champion's reference evaluation on the same test set hash."""
@@ -127,7 +123,7 @@ def _regression_checks(
     by_metric = {c.metric: c for c in comparisons}
     checks: list[MetricCheck] = []
     for metric in sorted(set(result.metrics) & set(baseline.metrics)):
-        if _operational(metric):
+        if lower_is_better(metric):
             continue
         value, before = result.metrics[metric], baseline.metrics[metric]
         delta = value - before
@@ -161,7 +157,9 @@ def run_gate(result: EvalResult, settings: EvalSettings, *, baseline: Baseline |
     comparisons: list[PairedComparison] = []
     if baseline is not None:
         shared = {
-            m: v for m, v in result.per_query.values.items() if m in baseline.per_query.values and not _operational(m)
+            m: v
+            for m, v in result.per_query.values.items()
+            if m in baseline.per_query.values and not lower_is_better(m)
         }
         base = {m: baseline.per_query.values[m] for m in shared}
         try:

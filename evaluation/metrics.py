@@ -207,6 +207,11 @@ def _is_punctuation(char: str) -> bool:
     return char in _ASCII_PUNCTUATION or unicodedata.category(char).startswith("P")
 
 
+def strip_citations(text: str) -> str:
+    """``text`` without citation markers (``[1]``, ``[1, 2]``, ``[1-3]``) and the space before them."""
+    return _CITATION.sub("", text)
+
+
 def normalize_answer(text: str) -> str:
     """SQuAD answer normalisation, also dropping citation markers.
 

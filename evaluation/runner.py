@@ -8,7 +8,6 @@ answerer gets the first ``top_k`` chunks of the same ranking whose deeper part f
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from evaluation.metrics import (
     normalize_answer,
     retrieval_metrics,
     split_sentences,
+    strip_citations,
     token_f1,
 )
 from evaluation.testsets import EvalItem, TestSet
@@ -47,7 +47,6 @@ ProgressFn = Callable[[int, int], None]
 STAGES: tuple[str, ...] = ("embed", "search", "answer", "total")
 QA_METRICS: tuple[str, ...] = ("exact_match", "token_f1", "containment")
 ANSWER_METRICS: tuple[str, ...] = ("groundedness", "citation_validity", "format_compliance")
-_MARKER = re.compile(r"\[\d+\]")
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def _grounded(
     made of excerpts of the context (what the extractive answerer returns, joined by "…") counts as supported
     without embedding anything, so the metric costs nothing for extractive stacks; the rest are embedded.
     """
-    pieces = [_MARKER.sub("", p).strip() for p in (answer.sentences or split_sentences(answer.text))]
+    pieces = [strip_citations(p).strip() for p in (answer.sentences or split_sentences(answer.text))]
     abstain = normalize_answer(ABSTAIN_TEXT)
     pieces = [p for p in pieces if p and normalize_answer(p) not in ("", abstain)]
     if not pieces:
@@ -234,7 +233,7 @@ def evaluate(
         check = format_compliance(answer.text, len(answer.citations), answer.abstained)
         scores["format_compliance"] = 1.0 if check.ok else 0.0
         per_example[item.id] = scores
-        tokens = sum(engine.embedder.count_tokens([item.question, answer.text, *(c.text for c in context)]))
+        tokens = sum(engine.token_usage(item.question, context, answer))
         examples.append(
             ExampleResult(
                 id=item.id,
@@ -337,8 +336,3 @@ def _answer_scores(
     if validity is not None:
         scores["citation_validity"] = validity
     return scores
-
-
-def metric_table(result: EvalResult) -> Mapping[str, Mapping[str, float]]:
-    """Metric -> example id -> value (what the paired tests consume)."""
-    return result.per_query.values

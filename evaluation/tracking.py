@@ -8,7 +8,6 @@ the gate report (``gate.json``) and two plots: the latency histogram and the met
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tempfile
@@ -207,8 +206,3 @@ def load_baseline(settings: Settings, run: EvaluationRun) -> Baseline:
     metrics, per_query = load_run_scores(settings, run.run_id)
     assert run.stack_version is not None
     return Baseline(version=run.stack_version, run_id=run.run_id, metrics=metrics, per_query=per_query)
-
-
-def dump_json(data: dict[str, Any]) -> str:
-    """Compact JSON for tags and alerts."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))

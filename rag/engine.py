@@ -130,6 +130,14 @@ class RagEngine:
         batches = self.retriever.retrieve_many(questions, filters=filters, top_k=top_k)
         return [self.answerer.answer(q, chunks) for q, chunks in zip(questions, batches, strict=True)]
 
+    def token_usage(self, question: str, chunks: Sequence[RetrievedChunk], answer: Answer) -> tuple[int, int]:
+        """(prompt, completion) tokens of one answered question, in the embedder's word pieces.
+
+        The prompt is the question plus the retrieved text handed to the answerer; the completion is the answer.
+        """
+        counts = self.embedder.count_tokens([question, answer.text, *(c.text for c in chunks)])
+        return counts[0] + sum(counts[2:]), counts[1]
+
     def close(self) -> None:
         """Release the index reader (and its private copy in embedded mode)."""
         if self._owns_reader:

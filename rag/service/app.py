@@ -209,9 +209,8 @@ class QueryPipeline:
 
     @staticmethod
     def _usage(served: Served, question: str, chunks: list[RetrievedChunk], answer: Answer) -> Usage:
-        counts = served.engine.embedder.count_tokens([question, answer.text, *(c.text for c in chunks)])
-        prompt = counts[0] + sum(counts[2:])
-        return Usage(prompt_tokens=prompt, completion_tokens=counts[1], total_tokens=prompt + counts[1])
+        prompt, completion = served.engine.token_usage(question, chunks, answer)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def _notice(answer: Answer) -> str | None:
