@@ -3,6 +3,8 @@
 RagopsError
  └── EvaluationError
       ├── BadTestSet         a test set that cannot be used (malformed line, duplicate id, missing field)
+      ├── BadTrainingSet     training data that cannot be used (malformed, empty, or leaking test questions)
+      ├── RetrainError       the retraining cycle could not run (no champion, nothing to train on)
       ├── GateFailed         a candidate missed a quality gate
       └── PromotionRefused   a promotion was refused (gate not passed, or not significantly better)
 
@@ -21,6 +23,14 @@ class EvaluationError(RagopsError):
 
 class BadTestSet(EvaluationError):
     """The test set cannot be used as written; the message names the file, line and problem."""
+
+
+class BadTrainingSet(EvaluationError):
+    """Training data that cannot be used; the message names the file and line, or the failed expectation."""
+
+
+class RetrainError(EvaluationError):
+    """The retraining cycle cannot run as asked (no champion to improve on, no training data)."""
 
 
 class GateFailed(EvaluationError):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from evaluation.errors import BadTestSet
+from evaluation.errors import BadTestSet, EvaluationError
 
 TestSetKind = Literal["qa", "beir"]
 
@@ -127,7 +127,8 @@ def load_testset(ref: str | Path, *, split: str = "test") -> TestSet:
     )
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
+def jsonl_records(path: Path, *, error: type[EvaluationError] = BadTestSet) -> Iterator[tuple[int, dict[str, object]]]:
+    """(line number, object) per non-blank line; any problem raises ``error`` naming the file and line."""
     try:
         with path.open(encoding="utf-8") as handle:
             for lineno, line in enumerate(handle, 1):
@@ -136,14 +137,14 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise BadTestSet(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
+                    raise error(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
                 if not isinstance(record, dict):
-                    raise BadTestSet(f"{path}:{lineno}: expected a JSON object")
+                    raise error(f"{path}:{lineno}: expected a JSON object")
                 yield lineno, record
     except UnicodeDecodeError as exc:
-        raise BadTestSet(f"{path}: not UTF-8 text ({exc.reason})") from None
+        raise error(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
-        raise BadTestSet(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _strings(value: object, where: str, key: str) -> tuple[str, ...]:
@@ -158,7 +159,7 @@ def load_qa(path: Path, *, name: str | None = None) -> TestSet:
     """A QA test set from JSONL (see the module docstring for the fields)."""
     items: list[EvalItem] = []
     seen: set[str] = set()
-    for lineno, record in _lines(path):
+    for lineno, record in jsonl_records(path):
         where = f"{path}:{lineno}"
         item_id, question = record.get("id"), record.get("question")
         if not isinstance(item_id, str) or not item_id:
@@ -194,7 +195,7 @@ def load_beir(folder: Path, *, split: str = "test") -> TestSet:
         if not needed.is_file():
             raise BadTestSet(f"{folder} is not a BEIR folder with split {split!r}: {needed} is missing")
     queries: dict[str, str] = {}
-    for lineno, record in _lines(queries_path):
+    for lineno, record in jsonl_records(queries_path):
         if "_id" not in record or not isinstance(record.get("text"), str):
             raise BadTestSet(f"{queries_path}:{lineno}: a query needs '_id' and a string 'text'")
         queries[str(record["_id"])] = str(record["text"])

@@ -202,7 +202,9 @@ def ingest_source(
     from flows.ingest import run_params
     from pipelines.ingest import run_ingest
     from pipelines.tracking import log_ingest_report
+    from rag.embedders import ingest_target
 
+    settings, collection = ingest_target(settings, collection)
     progress = RichProgress() if show_progress else None
     with progress.shown() if progress else nullcontext():
         report = run_ingest(settings, source, collection=collection, tenant=tenant, progress=progress)
@@ -565,6 +567,7 @@ def stack_register(
 ) -> None:
     """Register a new stack version over the collection's published index (not served until promoted)."""
     from pipelines.index import VectorIndex
+    from rag.embedders import model_uri_for
     from rag.errors import StackError
     from rag.stack import StackRegistry
     from rag.types import StackConfig
@@ -575,7 +578,10 @@ def stack_register(
         current = VectorIndex(settings, collection=collection).current()
         if current is None:
             raise StackError("the collection has no published index yet; run `ragops ingest` first")
-        config = StackConfig.for_index(current, name=name, pin=pin, retrieval={"mode": mode, "top_k": top_k})
+        uri = model_uri_for(settings, current.embedder.weights_sha256)  # a shadow index of a fine-tuned model
+        config = StackConfig.for_index(
+            current, name=name, pin=pin, model_uri=uri, retrieval={"mode": mode, "top_k": top_k}
+        )
         return StackRegistry(settings).register(config, description=description, actor=_actor())
 
     try:
@@ -762,6 +768,74 @@ class EvalProgress:
         """Display the bar while the block runs."""
         with self._progress:
             yield self
+
+
+@app.command()
+def finetune(
+    train: Annotated[
+        Path | None,
+        typer.Option(
+            "--train",
+            help="Labelled pairs: a BEIR folder (its train split) or a JSONL of {query, positive_doc_id"
+            "[, negative_doc_ids]}. Default RAGOPS_FINETUNE__TRAIN, else the gate's BEIR test folder if it has a "
+            "train split; feedback and (when labels are scarce) synthetic pairs are always added.",
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Epochs (default RAGOPS_FINETUNE__EPOCHS).")
+    ] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote/--no-promote", help="Promote the candidate when it beats the champion.")
+    ] = True,
+    shuffle_labels: Annotated[
+        bool,
+        typer.Option(
+            "--shuffle-labels", help="Drill: train on deliberately wrong pairs; the gate must refuse the result."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Retrain the embedder and promote it only if it beats the champion (the `retrain` flow, in this process).
+
+    Assembles training pairs (labels, feedback, synthetic) with the gate's test questions excluded, validates them
+    with great-expectations, fine-tunes MiniLM on CPU (MLflow experiment 'finetune', registered model 'embedder'),
+    re-embeds the champion's collection into a shadow collection while the champion keeps serving, registers the
+    candidate stack (alias 'challenger') and gates it against the champion. It is promoted when the gate passes and
+    RAGOPS_FINETUNE__PRIMARY_METRIC improves by RAGOPS_FINETUNE__MARGIN, significantly; otherwise the champion stays
+    and the reason is recorded on the candidate. Exit code 0 either way; 1 on an error.
+    """
+    from evaluation.retrain import RetrainRequest, retrain
+
+    settings = build_settings(verbose)
+    request = RetrainRequest(
+        train=str(train) if train else None,
+        epochs=epochs,
+        promote=promote,
+        shuffle_labels=shuffle_labels,
+        actor=_actor(),
+    )
+    progress = None if as_json else RichProgress()
+
+    def body() -> Any:
+        with progress.shown() if progress else nullcontext():
+            return retrain(settings, request, progress=progress)
+
+    outcome = guarded(body)
+    if as_json:
+        typer.echo(json.dumps(outcome.to_json()))
+        return
+    verdict = "promoted" if outcome.promoted else "not promoted; the champion stays"
+    typer.echo(f"candidate stack v{outcome.candidate} {verdict}: {outcome.reason}")
+    typer.echo(f"  champion            v{outcome.champion_before} -> v{outcome.champion_after}")
+    typer.echo(f"  embedder version    {outcome.embedder_version} (registered model 'embedder')")
+    typer.echo(f"  shadow collection   {outcome.collection}")
+    typer.echo(f"  training pairs      {outcome.training['pairs']} {outcome.training['by_origin']}")
+    if outcome.training["dropped"]:
+        typer.echo(f"  dropped             {outcome.training['dropped']}")
+    typer.echo("  seconds             " + ", ".join(f"{k} {v:.0f}" for k, v in outcome.seconds.items()))
+    typer.echo(f"  MLflow runs         finetune {outcome.finetune_run_id}, evaluation {outcome.eval_run_id}")
+    typer.echo(outcome.gate_summary)
 
 
 def _print_eval(outcome: Any) -> None:

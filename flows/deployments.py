@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 EVALUATE_DEPLOYMENT = "nightly-champion"
 INGEST_DEPLOYMENT = "hourly"
+RETRAIN_DEPLOYMENT = "weekly"
 
 
 def ingest_sources(settings: Settings) -> list[str]:
@@ -42,7 +43,27 @@ def ingest_deployments(settings: Settings) -> list[RunnerDeployment]:
 
 def all_deployments(settings: Settings) -> list[RunnerDeployment]:
     """Every deployment the worker serves."""
-    return [*ingest_deployments(settings), evaluation_deployment(settings), *promotion_deployments()]
+    return [
+        *ingest_deployments(settings),
+        evaluation_deployment(settings),
+        retrain_deployment(settings),
+        *promotion_deployments(),
+    ]
+
+
+def retrain_deployment(settings: Settings) -> RunnerDeployment:
+    """``retrain/weekly``: fine-tune, shadow-index, gate and maybe promote, on ``RAGOPS_FINETUNE__SCHEDULE_CRON``."""
+    from flows.retrain import retrain_flow
+
+    deployment = retrain_flow.to_deployment(
+        name=RETRAIN_DEPLOYMENT,
+        cron=settings.finetune.schedule_cron,
+        parameters={"train": None, "epochs": None, "promote": True},
+        description="Retrain the embedder on labelled pairs and feedback, build a shadow index, gate the candidate "
+        "against the champion and promote it only when it is better.",
+        tags=["ragops", "training"],
+    )
+    return _sync(deployment)
 
 
 def evaluation_deployment(settings: Settings) -> RunnerDeployment:

@@ -25,6 +25,7 @@ from pipelines.ingest import IngestContext, IngestReport, ReadResult, StepRunner
 from pipelines.settings import Settings
 from pipelines.tracking import log_ingest_report
 from pipelines.types import SourceItem
+from rag.embedders import ingest_target
 
 _RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [1, 5], "cache_policy": NO_CACHE}
 
@@ -111,12 +112,14 @@ def ingest_flow(source: str, collection: str | None = None, tenant: str | None =
 
     Args:
         source: Folder, JSONL/JSONL.gz file, or BEIR folder to ingest.
-        collection: Target collection (default: RAGOPS_QDRANT__COLLECTION).
+        collection: Target collection (default: RAGOPS_QDRANT__COLLECTION, or the shadow collection of a
+            fine-tuned champion derived from it, so retraining never leaves the served index behind).
         tenant: Tenant recorded on every document (sidecar files can override it per folder or document).
     """
     settings = Settings()
     apply_offline_env(settings)
     settings.ensure_dirs()
+    settings, collection = ingest_target(settings, collection)
     report = steps.run_ingest(settings, Path(source), collection=collection, tenant=tenant, runner=TASKS)
     mlflow_run = report_task(settings, report)
     get_run_logger().info(

@@ -120,6 +120,11 @@ class Chunker:
             text = text[: len(text) * 3 // 4]
         return text
 
+    def embed_text_of(self, title: str, text: str) -> str:
+        """What the embedder sees for a stored chunk (title fitted as at ingestion): re-embedding needs exactly it."""
+        self.warm_up()
+        return embed_text(self._fit_title(title), text)
+
     def chunk(self, doc: Document) -> list[Chunk]:
         """Split one document; the title's word pieces are subtracted from the room for text."""
         return self.chunk_many([doc])

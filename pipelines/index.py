@@ -233,27 +233,42 @@ class IndexWriter:
         self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVector], *, source_key: str
     ) -> int:
         """Write points (idempotent: ids are deterministic, so a retried batch overwrites itself)."""
-        from qdrant_client import models
 
         if len(chunks) != len(dense) or len(chunks) != len(sparse):
             raise ValueError("chunks, dense and sparse must have the same length")
+        payloads = [point_payload(chunk, source_key=source_key) for chunk in chunks]
+        return self.upsert_points([c.chunk_id for c in chunks], dense, sparse, payloads)
+
+    def upsert_points(
+        self,
+        ids: Sequence[str],
+        dense: np.ndarray,
+        sparse: Sequence[SparseVector],
+        payloads: Sequence[Mapping[str, Any]],
+    ) -> int:
+        """Write points with ready payloads (re-embedding copies them unchanged from another version)."""
+        from qdrant_client import models
+
+        if not len(ids) == len(dense) == len(sparse) == len(payloads):
+            raise ValueError("ids, dense, sparse and payloads must have the same length")
         if dense.size and dense.shape[1] != self.embedder.dim:
             raise IndexError_(f"vectors have dimension {dense.shape[1]}, the index expects {self.embedder.dim}")
         written = 0
-        for start in range(0, len(chunks), _UPSERT_BATCH):
+        for start in range(0, len(ids), _UPSERT_BATCH):
             points = [
                 models.PointStruct(
-                    id=chunk.chunk_id,
+                    id=point_id,
                     vector={
                         DENSE_VECTOR: vector.tolist(),
-                        SPARSE_VECTOR: models.SparseVector(indices=sp.indices, values=sp.values),
+                        SPARSE_VECTOR: models.SparseVector(indices=list(sp.indices), values=list(sp.values)),
                     },
-                    payload=point_payload(chunk, source_key=source_key),
+                    payload=dict(payload),
                 )
-                for chunk, vector, sp in zip(
-                    chunks[start : start + _UPSERT_BATCH],
+                for point_id, vector, sp, payload in zip(
+                    ids[start : start + _UPSERT_BATCH],
                     dense[start : start + _UPSERT_BATCH],
                     sparse[start : start + _UPSERT_BATCH],
+                    payloads[start : start + _UPSERT_BATCH],
                     strict=True,
                 )
             ]
@@ -641,6 +656,30 @@ class VectorIndex:
             client.close()
         self._clear_dead_readers()
         return removed
+
+    def drop(self) -> None:
+        """Delete the whole collection: every version and the pointer (server mode: its collections and alias).
+
+        For garbage collection of shadow indexes nobody serves any more; readers that still hold a private copy of
+        an embedded version lose it, so never drop what a stack in service reads.
+        """
+        if self.server_mode:
+            client = self._server_client()
+            with contextlib.suppress(Exception):
+                if any(a.alias_name == self.collection for a in client.get_aliases().aliases):
+                    from qdrant_client import models
+
+                    client.update_collection_aliases(
+                        change_aliases_operations=[
+                            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.collection))
+                        ]
+                    )
+            for version in self.versions():
+                with contextlib.suppress(Exception):
+                    client.delete_collection(self._server_name(version))
+            client.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+        logger.info("dropped collection", extra={"collection": self.collection})
 
     def _clear_dead_readers(self) -> None:
         readers = self.root / "readers"

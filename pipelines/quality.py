@@ -51,7 +51,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChunkValidator", "ExpectationOutcome", "ValidationReport", "content_hash", "printable_ratio"]
+__all__ = [
+    "ChunkValidator",
+    "ExpectationOutcome",
+    "ValidationReport",
+    "content_hash",
+    "import_great_expectations",
+    "printable_ratio",
+]
 
 # Row key handed to GX as ``unexpected_index_column_names``. Not chunk_id: duplicate chunk ids are one of the things
 # being checked, and a failing row must still map to exactly one chunk (and so to one document).
@@ -332,7 +339,7 @@ class ChunkValidator:
             if self._validation is not None:
                 return
             started = time.perf_counter()
-            _import_great_expectations()
+            import_great_expectations()
             import great_expectations as gx
             import great_expectations.expectations as gxe
             from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -632,7 +639,7 @@ class ChunkValidator:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _import_great_expectations() -> None:
+def import_great_expectations() -> None:
     """Import GX (seconds) with analytics off and without tripping ``-W error``.
 
     GX 1.24.1 imports the deprecated ``sre_constants`` and ``sre_parse`` modules at load; the DeprecationWarning is

@@ -183,6 +183,51 @@ class EvalSettings(BaseModel):
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
 
+class FinetuneSettings(BaseModel):
+    """Fine-tuning the embedder and the retraining cycle (``ragops finetune``, the weekly ``retrain`` flow)."""
+
+    train: str | None = Field(
+        default=None,
+        description="Labelled pairs: a BEIR folder (its train split) or a JSONL of {query, positive_doc_id"
+        "[, negative_doc_ids]}; unset means the gate's test set folder when it is BEIR and has that split.",
+    )
+    train_split: str = Field(default="train", description="qrels split of a BEIR folder used for training.")
+    epochs: int = Field(default=3, ge=1, le=100)
+    batch_size: int = Field(default=32, ge=2, le=1024, description="Pairs per step (in-batch negatives).")
+    learning_rate: float = Field(default=5e-5, gt=0.0, lt=1.0)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    max_seq_length: int = Field(default=256, ge=16, le=512, description="Word pieces per text while training.")
+    freeze_layers: int = Field(
+        default=0, ge=0, le=48, description="Lower transformer layers (and the embeddings) kept frozen: faster steps."
+    )
+    hard_negatives: int = Field(default=1, ge=0, le=8, description="Mined hard negatives per labelled pair.")
+    mine_depth: int = Field(default=30, ge=2, le=1000, description="Hard negatives come from this many top chunks.")
+    mine_skip: int = Field(
+        default=3, ge=0, description="Top ranks never used as negatives (often unjudged relevant passages)."
+    )
+    feedback: bool = Field(default=True, description="Learn from thumbs up/down given in the playground and API.")
+    synthetic_min_pairs: int = Field(
+        default=200, ge=0, description="With fewer labelled and feedback pairs than this, synthetic pairs are added."
+    )
+    synthetic_max_pairs: int = Field(default=2000, ge=0, description="Synthetic pairs generated at most.")
+    base: Literal["bundled", "champion"] = Field(
+        default="bundled",
+        description="Start from the bundled MiniLM (reproducible, no drift across retrains) or the champion's model.",
+    )
+    seed: int = Field(default=13)
+    primary_metric: str = Field(default="ndcg@10", description="The metric a candidate must improve to be promoted.")
+    margin: float = Field(
+        default=0.005, ge=0.0, description="Promote only when the candidate beats the champion by at least this."
+    )
+    require_significance: bool = Field(
+        default=True, description="The improvement must also be significant (paired permutation test, eval alpha)."
+    )
+    keep: int = Field(
+        default=3, ge=1, description="Fine-tuned embedders and shadow indexes kept (besides champion and previous)."
+    )
+    schedule_cron: str = Field(default="0 3 * * 0", description="When the worker retrains (weekly, Sunday 03:00).")
+
+
 class Settings(BaseSettings):
     """All configuration of ragops. Environment: ``RAGOPS_<FIELD>`` and ``RAGOPS_<GROUP>__<FIELD>``."""
 
@@ -203,6 +248,7 @@ class Settings(BaseSettings):
     quality: QualitySettings = Field(default_factory=QualitySettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
 
     @field_validator("home")
     @classmethod
@@ -234,6 +280,11 @@ class Settings(BaseSettings):
     def feedback_dir(self) -> Path:
         """User feedback on answers (``feedback.db``, SQLite): the labelled pairs retraining learns from."""
         return self.home / "feedback"
+
+    @property
+    def models_dir(self) -> Path:
+        """Fine-tuned embedders materialised from the MLflow registry (``embedder/<weights hash>/``)."""
+        return self.home / "models"
 
     @property
     def cache_dir(self) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.settings import Settings
 
@@ -41,6 +41,17 @@ def ensure_experiment(settings: Settings, name: str) -> str:
     if settings.mlflow_tracking_uri.startswith("sqlite:"):
         location = (settings.mlflow_artifacts_dir / name).as_uri()
     return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def ensure_registered_model(client: Any, name: str, description: str) -> None:
+    """Create the registered model ``name`` unless it exists (concurrent creators are fine)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
 
 
 def log_ingest_report(settings: Settings, report: IngestReport, *, params: dict[str, str]) -> str:

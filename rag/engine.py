@@ -78,22 +78,25 @@ class RagEngine:
 
     @classmethod
     def open(cls, settings: Settings, config: StackConfig, *, embedder: Embedder | None = None) -> RagEngine:
-        """Load the embedder (unless given), check it is the stack's, and open the index version the stack names.
+        """Load the stack's embedder (unless given), check it, and open the index version the stack names.
+
+        Without ``embedder``, the model the stack names is loaded: the bundled MiniLM, or a fine-tuned version from
+        the registry (:func:`rag.embedders.open_embedder`).
 
         Raises:
-            StackMismatch: The configured embedder or the index differs from what the stack was registered with.
+            StackMismatch: The embedder or the index differs from what the stack was registered with.
             StackError: The index has no published version (or not the pinned one).
         """
-        from pipelines.embed import Embedder
         from pipelines.index import VectorIndex
 
         if embedder is None:
-            embedder = Embedder(settings.embedder, cache_dir=settings.cache_dir)
-            embedder.warm_up()
+            from rag.embedders import open_embedder
+
+            embedder = open_embedder(settings, config.embedder)
         if not config.embedder.matches(embedder.identity):
             raise StackMismatch(
                 f"stack {config.name!r} needs embedder {config.embedder.name} (weights "
-                f"{config.embedder.weights_sha256[:12]}) but RAGOPS_EMBEDDER__* loads {embedder.identity.name} "
+                f"{config.embedder.weights_sha256[:12]}) but was given {embedder.identity.name} "
                 f"(weights {embedder.identity.weights_sha256[:12]})"
             )
         index = VectorIndex(settings, collection=config.collection)

@@ -44,6 +44,7 @@ MODEL_NAME = "rag-stack"
 EXPERIMENT = "stacks"
 CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous-champion"
+CHALLENGER = "challenger"
 STACK_FILE = "stack.json"
 CONFIG_TAG = "stack.config"  # the same JSON as stack.json, so reading a version needs no artifact download
 HISTORY_TAG = "champion_history"
@@ -153,9 +154,7 @@ class StackRegistry:
 
         The new version is not served until :meth:`promote` moves ``champion`` to it.
         """
-        from mlflow.exceptions import MlflowException
-
-        from pipelines.tracking import configure_mlflow, ensure_experiment
+        from pipelines.tracking import configure_mlflow, ensure_experiment, ensure_registered_model
 
         mlflow = configure_mlflow(self.settings)
         client = self.client
@@ -178,14 +177,11 @@ class StackRegistry:
                     artifacts={"stack": str(path)},
                     pip_requirements=[f"mlflow=={mlflow.__version__}", "ragops"],
                 )
-        try:
-            client.create_registered_model(
-                self.model_name,
-                description="RAG stacks: embedder, index, retrieval, prompt and answerer. Serve the champion alias.",
-            )
-        except MlflowException as exc:
-            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                raise
+        ensure_registered_model(
+            client,
+            self.model_name,
+            "RAG stacks: embedder, index, retrieval, prompt and answerer. Serve the champion alias.",
+        )
         created = client.create_model_version(
             self.model_name,
             source=info.model_uri,
@@ -317,6 +313,30 @@ class StackRegistry:
         )
         logger.warning("rolled back stack", extra={"version": target, "from": current, "actor": actor})
         return Promotion("rollback", target, current, actor, reason, at, lineage=tuple(lineage))
+
+    def set_challenger(self, version: int | str) -> None:
+        """Point the alias ``challenger`` at ``version``: the candidate under evaluation (retraining sets it)."""
+        number = _version_number(version)
+        self._model_version(number)
+        self.client.set_registered_model_alias(self.model_name, CHALLENGER, str(number))
+
+    def previous_champion_version(self) -> int | None:
+        """The version ``rollback`` would restore, or None."""
+        current = self.champion_version()
+        lineage = self._lineage(current)
+        return lineage[-2] if len(lineage) >= 2 else None
+
+    def delete(self, version: int | str) -> None:
+        """Delete a version (garbage collection); the champion and previous champion are refused.
+
+        Raises:
+            StackError: ``version`` is the champion or the previous champion.
+        """
+        number = _version_number(version)
+        if number in (self.champion_version(), self.previous_champion_version()):
+            raise StackError(f"version {number} is the champion or the previous champion; it is never deleted")
+        self.client.delete_model_version(self.model_name, str(number))
+        self._configs.pop(number, None)
 
     # ---------------------------------------------------------------------------------------------- internals
     def _model_version(self, number: int) -> ModelVersion:

@@ -50,12 +50,21 @@ class EmbedderRef(BaseModel):
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     dim: int = Field(gt=0)
     max_tokens: int = Field(gt=0)
+    model_uri: str | None = Field(
+        default=None,
+        pattern=r"^models:/[A-Za-z0-9._-]+/[0-9]+$",
+        description="Registry URI of a fine-tuned embedder (models:/embedder/N); None means the bundled MiniLM.",
+    )
 
     @classmethod
-    def from_identity(cls, identity: EmbedderIdentity) -> EmbedderRef:
-        """From the pipelines' identity record."""
+    def from_identity(cls, identity: EmbedderIdentity, *, model_uri: str | None = None) -> EmbedderRef:
+        """From the pipelines' identity record (``model_uri`` names a fine-tuned model in the registry)."""
         return cls(
-            name=identity.name, weights_sha256=identity.weights_sha256, dim=identity.dim, max_tokens=identity.max_tokens
+            name=identity.name,
+            weights_sha256=identity.weights_sha256,
+            dim=identity.dim,
+            max_tokens=identity.max_tokens,
+            model_uri=model_uri,
         )
 
     def matches(self, identity: EmbedderIdentity) -> bool:
@@ -164,16 +173,26 @@ class StackConfig(BaseModel):
         return self
 
     @classmethod
-    def for_index(cls, version: IndexVersion, *, name: str, pin: bool = False, **overrides: Any) -> StackConfig:
+    def for_index(
+        cls,
+        version: IndexVersion,
+        *,
+        name: str,
+        pin: bool = False,
+        model_uri: str | None = None,
+        **overrides: Any,
+    ) -> StackConfig:
         """A stack over ``version``'s collection with its embedder and chunking; ``pin`` fixes the version number.
 
-        ``overrides`` are further fields (``retrieval={"mode": "hybrid"}``, ``answerer=...``), validated as usual.
+        ``model_uri`` names the registered embedder when the index was built by a fine-tuned one
+        (:func:`rag.embedders.model_uri_for`). ``overrides`` are further fields (``retrieval={"mode": "hybrid"}``,
+        ``answerer=...``), validated as usual.
         """
         data: dict[str, Any] = {
             "name": name,
             "collection": version.collection,
             "index_version": version.version if pin else None,
-            "embedder": EmbedderRef.from_identity(version.embedder).model_dump(),
+            "embedder": EmbedderRef.from_identity(version.embedder, model_uri=model_uri).model_dump(),
             "chunking": ChunkingRef.from_params(version.chunking).model_dump(),
         }
         data.update(overrides)

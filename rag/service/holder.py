@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import StackError, StackNotFound
-from rag.types import StackConfig
+from rag.types import EmbedderRef, StackConfig
 
 if TYPE_CHECKING:
     from pipelines.embed import Embedder
@@ -76,7 +76,8 @@ class StackHolder:
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._current: Served | None = None
-        self._embedder: Embedder | None = None
+        self._embedders: dict[str, Embedder] = {}
+        self._embedders_lock = threading.Lock()
         self.status = HolderStatus()
 
     def _champion_fn(self) -> ChampionFn:
@@ -87,16 +88,25 @@ class StackHolder:
             self._champion = registry.champion
         return self._champion
 
-    @property
-    def embedder(self) -> Embedder:
-        """The query embedder, loaded once and shared by every engine with the same identity."""
-        if self._embedder is None:
-            from pipelines.embed import Embedder
+    def embedder_for(self, ref: EmbedderRef) -> Embedder:
+        """The stack's query embedder, loaded once per weights version and shared by engines that use it.
 
-            embedder = Embedder(self._settings.embedder, cache_dir=self._settings.cache_dir)
-            embedder.warm_up()
-            self._embedder = embedder
-        return self._embedder
+        A switch to a stack with another embedder (a fine-tuned one, or a rollback from it) loads that model; only
+        the embedders of the current stack and the one being loaded are kept.
+        """
+        with self._embedders_lock:
+            cached = self._embedders.get(ref.weights_sha256)
+        if cached is not None:
+            return cached
+        from rag.embedders import open_embedder
+
+        embedder = open_embedder(self._settings, ref)
+        with self._embedders_lock:
+            current = self._current
+            keep = {ref.weights_sha256} | ({current.config.embedder.weights_sha256} if current else set())
+            self._embedders = {k: v for k, v in self._embedders.items() if k in keep}
+            self._embedders[ref.weights_sha256] = embedder
+        return embedder
 
     @property
     def current(self) -> Served | None:
@@ -158,7 +168,7 @@ class StackHolder:
     def _open(self, version: int, config: StackConfig) -> Served:
         from rag.engine import RagEngine
 
-        engine = RagEngine.open(self._settings, config, embedder=self.embedder)
+        engine = RagEngine.open(self._settings, config, embedder=self.embedder_for(config.embedder))
         return Served(
             version=version,
             config=config,

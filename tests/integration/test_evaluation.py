@@ -25,21 +25,10 @@ from pipelines.ingest import run_ingest
 from pipelines.settings import Settings
 from rag.stack import StackRegistry
 from rag.types import StackConfig
-from tests.fixtures.corpus import write_corpus
+from tests.fixtures.corpus import QA, write_corpus, write_qa
 
 pytestmark = pytest.mark.integration
 
-QA = [
-    ("k1", "When did Mount Kerrigan last erupt?", ["1847"], ["acme/volcano.md"]),
-    ("k2", "Which day is the Copper Kettle Bakery closed?", ["Monday"], ["acme/bakery.md"]),
-    ("k3", "When was the Orion-7 weather satellite launched?", ["3 March 2019"], ["acme/satellite.txt"]),
-    ("k4", "Who was the chess club champion in 2023?", ["Priya Anand"], ["globex/chess.md"]),
-    ("k5", "How many grind settings does the Burrmaster 500 have?", ["40"], ["globex/grinder.md"]),
-    ("k6", "How long does the Burrmaster 500 warranty last?", ["two years"], ["globex/grinder.md"]),
-    ("k7", "In which village does the trail up Mount Kerrigan start?", ["Lorn"], ["globex/kerrigan-hike.md"]),
-    ("k8", "At what altitude does Orion-7 circle the Earth?", ["705 kilometres"], ["acme/satellite.txt"]),
-    ("k9", "What is the share price of the Copper Kettle Bakery?", [], []),
-]
 THRESHOLDS = {"hit_rate@10": 0.85, "recall@10": 0.85, "containment": 0.6, "citation_validity": 1.0}
 
 
@@ -51,25 +40,10 @@ class Home:
     bad: int
 
 
-def _write_qa(path: Path) -> Path:
-    rows = [
-        {
-            "id": i,
-            "question": q,
-            "answers": a,
-            "relevant_doc_ids": r,
-            "tags": ["unanswerable"] if not a else ["factoid"],
-        }
-        for i, q, a, r in QA
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterator[Home]:
     root = tmp_path_factory.mktemp("eval")
-    testset = _write_qa(root / "tiny_qa.jsonl")
+    testset = write_qa(root / "tiny_qa.jsonl")
     with pytest.MonkeyPatch.context() as patch:
         for key in list(os.environ):
             if key.startswith("RAGOPS_"):

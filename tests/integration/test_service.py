@@ -8,14 +8,12 @@ that other tests ask about never change).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 
 from pipelines.env import offline_env
 from pipelines.settings import Settings
+from tests.fixtures.server import Running, serve, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -78,60 +77,6 @@ UNANSWERABLE_Q = "Who won the football world cup in 1954?"
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Running:
-    """A service on a loopback port."""
-
-    app: Any
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@contextlib.contextmanager
-def serve(app: Any, *, startup_s: float = 120.0) -> Iterator[Running]:
-    """Run ``app`` under a real uvicorn server in a background thread until the block ends."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_s
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn exited during start-up (see the captured log)")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise TimeoutError(f"uvicorn did not start within {startup_s} s")
-        time.sleep(0.05)
-    try:
-        yield Running(app, port)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05) -> tuple[Any, float]:
-    """Poll until ``predicate`` returns something truthy; returns it and the seconds it took (fails on timeout)."""
-    started = time.monotonic()
-    last: Any = None
-    while time.monotonic() - started < timeout:
-        last = predicate()
-        if last:
-            return last, time.monotonic() - started
-        time.sleep(interval)
-    pytest.fail(f"condition not met within {timeout} s (last value: {last!r})")
-
-
 def write_docs(root: Path, docs: dict[str, tuple[str, str | None]]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name, (text, tenant) in docs.items():

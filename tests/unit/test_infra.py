@@ -66,11 +66,6 @@ SERVER_COMMANDS = {("server", "prefect"), ("server", "mlflow"), ("server", "work
 INDEX_FREE_COMMANDS = {("server", "prefect"), ("server", "mlflow")}
 """Processes that never open the vector index; every other ragops process must be given a Qdrant server."""
 
-PENDING_SETTINGS: dict[str, str] = {}
-"""RAGOPS_* variables the deployment files use for settings that the CLI being written adds to pipelines/settings.py."""
-
-PENDING_FILES = {"flows/retrain.py": "the retrain flow is being written"}
-"""Flow files prefect.yaml points at that do not exist yet."""
 
 EXPECTED_DEPLOYMENTS: dict[str, tuple[str, str | None]] = {
     "flows/ingest.py:ingest_flow": ("hourly", "hourly"),
@@ -110,7 +105,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 def assert_known_settings(names: set[str], where: str) -> None:
-    unknown = {n for n in names if n.startswith("RAGOPS_")} - settings_env_names() - set(PENDING_SETTINGS)
+    unknown = {n for n in names if n.startswith("RAGOPS_")} - settings_env_names()
     assert not unknown, f"{where}: RAGOPS_* variables that are not fields of pipelines.settings.Settings: {unknown}"
 
 
@@ -443,12 +438,6 @@ def test_settings_env_names_cover_nested_groups() -> None:
     names = settings_env_names()
     assert {"RAGOPS_HOME", "RAGOPS_QDRANT__URL", "RAGOPS_EVAL__JUDGE__BASE_URL", "RAGOPS_SERVICE__PORT"} <= names
     assert "RAGOPS_QDRANT" not in names and "RAGOPS_EVAL__JUDGE" not in names
-
-
-@pytest.mark.parametrize("name", sorted(PENDING_SETTINGS))
-def test_pending_settings_have_landed(name: str) -> None:
-    if name not in settings_env_names():
-        pytest.skip(f"pending: {name} ({PENDING_SETTINGS[name]}) is not in pipelines/settings.py yet")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -935,8 +924,6 @@ def test_prefect_entrypoint_exists(entrypoint: str) -> None:
     file, _, function = entrypoint.partition(":")
     path = REPO / file
     if not path.exists():
-        if file in PENDING_FILES:
-            pytest.skip(f"pending: {file} does not exist yet ({PENDING_FILES[file]})")
         pytest.fail(f"{entrypoint}: {file} does not exist")
     node = flow_function(path, function)
     deployment = prefect_deployments()[entrypoint]
