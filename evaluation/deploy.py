@@ -116,11 +116,13 @@ def run_stack(
     judge: Judge | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
-    """Open a registered stack and evaluate it (nothing logged)."""
+    """Open a registered stack and evaluate it (nothing logged); ``embedder`` is reused only if it is the stack's."""
     from evaluation.runner import evaluate
     from rag.engine import RagEngine
 
     config = registry.get(version).config
+    if embedder is not None and not config.embedder.matches(embedder.identity):
+        embedder = None  # another model (a retrained candidate vs. its champion): the engine loads the stack's own
     with RagEngine.open(settings, config, embedder=embedder) as engine:
         return evaluate(engine, testset, settings.eval, stack_version=version, judge=judge, progress=progress)
 

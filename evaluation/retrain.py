@@ -33,6 +33,7 @@ from evaluation.trainset import (
     Exclusions,
     PairMiner,
     TrainingSet,
+    TrainingSetReport,
     TrainPair,
     deduplicate,
     default_training_data,
@@ -121,10 +122,10 @@ def assemble(
     *,
     progress: Progress,
 ) -> tuple[TrainingSet, Exclusions]:
-    """The validated training set for one cycle (see the module docstring, step 1).
+    """The training set of one cycle, with the test questions it must not contain (module docstring, step 1).
 
     Raises:
-        BadTrainingSet: Nothing to train on, or the great-expectations suite failed.
+        BadTrainingSet: Nothing to train on.
     """
     from pipelines.chunk import Chunker
     from pipelines.reembed import iter_chunks
@@ -211,28 +212,33 @@ def _log_training(mlflow: Any, training: TrainingSet, report: Any, model: Finetu
         plt.close(fig)
 
 
+def validated(training: TrainingSet, exclusions: Exclusions) -> TrainingSetReport:
+    """The great-expectations report of a training set that passed it.
+
+    Raises:
+        BadTrainingSet: The suite rejected the set (nothing is trained); the message names the failed checks.
+    """
+    report = validate_training_set(training, exclusions)
+    if not report.success:
+        raise BadTrainingSet("the training set failed validation: " + "; ".join(report.failures()))
+    return report
+
+
 def train_embedder(
     settings: Settings,
     champion: StackConfig,
     training: TrainingSet,
-    exclusions: Exclusions,
+    report: TrainingSetReport,
     request: RetrainRequest,
     *,
     progress: Progress,
 ) -> tuple[EmbedderVersion, str, FinetunedModel]:
-    """Validate, fine-tune, log and register; returns (the registered embedder, the MLflow run id, the model).
-
-    Raises:
-        BadTrainingSet: The great-expectations suite rejected the training set (nothing is trained).
-    """
+    """Fine-tune, log and register; returns (the registered embedder, the MLflow run id, the model)."""
     from evaluation.finetune import finetune
     from pipelines.embed import weights_hash
     from pipelines.tracking import configure_mlflow, ensure_experiment
     from rag.embedders import EXPERIMENT, EmbedderRegistry, model_folder
 
-    report = validate_training_set(training, exclusions)
-    if not report.success:
-        raise BadTrainingSet("the training set failed validation: " + "; ".join(report.failures()))
     ft = settings.finetune
     if request.epochs:
         ft = ft.model_copy(update={"epochs": request.epochs})
@@ -251,11 +257,12 @@ def train_embedder(
         mlflow.start_run(experiment_id=experiment, run_name="finetune-embedder") as run,
     ):
         mlflow.set_tags({"ragops.kind": "finetune", "ragops.shuffled_labels": str(request.shuffle_labels).lower()})
-        total = max(1, ft.epochs * -(-len(training.pairs) // ft.batch_size))
-        progress.start("train", total)
-        done = {"steps": 0}
+        done = {"steps": -1}
 
-        def step(now: int, _total: int) -> None:
+        def step(now: int, total: int) -> None:
+            if done["steps"] < 0:  # the trainer knows the number of steps (samplers may drop a ragged batch)
+                progress.start("train", total)
+                done["steps"] = 0
             progress.advance("train", now - done["steps"])
             done["steps"] = now
 
@@ -365,11 +372,12 @@ def retrain(
 
     mark = time.perf_counter()
     training, exclusions = assemble(settings, champion, request, progress=progress)
+    report = validated(training, exclusions)
     seconds["assemble"] = time.perf_counter() - mark
     logger.info("training set: %s pairs %s, dropped %s", len(training.pairs), training.counts(), dict(training.dropped))
 
     mark = time.perf_counter()
-    registered, run_id, model = train_embedder(settings, champion, training, exclusions, request, progress=progress)
+    registered, run_id, model = train_embedder(settings, champion, training, report, request, progress=progress)
     embedder_version = registered.version
     seconds["train"] = time.perf_counter() - mark
 

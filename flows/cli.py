@@ -778,7 +778,7 @@ def finetune(
             "--train",
             help="Labelled pairs: a BEIR folder (its train split) or a JSONL of {query, positive_doc_id"
             "[, negative_doc_ids]}. Default RAGOPS_FINETUNE__TRAIN, else the gate's BEIR test folder if it has a "
-            "train split; feedback and (when labels are scarce) synthetic pairs are always added.",
+            "train split. Feedback pairs are always added; synthetic pairs when labels are scarce.",
         ),
     ] = None,
     epochs: Annotated[

@@ -196,9 +196,11 @@ class FinetuneSettings(BaseModel):
     batch_size: int = Field(default=32, ge=2, le=1024, description="Pairs per step (in-batch negatives).")
     learning_rate: float = Field(default=5e-5, gt=0.0, lt=1.0)
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    max_seq_length: int = Field(default=256, ge=16, le=512, description="Word pieces per text while training.")
+    max_seq_length: int = Field(
+        default=128, ge=16, le=512, description="Word pieces per text while training (longer texts are cut)."
+    )
     freeze_layers: int = Field(
-        default=0, ge=0, le=48, description="Lower transformer layers (and the embeddings) kept frozen: faster steps."
+        default=3, ge=0, le=48, description="Lower transformer layers (and the embeddings) kept frozen: faster steps."
     )
     hard_negatives: int = Field(default=1, ge=0, le=8, description="Mined hard negatives per labelled pair.")
     mine_depth: int = Field(default=30, ge=2, le=1000, description="Hard negatives come from this many top chunks.")

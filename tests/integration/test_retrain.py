@@ -171,13 +171,20 @@ def test_retrain_fine_tunes_registers_and_promotes(home: Home, retrained: dict[s
 
 
 def test_the_promoted_stack_answers_with_its_own_embedder(home: Home, retrained: dict[str, Any]) -> None:
+    from evaluation.deploy import current_testset, run_stack
     from rag.engine import RagEngine
 
-    config = StackRegistry(home.settings).get(retrained["candidate"]).config
+    registry = StackRegistry(home.settings)
+    config = registry.get(retrained["candidate"]).config
     with RagEngine.open(home.settings, config) as engine:
         assert engine.embedder.identity.weights_sha256 == config.embedder.weights_sha256
         answer = engine.ask("When did Mount Kerrigan last erupt?")
+        # an evaluation handed the candidate's embedder for the champion loads the champion's own model instead
+        result = run_stack(
+            home.settings, registry, home.first, current_testset(home.settings), embedder=engine.embedder
+        )
     assert "1847" in answer.text and answer.citations[0].doc_id == "acme/volcano.md"
+    assert result.metrics["hit_rate@10"] >= 0.85
 
 
 def test_feedback_becomes_training_pairs(home: Home, retrained: dict[str, Any]) -> None:
