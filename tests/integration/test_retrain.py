@@ -228,7 +228,12 @@ def test_a_candidate_trained_on_shuffled_pairs_is_refused(home: Home, retrained:
 
     registry = StackRegistry(home.settings)
     champion = registry.champion_version()
-    env = {"RAGOPS_FINETUNE__LEARNING_RATE": "3e-4", "RAGOPS_FINETUNE__EPOCHS": "4", "RAGOPS_FINETUNE__MARGIN": "0.01"}
+    env = {
+        "RAGOPS_FINETUNE__LEARNING_RATE": "3e-4",
+        "RAGOPS_FINETUNE__EPOCHS": "4",
+        "RAGOPS_FINETUNE__FREEZE_LAYERS": "0",  # the whole model learns the wrong pairs
+        "RAGOPS_FINETUNE__MARGIN": "0.01",
+    }
     result = CliRunner().invoke(
         app, ["finetune", "--train", str(home.train), "--shuffle-labels", "--json"], env=env, catch_exceptions=False
     )
