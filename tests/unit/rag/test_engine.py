@@ -59,3 +59,23 @@ def test_an_llm_stack_falls_back_to_the_extractive_answer(
     with RagEngine.open(settings, llm, embedder=embedder) as engine:
         answer = engine.ask("How large is the Reno plant?")
     assert "extractive" in (getattr(answer, "notice", None) or "")
+
+
+def test_token_usage_counts_chunks_as_ingestion_measured_them(
+    settings: Settings, built_index: BuiltIndex, embedder: Embedder, config: StackConfig
+) -> None:
+    from dataclasses import replace
+
+    copy_index(built_index, settings)
+    question = "When was the Copper Kettle Bakery opened?"
+    with RagEngine.open(settings, config, embedder=embedder) as engine:
+        chunks = engine.retrieve(question, top_k=2)
+        answer = engine.answerer.answer(question, chunks)
+        prompt, completion = engine.token_usage(question, chunks, answer)
+        bare = [replace(c, metadata={}) for c in chunks]  # an index without stored sizes: counted here
+        bare_prompt, _ = engine.token_usage(question, bare, answer)
+    (asked,) = embedder.count_tokens([question])
+    stored = [c.metadata["n_tokens"] for c in chunks]
+    assert prompt == asked + sum(stored) and completion == embedder.count_tokens([answer.text])[0]
+    assert bare_prompt == asked + sum(embedder.count_tokens([c.text for c in chunks]))
+    assert all(n > m for n, m in zip(stored, embedder.count_tokens([c.text for c in chunks]), strict=True))
