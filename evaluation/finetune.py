@@ -8,10 +8,11 @@ run (the trainer samples batches from each in proportion to its size).
 
 Why the defaults (3 epochs, batch 32, lr 5e-5, one hard negative from the champion's ranks 3-30, texts cut at 128
 word pieces, embeddings and the lowest 3 of MiniLM's 6 layers frozen): on SciFact's 809 training claims they lift
-MiniLM's test nDCG@10 from 0.662 to 0.728 dense and the hybrid stack from 0.722 to 0.751, in about 450 s of a
-2-core CPU, which leaves the whole retraining cycle well inside 15 minutes (``bench/finetune.py``, figures in
-``bench/README.md``). Freezing the lower layers stops back-propagation halfway (about 1.4x faster steps) and cutting at
-128 word pieces halves the cost of every passage; with them, a mined hard negative fits the budget.
+MiniLM's test nDCG@10 from 0.663 to 0.721 dense and the hybrid stack from 0.725 to 0.750, in about 450 s of a
+2-core CPU, which leaves the whole retraining cycle (727 s) inside 15 minutes (``bench/finetune.py``, figures in
+``bench/README.md``). The cut applies to training only: the saved model keeps the base model's window.
+Freezing the lower layers stops back-propagation halfway (about 1.4x faster steps) and cutting at 128 word pieces
+halves the cost of every passage; with them, a mined hard negative fits the budget.
 The run is deterministic for a seed on one machine (``full_determinism`` is not used: it slows CPU kernels).
 """
 
@@ -145,7 +146,8 @@ def finetune(
     torch.set_num_threads(threads or os.cpu_count() or 1)
     started = time.perf_counter()
     model = SentenceTransformer(str(base), device="cpu")
-    model.max_seq_length = settings.max_seq_length
+    window = model.max_seq_length
+    model.max_seq_length = min(settings.max_seq_length, window)
     if settings.freeze_layers:
         _freeze(model, settings.freeze_layers)
     data = _datasets(pairs, settings.hard_negatives)
@@ -191,6 +193,9 @@ def finetune(
         steps = int(trainer.state.global_step)
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
+    # Texts were cut for training only: the saved model keeps the base model's window, or every chunk longer than
+    # the training cut would be silently truncated when the shadow index is embedded.
+    model.max_seq_length = window
     model.save(str(staging), create_model_card=False)
     os.replace(staging, output)
     seconds = time.perf_counter() - started

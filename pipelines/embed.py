@@ -4,9 +4,11 @@ Two backends compute the same function (mean pooling over the transformer output
 
 - ``onnx`` (default when onnxruntime is installed): the weights are exported once to ONNX with pooling and
   normalisation inside the graph, fused by onnxruntime's transformer optimizer and cached under
-  ``RAGOPS_HOME/cache/onnx/<weights hash>``. On a 2-core AVX2 CPU it embeds a short query in about 4 ms against about
-  15 ms through sentence-transformers, with cosine >= 0.99999 to the float32 PyTorch vectors. It never imports
-  sentence-transformers (a 5 s import).
+  ``RAGOPS_HOME/cache/onnx/<weights hash>``; by default (precision ``auto``/``int8``) the fused graph is then
+  quantized to int8 (dynamic, weights per channel) and that runs. Measured on a 2-core AVX2 CPU over SciFact's
+  12,677 chunks: int8 196 s against 385 s for the float32 graph (which runs at float32 PyTorch speed), mean cosine
+  0.9945 to float32, dense nDCG@10 0.6596 against 0.6621. ``precision=float32`` runs the exact graph (cosine >=
+  0.99999 to PyTorch). It never imports sentence-transformers (a 5 s import).
 - ``torch``: sentence-transformers itself, float32 or bfloat16 autocast where the CPU has native bf16.
 
 Texts are sorted by length before batching so each batch pads to similar lengths (padding is wasted compute).
@@ -226,6 +228,12 @@ class Embedder:
         target = self._cache_dir / "onnx" / self._identity.weights_sha256[:16] / "model.opt.onnx"
         if not target.is_file():
             _export_onnx(path, target)
+        precision = "int8" if self._settings.precision in ("auto", "int8") else "float32"
+        if precision == "int8":
+            quantized = target.with_name("model.int8.onnx")
+            if not quantized.is_file():
+                _quantize_onnx(target, quantized)
+            target = quantized
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads()
         options.inter_op_num_threads = 1
@@ -234,7 +242,7 @@ class Embedder:
         # with spinning, 68 ms without); a service shares its cores with uvicorn and the index, so never spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
-        self.precision = "float32"
+        self.precision = precision
         return ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
 
     def _load_torch(self, path: Path) -> Any:
@@ -323,6 +331,24 @@ class Embedder:
             else:
                 vectors = self._st_model.encode(batch, batch_size=len(batch), normalize_embeddings=True)
         return np.asarray(vectors, dtype=np.float32)
+
+
+def _quantize_onnx(source: Path, target: Path) -> None:
+    """Dynamic int8 quantization of the fused graph (weights per channel, activations per batch), atomically."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logger.info("quantizing the embedder to int8 (once per weights version)", extra={"target": str(target)})
+    tmp = target.with_name(f"model.int8.{os.getpid()}.onnx")
+    quantize_dynamic(
+        str(source),
+        str(tmp),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        # the fused graph's contrib ops defeat shape inference; their tensors are float32
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    os.replace(tmp, target)
 
 
 def _export_onnx(model_path: Path, target: Path) -> None:

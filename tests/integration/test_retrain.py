@@ -162,6 +162,7 @@ def test_retrain_fine_tunes_registers_and_promotes(home: Home, retrained: dict[s
     shadow = VectorIndex(home.settings, collection=retrained["collection"]).current()
     assert shadow is not None and shadow.points == VectorIndex(home.settings).current().points  # type: ignore[union-attr]
     assert shadow.embedder.weights_sha256 == registered.weights_sha256
+    assert shadow.embedder.max_tokens == 256  # texts were cut for training only: the model keeps MiniLM's window
     # training used labels and synthetic pairs, never a test question
     training = retrained["training"]
     assert training["by_origin"]["labelled"] == 6 and training["by_origin"]["synthetic"] >= 1
