@@ -147,7 +147,7 @@ def finetune(
     started = time.perf_counter()
     model = SentenceTransformer(str(base), device="cpu")
     window = model.max_seq_length
-    model.max_seq_length = min(settings.max_seq_length, window)
+    model.max_seq_length = min(settings.max_seq_length, window or settings.max_seq_length)
     if settings.freeze_layers:
         _freeze(model, settings.freeze_layers)
     data = _datasets(pairs, settings.hard_negatives)
