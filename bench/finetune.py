@@ -36,26 +36,6 @@ HYBRID_CANDIDATES = 300
 logger = logging.getLogger("bench.finetune")
 
 
-class _LogProgress:
-    """Stage progress as log lines on stderr (stdout carries only the JSON)."""
-
-    def __init__(self) -> None:
-        self._totals: dict[str, int] = {}
-        self._done: dict[str, int] = {}
-        self._started: dict[str, float] = {}
-
-    def start(self, stage: str, total: int) -> None:
-        self._totals[stage], self._done[stage], self._started[stage] = max(total, 1), 0, time.perf_counter()
-        logger.info("%s: %d to do", stage, total)
-
-    def advance(self, stage: str, amount: int) -> None:
-        total, before = self._totals.get(stage, 1), self._done.get(stage, 0)
-        self._done[stage] = before + amount
-        if (before + amount) * 10 // total > before * 10 // total:
-            elapsed = time.perf_counter() - self._started.get(stage, time.perf_counter())
-            logger.info("%s: %d/%d (%.0f s)", stage, before + amount, total, elapsed)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from evaluation.testsets import load_beir
     from pipelines.env import apply_offline_env
     from pipelines.index import VectorIndex
-    from pipelines.ingest import run_ingest
+    from pipelines.ingest import LogProgress, run_ingest
     from pipelines.settings import EvalSettings, Settings
     from rag.stack import StackRegistry
     from rag.types import StackConfig
@@ -114,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("champion: hybrid stack v%s; retraining", registry.champion_version())
 
     cycle_started = time.perf_counter()
-    outcome = retrain(settings, RetrainRequest(epochs=args.epochs, actor="bench"), progress=_LogProgress())
+    outcome = retrain(settings, RetrainRequest(epochs=args.epochs, actor="bench"), progress=LogProgress(logger))
     cycle = time.perf_counter() - cycle_started
     out["cycle_seconds"] = round(cycle, 1)
     out["stage_seconds"] = outcome.seconds

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -427,7 +426,6 @@ def retrain(
     logger.info("retrain: candidate v%s %s: %s", candidate, decision, reason)
     collected = collect_garbage(settings, registry)
     seconds["cycle"] = time.perf_counter() - started
-    shutil.rmtree(settings.models_dir / "training", ignore_errors=True)
     return RetrainOutcome(
         champion_before=champion_version,
         champion_after=registry.champion_version() or champion_version,

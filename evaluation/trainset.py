@@ -32,7 +32,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -375,8 +375,6 @@ def synthetic_pairs(
 
 
 def _with_text(chunk: StoredChunk, text: str) -> StoredChunk:
-    from dataclasses import replace
-
     return replace(chunk, text=text)
 
 

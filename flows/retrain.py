@@ -9,7 +9,6 @@ failed fine-tune is bad data or a bug, not a transient fault, and a retry would 
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -17,30 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from evaluation.retrain import RetrainOutcome, RetrainRequest, retrain
 from pipelines.env import apply_offline_env
+from pipelines.ingest import LogProgress
 from pipelines.settings import Settings
-
-
-class LogProgress:
-    """Progress of the cycle as Prefect log lines (one per stage, then every tenth of it)."""
-
-    def __init__(self) -> None:
-        self._logger = get_run_logger()
-        self._totals: dict[str, int] = {}
-        self._done: dict[str, int] = {}
-
-    def start(self, stage: str, total: int) -> None:
-        """A stage begins."""
-        self._totals[stage], self._done[stage] = max(total, 1), 0
-        self._logger.info("%s: %d to do", stage, total)
-
-    def advance(self, stage: str, amount: int) -> None:
-        """Log at each further tenth."""
-        total = self._totals.get(stage, 1)
-        before = self._done.get(stage, 0)
-        after = before + amount
-        self._done[stage] = after
-        if after * 10 // total > before * 10 // total:
-            self._logger.info("%s: %d/%d", stage, after, total)
 
 
 def retrain_markdown(outcome: RetrainOutcome) -> str:
@@ -82,7 +59,7 @@ def retrain_flow(train: str | None = None, epochs: int | None = None, promote: b
     apply_offline_env(settings)
     settings.ensure_dirs()
     request = RetrainRequest(train=train, epochs=epochs, promote=promote, actor="prefect")
-    outcome = retrain(settings, request, progress=LogProgress())
+    outcome = retrain(settings, request, progress=LogProgress(get_run_logger()))
     create_markdown_artifact(key="retrain", markdown=retrain_markdown(outcome), description="retraining cycle")
     get_run_logger().info("retrain: %s", outcome.reason)
-    return asdict(outcome)
+    return outcome.to_json()

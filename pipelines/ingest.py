@@ -60,6 +60,30 @@ class NoProgress:
         """Ignore."""
 
 
+class LogProgress:
+    """Progress as log lines: one when a stage starts, then one per further tenth of it (flows, benchmarks)."""
+
+    def __init__(self, log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        self._log = log
+        self._totals: dict[str, int] = {}
+        self._done: dict[str, int] = {}
+        self._started: dict[str, float] = {}
+
+    def start(self, stage: str, total: int) -> None:
+        """A stage begins."""
+        self._totals[stage], self._done[stage], self._started[stage] = max(total, 1), 0, time.perf_counter()
+        self._log.info("%s: %d to do", stage, total)
+
+    def advance(self, stage: str, amount: int) -> None:
+        """Log at each further tenth."""
+        total, before = self._totals.get(stage, 1), self._done.get(stage, 0)
+        after = before + amount
+        self._done[stage] = after
+        if after * 10 // total > before * 10 // total:
+            elapsed = time.perf_counter() - self._started.get(stage, time.perf_counter())
+            self._log.info("%s: %d/%d (%.0f s)", stage, after, total, elapsed)
+
+
 @dataclass(frozen=True)
 class Plan:
     """What this run has to do, from comparing the source with the published manifest."""

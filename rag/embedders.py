@@ -152,8 +152,9 @@ def ingest_target(settings: Settings, collection: str | None) -> tuple[Settings,
         try:
             from rag.stack import StackRegistry
 
-            champion = StackRegistry(settings).champion_version()
-            config = StackRegistry(settings).get(champion).config if champion else None
+            registry = StackRegistry(settings)
+            champion = registry.champion_version()
+            config = registry.get(champion).config if champion else None
         except (MlflowException, StackError):
             config = None
         if config is not None and config.collection.startswith(f"{settings.qdrant.collection}-ft"):
