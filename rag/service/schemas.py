@@ -47,6 +47,21 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     cost_usd: float = 0.0
+    time_to_first_token_ms: float | None = Field(
+        default=None, description="Streamed answers: milliseconds from the request to the first piece of text."
+    )
+
+
+class GuardrailOut(BaseModel):
+    """One guardrail check's verdict on the request."""
+
+    name: str
+    stage: Literal["input", "output"]
+    verdict: Literal["allow", "redact", "flag", "block"]
+    reason: str
+    ms: float
+    score: float | None = None
+    spans: list[dict[str, Any]] | None = None
 
 
 class QueryResponse(BaseModel):
@@ -57,6 +72,9 @@ class QueryResponse(BaseModel):
     citations: list[CitationOut]
     abstained: bool
     support: float
+    blocked: bool = Field(default=False, description="A guardrail refused the request (no retrieved text is returned).")
+    blocked_by: str | None = Field(default=None, description="The check that refused it.")
+    guardrails: list[GuardrailOut] = Field(default_factory=list, description="Every check's verdict.")
     stack_version: int
     stack_name: str
     index_version: int

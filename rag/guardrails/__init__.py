@@ -1,0 +1,1 @@
+"""Input and output guardrails: checks with verdicts, run by the request stages."""

@@ -1,0 +1,77 @@
+"""Errors as HTTP answers: OpenAI's envelope ``{"error": {"message", "type", "code"}}``, never a traceback.
+
+One table maps library errors to statuses: 422 for a bad request, 404 for an unknown id, 503 while no stack can be
+served; anything unexpected is a 500 with an incident id that the service log explains.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rag.errors import AnswerError, BadQuery, RetrievalError, StackError, StackNotFound
+from rag.feedback import UnknownRequest
+from rag.service.sources import UnknownChunk
+
+logger = logging.getLogger(__name__)
+
+# Starlette picks the handler of the closest class in the MRO, so StackNotFound is answered as "no_stack" although
+# it is a StackError.
+ERROR_MAP: tuple[tuple[type[Exception], int, str, str], ...] = (
+    (BadQuery, 422, "invalid_request_error", "invalid_request"),
+    (UnknownRequest, 404, "invalid_request_error", "unknown_request"),
+    (UnknownChunk, 404, "invalid_request_error", "unknown_chunk"),
+    (StackNotFound, 503, "service_unavailable", "no_stack"),
+    (StackError, 503, "service_unavailable", "stack_error"),
+    (RetrievalError, 503, "service_unavailable", "retrieval_error"),
+    (AnswerError, 503, "service_unavailable", "answer_error"),
+)
+
+
+def error_response(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    """One error in OpenAI's envelope."""
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": code}})
+
+
+def _library_error_handler(
+    status: int, kind: str, code: str
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(status, str(exc), kind, code)
+
+    return handle
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every handler on ``app``."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {err.get('msg')}")
+        return error_response(422, "invalid request: " + "; ".join(parts), "invalid_request_error", "invalid_request")
+
+    for error_type, status, kind, code in ERROR_MAP:
+        app.add_exception_handler(error_type, _library_error_handler(status, kind, code))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = error_response(
+            exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "error"
+        )
+        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        logger.exception("unexpected error (incident %s)", incident)
+        return error_response(500, f"internal error (incident {incident}); see the service log", "server_error")

@@ -1,0 +1,1 @@
+"""The service's routes, one router per concern: health, query (and OpenAI chat), feedback and sources, pages."""

@@ -1,0 +1,36 @@
+"""Rating an answer, and reading a cited chunk."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter, Request
+
+from rag.service.feedback import FeedbackIntake
+from rag.service.holder import StackHolder
+from rag.service.schemas import FeedbackRequest, FeedbackResponse, SourceOut
+from rag.service.sources import fetch_chunk
+
+router = APIRouter()
+
+
+@router.post("/v1/feedback", response_model=FeedbackResponse, summary="Rate an answer (up or down)")
+async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+    intake: FeedbackIntake = request.app.state.feedback
+    return await anyio.to_thread.run_sync(intake.rate, body)
+
+
+@router.get("/v1/sources/{chunk_id}", response_model=SourceOut, summary="A cited chunk's text and origin")
+async def source(chunk_id: str, request: Request) -> SourceOut:
+    holder: StackHolder = request.app.state.holder
+    with holder.acquire() as served:
+        chunk = await anyio.to_thread.run_sync(fetch_chunk, served, chunk_id)
+        return SourceOut(
+            chunk_id=chunk.chunk_id,
+            doc_id=chunk.doc_id,
+            title=chunk.title,
+            source=chunk.source,
+            position=chunk.position,
+            text=chunk.text,
+            index_version=chunk.index_version,
+            stack_version=served.version,
+        )

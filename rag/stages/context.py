@@ -1,0 +1,124 @@
+"""The typed state one request carries through the stages, and what a stage may end it with.
+
+A request is one mutable :class:`RequestContext` owned by one task: every stage reads what earlier stages left and
+adds its own part (the vector, the chunks, the answer, verdicts, usage, its milliseconds). Everything a stage hands
+to code outside the chain is frozen (:class:`Usage`, :class:`Refusal`, the guardrails' verdicts).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rag.types import Answer, RetrievedChunk
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from rag.engine import RagEngine
+    from rag.guardrails.types import Verdict
+
+REFUSAL_TEXT = "I can't help with that request."
+"""What a blocked request is answered with (never any retrieved text)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who asks. ``tenant`` and ``groups`` bound what retrieval may return (filters may only narrow them)."""
+
+    name: str = "anonymous"
+    role: str = "reader"
+    tenant: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+ANONYMOUS = Principal()
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of one answered request and what they cost."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a stage ended the request before an answer was produced (a guardrail block)."""
+
+    check: str
+    reason: str
+    text: str = REFUSAL_TEXT
+
+
+@dataclass
+class RequestContext:
+    """One request on its way through the chain.
+
+    ``question`` is what the caller sent (validated); ``text`` is what every later stage works on: the question
+    after the input guard normalised it and redacted what must not travel further (retrieval, the LLM, the logs
+    and feedback all see ``text``). ``ranking`` is the whole retrieved list (evaluation asks for a deeper one than
+    the answerer gets: ``depth``); ``chunks`` are the ``top_k`` handed to the answerer.
+    """
+
+    engine: RagEngine
+    question: str
+    filters: dict[str, list[str]] | None = None
+    top_k: int | None = None
+    depth: int | None = None
+    principal: Principal = ANONYMOUS
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    text: str = ""
+    vector: np.ndarray | None = None
+    ranking: list[RetrievedChunk] = field(default_factory=list)
+    chunks: list[RetrievedChunk] = field(default_factory=list)
+    answer: Answer | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    refusal: Refusal | None = None
+    usage: Usage = field(default_factory=Usage)
+    timings: dict[str, float] = field(default_factory=dict)
+    first_token_ms: float | None = None
+    notice: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        if not self.text:
+            self.text = self.question
+
+    @property
+    def ended(self) -> bool:
+        """A stage refused the request: the remaining stages that do not always run are skipped."""
+        return self.refusal is not None
+
+    @property
+    def k(self) -> int:
+        """Chunks for the answerer: the request's ``top_k`` or the stack's."""
+        return self.top_k if self.top_k is not None else self.engine.config.retrieval.top_k
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Record a stage's milliseconds (added to, so a stage that runs in parts is timed whole)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = round(self.timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000, 3)
+
+    def total_ms(self) -> float:
+        """Milliseconds since the request started."""
+        return round((time.perf_counter() - self.started) * 1000, 3)
+
+    def all_timings(self) -> dict[str, float]:
+        """Every stage's milliseconds plus ``total``."""
+        return {**self.timings, "total": self.total_ms()}

@@ -1,0 +1,30 @@
+"""Retrieval with the vector the embed stage computed; the answerer gets the first ``top_k`` chunks."""
+
+from __future__ import annotations
+
+from rag.stages.context import RequestContext
+from rag.stages.ports import VectorPort
+
+
+class RetrieveStage:
+    """Search the stack's index (dense or hybrid, with the request's filters) for ``ctx.vector``.
+
+    ``ctx.depth`` asks for a deeper ranking than the answerer needs (evaluation's ranking metrics); the answerer
+    still gets the first ``top_k`` chunks of that same ranking.
+    """
+
+    name = "retrieve"
+    always = False
+
+    def __init__(self, vectors: VectorPort) -> None:
+        self.vectors = vectors
+
+    async def run(self, ctx: RequestContext) -> None:
+        """Set ``ctx.ranking`` and ``ctx.chunks``."""
+        if ctx.vector is None:
+            raise RuntimeError("the retrieve stage needs the embed stage before it")
+        k = ctx.k
+        ctx.ranking = await self.vectors.search(
+            ctx.engine, ctx.text, ctx.vector, filters=ctx.filters, top_k=max(k, ctx.depth or k)
+        )
+        ctx.chunks = ctx.ranking[:k]
