@@ -9,6 +9,7 @@ first, pinned, as the Makefile and the Dockerfile do; torchvision removed again)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -24,6 +25,7 @@ from pipelines.env import OFFLINE_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md", "pipelines", "rag", "evaluation", "flows")
 
@@ -35,7 +37,9 @@ def _free_port() -> int:
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> str:
+    started = time.monotonic()
     done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    logger.info("%.1f s: %s", time.monotonic() - started, " ".join(argv[-3:]))  # where the minutes go
     assert done.returncode == 0, f"{argv} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
