@@ -13,22 +13,31 @@ STAMP := $(VENV)/.ragops-installed
 # unstructured[pdf] drags in torchvision, which has no CPU build matching torch 2.13 and breaks transformers
 # at import (`operator torchvision::nms does not exist`); nothing of ours needs it, so it is removed again.
 #
-# The playground's browser test drives Debian's chromium through Playwright (Playwright's own browser download is
-# not used). It is installed here when missing and we are root; otherwise the test skips and says how to install it.
+# Debian packages the tests use (installed when missing and we are root; otherwise the tests that need them skip and
+# say how to install them): chromium drives the playground's browser test through Playwright (Playwright's own
+# browser download is not used); redis-server and postgresql are the real Redis and PostgreSQL the fixtures start
+# on free loopback ports (tests/fixtures/datastores.py); wrk is the HTTP load generator for load benchmarks.
+# Each entry is PACKAGE:COMMAND-IT-PROVIDES (PostgreSQL's server binaries are not on PATH, hence the glob).
+DEB_PACKAGES := chromium:chromium redis-server:redis-server postgresql:/usr/lib/postgresql/*/bin/initdb wrk:wrk
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip uninstall --quiet -y torchvision || true
-	@if command -v chromium >/dev/null 2>&1; then :; \
+	@missing=""; for entry in $(DEB_PACKAGES); do \
+		pkg=$${entry%%:*}; cmd=$${entry#*:}; \
+		compgen -G "$$cmd" >/dev/null || command -v "$$cmd" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium (Debian package) for the playground browser test"; \
+		echo "installing Debian packages for the tests:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -qq chromium >/dev/null 2>&1 \
-			|| { apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } \
-			|| echo "warning: could not install chromium; the playground browser test will skip"; \
+		apt-get install -y -qq $$missing >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null && apt-get install -y -qq $$missing >/dev/null; } \
+			|| echo "warning: could not install$$missing; the tests that need them will skip"; \
 	else \
-		echo "note: the playground browser test needs Chromium; install it with: sudo apt-get install -y chromium"; \
+		echo "note: some tests need Debian packages:$$missing; install them with: sudo apt-get install -y$$missing"; \
 	fi
 	touch $(STAMP)
 

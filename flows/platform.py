@@ -18,7 +18,10 @@ api       ``ragops server api``: the query service        ``GET /healthz`` (``/r
 On the first start it bootstraps: ingests the bundled demo corpus (through the ``ingest`` flow, so the run shows in
 the Prefect UI), evaluates a default stack on ``demo_qa`` through the gate, registers and promotes it. A restart
 reuses everything: the corpus is rebuilt byte-identically, so nothing is re-embedded, and an existing champion is
-kept. Children run in their own process groups; Ctrl-C (or SIGTERM) stops them all, a crashed child stops the rest.
+kept. Children run in their own process groups; Ctrl-C (or SIGTERM) stops them all at once (SIGTERM, SIGKILL after
+``STOP_GRACE_S``, so a stop takes under 5 s), a crashed child stops the rest. Children die with the supervisor even
+when it is killed with kill -9: a reaper process (:mod:`flows.reaper`) holds a pipe from the supervisor and
+terminates every child's process group when the pipe closes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import contextlib
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +47,9 @@ from pipelines.settings import Settings
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-STOP_GRACE_S = 15.0
+# Prefect's and MLflow's servers take several seconds to shut down gracefully (their uvicorn waits on open
+# connections and background services); all they hold is SQLite, which survives a SIGKILL, so the grace is short.
+STOP_GRACE_S = 3.0
 ACCESS_LOG = re.compile(r'"(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) \S+ HTTP/[\d.]+" [1-4]\d\d')
 
 
@@ -223,21 +227,50 @@ class Child:
         except httpx.HTTPError:
             return False
 
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after the grace period."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # grandchildren that outlived their parent
-        self._thread.join(timeout=5)
+    def close(self) -> None:
+        """After the group is gone: reap the process, finish copying its output."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(1)
+        self._thread.join(timeout=2)
         self._log.close()
+
+
+def stop_children(children: Sequence[Child], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM every child's group at once, SIGKILL the groups still alive after ``grace_s``."""
+    from flows.reaper import terminate_groups
+
+    terminate_groups([child.process.pid for child in children], grace_s)
+    for child in children:
+        child.close()
+
+
+class Reaper:
+    """The :mod:`flows.reaper` process: kills the children's groups if this process dies without stopping them."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flows.reaper"],
+            stdin=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # not hit by the terminal's Ctrl-C nor by a kill of our process group
+        )
+
+    def watch(self, pgid: int) -> None:
+        """Add a child's process group."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{pgid}\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        """Our children are stopped: end its input (it finds nothing left to kill) and wait for it."""
+        assert self.process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(STOP_GRACE_S + 2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 @dataclass
@@ -248,6 +281,7 @@ class Supervisor:
     ports: Ports
     echo: Callable[[str], None]
     children: list[Child] = field(default_factory=list)
+    reaper: Reaper | None = None
 
     def check_ports(self) -> None:
         """Refuse to start when a port is taken (naming the part and the option that moves it)."""
@@ -263,9 +297,12 @@ class Supervisor:
         wanted = [p for p in parts(self.settings, self.ports) if p.name in names]
         started = time.monotonic()
         pending = {}
+        if self.reaper is None:
+            self.reaper = Reaper()  # before any child, so no child can outlive us unwatched
         for part in wanted:
             child = Child(part, self.settings, self.echo)
             self.children.append(child)
+            self.reaper.watch(child.process.pid)
             pending[part.name] = child
         ready: dict[str, float] = {}
         while pending:
@@ -297,10 +334,12 @@ class Supervisor:
                     raise PlatformError(self.crash_message(child))
 
     def stop_all(self) -> None:
-        """Stop every child, newest first."""
-        for child in reversed(self.children):
-            child.stop()
+        """Stop every child at once (within ``STOP_GRACE_S`` plus a moment), then the reaper."""
+        stop_children(self.children)
         self.children.clear()
+        if self.reaper is not None:
+            self.reaper.close()
+            self.reaper = None
 
 
 def bootstrap(settings: Settings, echo: Callable[[str], None]) -> dict[str, Any]:

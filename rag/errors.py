@@ -6,7 +6,9 @@ RagError
  │    └── StackMismatch         the stack does not fit the index it names (embedder, chunking, collection)
  ├── RetrievalError             the vector store could not answer (missing index, Qdrant failure)
  ├── AnswerError                the answerer failed (LLM unreachable, bad response)
- └── BadQuery (ValueError)      the caller's fault: empty or oversized question, unknown filter key, bad top_k
+ ├── BadQuery (ValueError)      the caller's fault: empty or oversized question, unknown filter key, bad top_k
+ ├── Overloaded                 past capacity (admission queue full): 503 with Retry-After
+ └── CircuitOpen                a dependency's circuit breaker is open: 503 with Retry-After
 
 Library errors only: the service maps them to HTTP statuses (BadQuery -> 422, StackNotFound -> 404 or 503,
 RetrievalError/AnswerError -> 503) and the CLI to exit codes.
@@ -43,3 +45,25 @@ class AnswerError(RagError):
 
 class BadQuery(RagError, ValueError):
     """The request itself is invalid (empty question, unknown filter key, out-of-range top_k)."""
+
+
+class Overloaded(RagError):
+    """The service is past capacity (admission queue full, or no slot in time): retry after ``retry_after_s``.
+
+    The service answers 503 with a ``Retry-After`` header; nothing was processed.
+    """
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class CircuitOpen(RagError):
+    """A dependency's circuit breaker is open: it failed repeatedly, calls are refused until ``retry_after_s``."""
+
+    def __init__(self, name: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"{name} is unavailable (circuit open after repeated failures); retry in {retry_after_s:.0f} s"
+        )
+        self.name = name
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,96 @@
+"""Admission control: a bounded number of requests in flight and a bounded queue in front of them.
+
+Why: past the machine's capacity, queueing more work only makes every request slower until all of them time out.
+Bounding both the concurrency and the queue keeps the latency of admitted requests bounded and sheds the rest at
+once with an honest retry-after estimate (503 + ``Retry-After``), which clients and load balancers act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from rag.errors import Overloaded
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdmissionStats:
+    """What the controller holds right now (for /metrics and logs)."""
+
+    active: int
+    waiting: int
+    shed: int
+    mean_service_s: float
+
+
+class AdmissionController:
+    """At most ``max_concurrency`` holders of a slot and ``max_queue`` waiters; everyone else is rejected at once.
+
+    Use one per worker process, from its event loop::
+
+        async with controller.slot():
+            ...  # the request's work
+
+    :class:`rag.errors.Overloaded` is raised (nothing processed) when the queue is full or no slot frees up within
+    ``queue_timeout_s``; its ``retry_after_s`` estimates when a slot frees (queue length x mean service time).
+    """
+
+    def __init__(self, max_concurrency: int, max_queue: int, queue_timeout_s: float = 5.0) -> None:
+        if max_concurrency < 1 or max_queue < 0:
+            raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._active = 0
+        self._waiting = 0
+        self._shed = 0
+        self._mean_service_s = 0.1  # exponentially weighted; the first requests refine it
+
+    def stats(self) -> AdmissionStats:
+        """Current occupancy and the count of shed requests."""
+        return AdmissionStats(self._active, self._waiting, self._shed, self._mean_service_s)
+
+    def retry_after_s(self) -> float:
+        """Seconds until a slot is likely free for a newcomer, rounded up to whole seconds (at least 1)."""
+        ahead = self._waiting + 1
+        return float(max(1, math.ceil(ahead * self._mean_service_s / self.max_concurrency)))
+
+    def _reject(self, why: str) -> Overloaded:
+        self._shed += 1
+        retry = self.retry_after_s()
+        logger.warning(
+            "request shed: %s (active=%d waiting=%d retry_after_s=%.0f)", why, self._active, self._waiting, retry
+        )
+        return Overloaded(f"server overloaded ({why}); retry in {retry:.0f} s", retry)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a slot for the duration of the block, or raise :class:`Overloaded` without running it."""
+        if self._slots.locked() or self._waiting:  # no free slot (or others wait first): join the queue, if room
+            if self._waiting >= self.max_queue:
+                raise self._reject("queue full")
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
+            except TimeoutError:
+                raise self._reject(f"no slot within {self.queue_timeout_s:.1f} s") from None
+            finally:
+                self._waiting -= 1
+        else:
+            await self._slots.acquire()
+        self._active += 1
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            self._slots.release()
+            self._mean_service_s = 0.8 * self._mean_service_s + 0.2 * (time.monotonic() - started)

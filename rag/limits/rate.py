@@ -1,0 +1,168 @@
+"""Rate limits per API key and per tenant: requests and tokens per minute, over the `limits` library.
+
+Why `limits`: its strategies (sliding-window counter, moving and fixed windows) run atomically in Redis (Lua), so all
+workers of all replicas share one budget per key; the same code runs on in-process memory storage. With no Redis
+configured the limits are per worker. When a configured Redis is unreachable the limiter falls back to per-worker
+memory limits instead of refusing or admitting everything, says so (``Decision.degraded``, a warning naming the
+storage) and tries Redis again every ``redis_retry_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rag.limits.settings import LimitsSettings
+
+if TYPE_CHECKING:
+    from limits import RateLimitItem
+    from limits.storage import Storage
+    from limits.strategies import RateLimiter as Strategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one request.
+
+    ``limit`` names the quota that refused it (``"key:requests_per_minute"``, ``"tenant:tokens_per_minute"``, ...);
+    ``retry_after_s`` is when that quota has room again (0 when allowed). ``storage`` is ``"redis"`` or
+    ``"memory"``; ``degraded`` is true while a configured Redis is down and the limits are per worker.
+    """
+
+    allowed: bool
+    limit: str | None
+    retry_after_s: float
+    storage: str
+    degraded: bool
+
+
+@dataclass(frozen=True)
+class _Quota:
+    scope: str  # "key" | "tenant"
+    name: str  # "requests_per_minute" | "tokens_per_minute"
+    item: RateLimitItem
+
+    @property
+    def label(self) -> str:
+        return f"{self.scope}:{self.name}"
+
+
+def _strategy(name: str, storage: Storage) -> Strategy:
+    from limits.strategies import STRATEGIES
+
+    return STRATEGIES[name](storage)
+
+
+class RateLimiter:
+    """Checks and counts a request against every configured quota of its key and tenant.
+
+    ``check(api_key=..., tenant=..., tokens=n)`` first tests every quota and only counts the request when all have
+    room, so a refused request uses up none of them. Tokens are counted when the caller knows them (an estimate of
+    prompt plus answer); with ``tokens=0`` only request quotas apply. Not async: one call is a single Redis round
+    trip per quota (sub-millisecond on a LAN) or a dictionary update in memory.
+    """
+
+    def __init__(self, settings: LimitsSettings) -> None:
+        from limits import RateLimitItemPerMinute
+        from limits.storage import MemoryStorage
+
+        self.settings = settings
+        quotas = [
+            ("key", "requests_per_minute", settings.requests_per_minute),
+            ("key", "tokens_per_minute", settings.tokens_per_minute),
+            ("tenant", "requests_per_minute", settings.tenant_requests_per_minute),
+            ("tenant", "tokens_per_minute", settings.tenant_tokens_per_minute),
+        ]
+        self._quotas = [
+            _Quota(scope, name, RateLimitItemPerMinute(amount, namespace=f"ragops-{scope}-{name}"))
+            for scope, name, amount in quotas
+            if amount is not None
+        ]
+        self._memory = _strategy(settings.strategy, MemoryStorage())
+        self._redis: Strategy | None = None
+        self._redis_down_since: float | None = None
+        if settings.redis_url:
+            from limits.storage import RedisStorage
+
+            storage = RedisStorage(
+                settings.redis_url,
+                wrap_exceptions=True,  # every Redis failure arrives as limits.errors.StorageError
+                socket_connect_timeout=settings.redis_timeout_s,
+                socket_timeout=settings.redis_timeout_s,
+            )
+            self._redis = _strategy(settings.strategy, storage)
+        logger.info(
+            "rate limits: %s on %s storage",
+            ", ".join(q.label for q in self._quotas) or "none",
+            "redis" if self._redis else "memory (per worker)",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any quota is configured (otherwise every request is allowed without a storage call)."""
+        return bool(self._quotas)
+
+    @property
+    def degraded(self) -> bool:
+        """A Redis is configured but unreachable: the limits are per worker until it is back."""
+        return self._redis_down_since is not None
+
+    def _active(self) -> tuple[Strategy, str]:
+        if self._redis is None:
+            return self._memory, "memory"
+        if self._redis_down_since is not None:
+            if time.monotonic() - self._redis_down_since < self.settings.redis_retry_s:
+                return self._memory, "memory"
+            self._redis_down_since = None  # time to try Redis again
+        return self._redis, "redis"
+
+    def _fall_back(self, exc: Exception) -> None:
+        if self._redis_down_since is None:
+            logger.warning(
+                "rate-limit storage redis unreachable (%s); falling back to per-worker memory limits, "
+                "retrying redis every %.0f s",
+                exc,
+                self.settings.redis_retry_s,
+            )
+        self._redis_down_since = time.monotonic()
+
+    def check(self, *, api_key: str | None, tenant: str | None, tokens: int = 0) -> Decision:
+        """Allow and count the request, or refuse it naming the quota and when to retry."""
+        from limits.errors import StorageError
+
+        strategy, storage = self._active()
+        try:
+            return self._check(strategy, storage, api_key, tenant, tokens)
+        except StorageError as exc:
+            self._fall_back(exc)
+            return self._check(self._memory, "memory", api_key, tenant, tokens)
+
+    def _check(
+        self, strategy: Strategy, storage: str, api_key: str | None, tenant: str | None, tokens: int
+    ) -> Decision:
+        degraded = storage == "memory" and self._redis is not None
+        ids = {"key": api_key, "tenant": tenant}
+        applicable = []
+        for quota in self._quotas:
+            identity = ids[quota.scope]
+            cost = tokens if quota.name == "tokens_per_minute" else 1
+            if identity is None or cost <= 0:
+                continue
+            applicable.append((quota, identity, cost))
+        for quota, identity, cost in applicable:
+            if not strategy.test(quota.item, identity, cost=cost):
+                return Decision(False, quota.label, self._retry_after(strategy, quota, identity), storage, degraded)
+        for quota, identity, cost in applicable:
+            if not strategy.hit(quota.item, identity, cost=cost):  # another worker took the room meanwhile
+                return Decision(False, quota.label, self._retry_after(strategy, quota, identity), storage, degraded)
+        return Decision(True, None, 0.0, storage, degraded)
+
+    @staticmethod
+    def _retry_after(strategy: Strategy, quota: _Quota, identity: str) -> float:
+        stats = strategy.get_window_stats(quota.item, identity)
+        return float(max(1, math.ceil(stats.reset_time - time.time())))

@@ -1,0 +1,38 @@
+"""Settings of rate limiting, admission control and circuit breaking (``RAGOPS_LIMITS__*`` once assembled).
+
+A plain pydantic model like the other groups of :class:`pipelines.settings.Settings`, which reads the environment
+once for all of them: assembled there as ``limits: LimitsSettings``, ``RAGOPS_LIMITS__REQUESTS_PER_MINUTE=600``
+sets a field. Rate limits are off by default (``None``): a local platform has one user; admission control is on,
+because a bounded queue is what keeps latency bounded under any load.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class LimitsSettings(BaseModel):
+    """Per-key and per-tenant quotas, the admission queue, and the circuit breakers' thresholds."""
+
+    redis_url: str | None = Field(
+        default=None, description="Shared limit storage for all workers (redis://host:port/db); None: per worker."
+    )
+    strategy: Literal["sliding-window-counter", "moving-window", "fixed-window"] = Field(
+        default="sliding-window-counter",
+        description="The `limits` strategy: sliding-window-counter is O(1) per key even for token costs.",
+    )
+    requests_per_minute: int | None = Field(default=None, ge=1, description="Requests per API key per minute.")
+    tokens_per_minute: int | None = Field(default=None, ge=1, description="Tokens per API key per minute.")
+    tenant_requests_per_minute: int | None = Field(default=None, ge=1, description="Requests per tenant per minute.")
+    tenant_tokens_per_minute: int | None = Field(default=None, ge=1, description="Tokens per tenant per minute.")
+    redis_retry_s: float = Field(
+        default=5.0, gt=0, description="While Redis is down, how often to try it again (limits stay per worker)."
+    )
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="Connect and read timeout of the Redis storage.")
+    max_concurrency: int = Field(default=16, ge=1, description="Requests processed at once per worker.")
+    max_queue: int = Field(default=64, ge=0, description="Requests waiting for a slot; past it, shed with 503.")
+    queue_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for a slot before shedding.")
+    breaker_failures: int = Field(default=5, ge=1, description="Consecutive failures that open a circuit breaker.")
+    breaker_reset_s: float = Field(default=30.0, gt=0, description="How long an open breaker refuses calls.")

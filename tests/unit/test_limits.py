@@ -1,0 +1,123 @@
+"""Rate limits in memory, admission control and circuit breakers: the protection the request path is built from."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from rag.errors import CircuitOpen, Overloaded
+from rag.limits import AdmissionController, BreakerState, CircuitBreaker, LimitsSettings, RateLimiter
+
+
+def test_limits_are_off_by_default() -> None:
+    limiter = RateLimiter(LimitsSettings())
+    assert not limiter.enabled
+    decisions = [limiter.check(api_key="k", tenant="t", tokens=10_000) for _ in range(100)]
+    assert all(d.allowed and d.storage == "memory" and not d.degraded for d in decisions)
+
+
+def test_requests_per_key_are_limited_and_keys_are_independent() -> None:
+    limiter = RateLimiter(LimitsSettings(requests_per_minute=3))
+    assert [limiter.check(api_key="a", tenant=None).allowed for _ in range(4)] == [True, True, True, False]
+    refused = limiter.check(api_key="a", tenant=None)
+    assert refused.limit == "key:requests_per_minute" and 1 <= refused.retry_after_s <= 60
+    assert limiter.check(api_key="b", tenant=None).allowed
+
+
+def test_tokens_per_tenant_span_keys_and_a_refusal_spends_nothing() -> None:
+    limiter = RateLimiter(LimitsSettings(requests_per_minute=100, tenant_tokens_per_minute=1000))
+    assert limiter.check(api_key="a", tenant="acme", tokens=600).allowed
+    refused = limiter.check(api_key="b", tenant="acme", tokens=600)  # another key, same tenant: 1200 > 1000
+    assert not refused.allowed and refused.limit == "tenant:tokens_per_minute"
+    assert limiter.check(api_key="b", tenant="acme", tokens=400).allowed  # the refused 600 were not counted
+    assert limiter.check(api_key="b", tenant="other", tokens=900).allowed
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window"])
+def test_every_strategy_limits(strategy: str) -> None:
+    limiter = RateLimiter(LimitsSettings(strategy=strategy, requests_per_minute=2))  # type: ignore[arg-type]
+    assert [limiter.check(api_key="a", tenant=None).allowed for _ in range(3)] == [True, True, False]
+
+
+def test_admission_sheds_past_the_queue_with_a_retry_after() -> None:
+    async def scenario() -> tuple[list[str], AdmissionController]:
+        controller = AdmissionController(max_concurrency=2, max_queue=2, queue_timeout_s=5)
+        release = asyncio.Event()
+        outcomes: list[str] = []
+
+        async def request() -> None:
+            try:
+                async with controller.slot():
+                    await release.wait()
+                outcomes.append("done")
+            except Overloaded as exc:
+                assert exc.retry_after_s >= 1
+                outcomes.append("shed")
+
+        tasks = [asyncio.create_task(request()) for _ in range(6)]
+        await asyncio.sleep(0.05)
+        assert controller.stats().active == 2 and controller.stats().waiting == 2
+        release.set()
+        await asyncio.gather(*tasks)
+        return outcomes, controller
+
+    outcomes, controller = asyncio.run(scenario())
+    assert sorted(outcomes) == ["done"] * 4 + ["shed"] * 2
+    assert controller.stats().shed == 2 and controller.stats().active == 0 and controller.stats().waiting == 0
+
+
+def test_admission_sheds_a_waiter_that_gets_no_slot_in_time() -> None:
+    async def scenario() -> None:
+        controller = AdmissionController(max_concurrency=1, max_queue=5, queue_timeout_s=0.1)
+        async with controller.slot():
+            with pytest.raises(Overloaded, match="no slot within"):
+                async with controller.slot():
+                    pass
+        async with controller.slot():  # the slot is free again
+            pass
+
+    asyncio.run(scenario())
+
+
+def test_breaker_opens_refuses_and_closes_after_a_good_trial(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    breaker = CircuitBreaker("llm", failure_threshold=2, reset_timeout_s=10, clock=lambda: now[0])
+
+    async def fail() -> None:
+        raise ConnectionError("down")
+
+    async def ok() -> str:
+        return "fine"
+
+    async def scenario() -> None:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(2):
+                with pytest.raises(ConnectionError):
+                    await breaker.call(fail)
+        assert breaker.state is BreakerState.OPEN and "circuit llm open" in caplog.text
+        with pytest.raises(CircuitOpen) as refused:
+            await breaker.call(ok)  # refused without calling
+        assert refused.value.retry_after_s == 10
+        now[0] = 11.0
+        assert breaker.state is BreakerState.HALF_OPEN
+        with pytest.raises(ConnectionError):
+            await breaker.call(fail)  # the failed trial opens it again at once
+        assert breaker.state is BreakerState.OPEN
+        now[0] = 22.0
+        assert await breaker.call(ok) == "fine"
+        assert breaker.state is BreakerState.CLOSED
+
+    asyncio.run(scenario())
+
+
+def test_half_open_lets_one_trial_through() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker("qdrant", failure_threshold=1, reset_timeout_s=1, clock=lambda: now[0])
+    breaker.before_call()
+    breaker.record_failure()
+    now[0] = 2.0
+    breaker.before_call()  # the trial
+    with pytest.raises(CircuitOpen):
+        breaker.before_call()  # a second caller while the trial runs
