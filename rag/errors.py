@@ -6,6 +6,7 @@ RagError
  │    └── StackMismatch         the stack does not fit the index it names (embedder, chunking, collection)
  ├── RetrievalError             the vector store could not answer (missing index, Qdrant failure)
  ├── AnswerError                the answerer failed (LLM unreachable, bad response)
+ ├── StoreError                 the request store cannot be opened or migrated (bad URL, newer schema)
  └── BadQuery (ValueError)      the caller's fault: empty or oversized question, unknown filter key, bad top_k
 
 Library errors only: the service maps them to HTTP statuses (BadQuery -> 422, StackNotFound -> 404 or 503,
@@ -43,3 +44,7 @@ class AnswerError(RagError):
 
 class BadQuery(RagError, ValueError):
     """The request itself is invalid (empty question, unknown filter key, out-of-range top_k)."""
+
+
+class StoreError(RagError):
+    """The request store cannot be opened, migrated or written as configured; the message names the database."""
