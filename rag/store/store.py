@@ -64,15 +64,25 @@ class RequestStore:
         retention_days: Records older than this are purged (hourly by the writer, or by :meth:`purge_expired`);
             None keeps everything.
         queue_size: Records waiting to be written before new ones are dropped.
+        purge_interval_s: How often the writer applies ``retention_days`` by itself (first right after opening);
+            None leaves retention to explicit :meth:`purge_expired` calls.
 
     Raises:
         StoreError: The database cannot be reached or migrated.
     """
 
-    def __init__(self, url: str, *, retention_days: float | None = None, queue_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        retention_days: float | None = None,
+        queue_size: int = 10_000,
+        purge_interval_s: float | None = PURGE_INTERVAL_S,
+    ) -> None:
         if retention_days is not None and retention_days <= 0:
             raise ValueError(f"retention_days must be positive, got {retention_days}")
         self.retention_days = retention_days
+        self._purge_interval_s = purge_interval_s
         self._engine = _engine(url)
         try:
             self.revision = upgrade(self._engine)
@@ -87,7 +97,7 @@ class RequestStore:
         self._lock = threading.Lock()
         self._queued = self._written = self._dropped = self._failed = 0
         self._closed = False
-        self._last_purge = 0.0
+        self._last_purge: float | None = None
         self._writer = threading.Thread(target=self._write_loop, name="ragops-request-store", daemon=True)
         self._writer.start()
 
@@ -328,7 +338,9 @@ class RequestStore:
         return 0
 
     def _maybe_purge(self) -> None:
-        if self.retention_days is None or time.monotonic() - self._last_purge < PURGE_INTERVAL_S:
+        if self.retention_days is None or self._purge_interval_s is None:
+            return
+        if self._last_purge is not None and time.monotonic() - self._last_purge < self._purge_interval_s:
             return
         self._last_purge = time.monotonic()
         try:

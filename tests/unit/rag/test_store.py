@@ -36,7 +36,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def store(store_url: str) -> Iterator[RequestStore]:
-    s = RequestStore(store_url, retention_days=30)
+    s = RequestStore(store_url)
     yield s
     s.close()
 
@@ -73,7 +73,7 @@ class TestSchema:
             assert current_revision(engine) == head_revision() == store.revision
             columns = {c["name"] for c in inspect(engine).get_columns("requests")}
             assert columns == {c.name for c in METADATA.tables["requests"].columns}
-            assert "requests_by_at" in {i["name"] for i in inspect(engine).get_indexes("requests")}
+            assert "requests_window" in {i["name"] for i in inspect(engine).get_indexes("requests")}
             assert VERSION_TABLE in inspect(engine).get_table_names()
         finally:
             engine.dispose()
@@ -252,13 +252,25 @@ class TestRetention:
         assert store.purge(100.0) == 30
         assert store.count() == 0
 
-    def test_retention_days_applies_to_now(self, store: RequestStore) -> None:
+    def test_retention_days_applies_to_now(self, store_url: str) -> None:
         now = 100 * 86400.0
-        store.record(make(1, now - 31 * 86400.0))
-        store.record(make(2, now - 29 * 86400.0))
-        store.flush()
-        assert store.purge_expired(now) == 1
-        assert store.get(make(2, 0).request_id) is not None
+        with RequestStore(store_url, retention_days=30, purge_interval_s=None) as store:
+            store.record(make(1, now - 31 * 86400.0))
+            store.record(make(2, now - 29 * 86400.0))
+            store.flush()
+            assert store.purge_expired(now) == 1
+            assert store.get(make(2, 0).request_id) is not None
+
+    def test_the_writer_applies_retention_by_itself(self, store_url: str) -> None:
+        with RequestStore(store_url) as writer:
+            writer.record(make(1, time.time() - 3 * 86400.0))
+            writer.record(make(2, time.time()))
+        with RequestStore(store_url, retention_days=2, purge_interval_s=0.05) as store:
+            deadline = time.monotonic() + 10
+            while store.count() != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert store.get(make(1, 0).request_id) is None
+            assert store.get(make(2, 0).request_id) is not None
 
     def test_no_retention_keeps_everything(self, store_url: str) -> None:
         with RequestStore(store_url, retention_days=None) as store:

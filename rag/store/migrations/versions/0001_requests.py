@@ -47,9 +47,23 @@ def upgrade() -> None:
         sa.Column("feedback_comment", sa.Text, nullable=True),
         sa.Column("feedback_at", sa.Float, nullable=True),
     )
-    op.create_index("requests_by_at", "requests", ["at"])
+    op.create_index(
+        "requests_window",
+        "requests",
+        [
+            "at",
+            "status",
+            "blocked",
+            "abstained",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+            "total_ms",
+            "feedback_rating",
+        ],
+    )
 
 
 def downgrade() -> None:
-    op.drop_index("requests_by_at", table_name="requests")
+    op.drop_index("requests_window", table_name="requests")
     op.drop_table("requests")
