@@ -15,6 +15,7 @@ STAMP := $(VENV)/.ragops-installed
 #
 # The playground's browser test drives Debian's chromium through Playwright (Playwright's own browser download is
 # not used). It is installed here when missing and we are root; otherwise the test skips and says how to install it.
+# Likewise promtool (Debian's prometheus package) for `promtool check rules` / `promtool test rules` of infra/prometheus.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
@@ -29,6 +30,16 @@ $(STAMP): pyproject.toml
 			|| echo "warning: could not install chromium; the playground browser test will skip"; \
 	else \
 		echo "note: the playground browser test needs Chromium; install it with: sudo apt-get install -y chromium"; \
+	fi
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing prometheus (Debian package, for promtool) for the alerting-rule tests"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq prometheus >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null && apt-get install -y -qq prometheus >/dev/null; } \
+			|| echo "warning: could not install prometheus; the promtool tests will skip"; \
+	else \
+		echo "note: the alerting-rule tests need promtool; install it with: sudo apt-get install -y prometheus"; \
 	fi
 	touch $(STAMP)
 
