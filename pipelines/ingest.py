@@ -426,7 +426,11 @@ def record_rejections(
     ctx.quarantine.put(stamped)
     ctx.quarantine.retain(source_key, {(r.doc_id, r.source) for r in stamped})
     for record in stamped:
-        logger.warning("quarantined", extra={"doc_id": record.doc_id, "stage": record.stage, "reason": record.reason})
+        logger.warning(
+            "quarantined %s",
+            record.source,
+            extra={"source": record.source, "doc_id": record.doc_id, "stage": record.stage, "reason": record.reason},
+        )
     return stamped
 
 
