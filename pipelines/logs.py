@@ -112,6 +112,11 @@ class ThirdPartyNoise(logging.Filter):
         return not any(origin in record.pathname for origin in ROOT_NOISE_ORIGINS)
 
 
+def ragops_handlers(logger: logging.Logger) -> list[logging.Handler]:
+    """The handlers :func:`configure_logging` installed on ``logger`` (they carry a :class:`ThirdPartyNoise`)."""
+    return [h for h in logger.handlers if any(isinstance(f, ThirdPartyNoise) for f in h.filters)]
+
+
 def lower_third_party_noise() -> None:
     """Apply :data:`THIRD_PARTY_LEVELS` and turn off the transformers/huggingface_hub progress bars."""
     for name, level in THIRD_PARTY_LEVELS.items():
@@ -131,7 +136,7 @@ def configure_logging(settings: Settings, *, verbose: bool = False, json: bool =
     the file plain ``time level logger event key=value``. Idempotent: a second call changes nothing.
     """
     root = logging.getLogger()
-    if any(getattr(h, "ragops_handler", False) for h in root.handlers):
+    if ragops_handlers(root):
         return
     root.setLevel(logging.INFO)
     console: logging.Handler
@@ -152,7 +157,6 @@ def configure_logging(settings: Settings, *, verbose: bool = False, json: bool =
         JsonFormatter() if json else KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
     for handler in (console, file_handler):
-        handler.addFilter(ThirdPartyNoise())
-        handler.ragops_handler = True  # type: ignore[attr-defined]
+        handler.addFilter(ThirdPartyNoise())  # also what marks the handler as ours
         root.addHandler(handler)
     lower_third_party_noise()

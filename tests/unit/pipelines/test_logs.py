@@ -16,6 +16,7 @@ from pipelines.logs import (
     ThirdPartyNoise,
     configure_logging,
     lower_third_party_noise,
+    ragops_handlers,
 )
 from pipelines.settings import Settings
 
@@ -33,11 +34,10 @@ def clean_root() -> Iterator[logging.Logger]:
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
     saved_levels = {name: logging.getLogger(name).level for name in ("pypdf", "mlflow.models.model", "alembic")}
-    root.handlers = [h for h in root.handlers if not getattr(h, "ragops_handler", False)]
+    root.handlers = [h for h in root.handlers if h not in ragops_handlers(root)]
     yield root
-    for handler in root.handlers:
-        if getattr(handler, "ragops_handler", False):
-            handler.close()
+    for handler in ragops_handlers(root):
+        handler.close()
     root.handlers, root.level = saved_handlers, saved_level
     for name, level in saved_levels.items():
         logging.getLogger(name).setLevel(level)
@@ -107,7 +107,7 @@ def test_configure_logging_writes_the_fields_to_the_log_file(
     settings = Settings(home=tmp_path / "home")
     configure_logging(settings, verbose=False, json=as_json)
     configure_logging(settings, verbose=True, json=as_json)  # idempotent: no second pair of handlers
-    ours = [h for h in clean_root.handlers if getattr(h, "ragops_handler", False)]
+    ours = ragops_handlers(clean_root)
     assert len(ours) == 2
     logging.getLogger("pipelines.ingest").warning(
         "quarantined %s", "notes.pdf", extra={"source": "notes.pdf", "reason": "EOF marker not found"}
