@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, inspect
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from rag.errors import StoreError
 from rag.store.tables import VERSION_TABLE
@@ -83,8 +83,9 @@ def upgrade(engine: Engine) -> str:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
             break
-        except (OperationalError, ProgrammingError) as exc:
-            # Another worker created the table between our check and our CREATE, or holds the write lock.
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:
+            # Another worker created the table (or recorded the version) between our check and our CREATE, or holds
+            # the write lock.
             if attempt == _ATTEMPTS:
                 raise StoreError(f"cannot migrate the request store: {exc.orig}") from exc
             logger.info("request store migration raced another process (attempt %d): %s", attempt, exc.orig)
