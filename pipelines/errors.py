@@ -16,6 +16,11 @@ Everything here is a library error; the CLI and the service translate them to ex
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipelines.ingest import IngestReport
+
 
 class RagopsError(Exception):
     """Base of every error ragops raises on purpose."""
@@ -67,4 +72,12 @@ class EmbedderMismatchError(IndexError_):
 
 
 class FailureThresholdExceeded(IngestionError):
-    """More documents failed than ``ingest.max_failure_share`` allows; nothing was published."""
+    """More documents failed than ``ingest.max_failure_share`` allows; nothing was published.
+
+    ``report`` is the failed run's summary (what was seen, what was quarantined and why) when the run got that far,
+    so ``ragops ingest --json`` can print it although the command exits 3.
+    """
+
+    def __init__(self, message: str, *, report: IngestReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report

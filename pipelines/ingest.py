@@ -426,7 +426,11 @@ def record_rejections(
     ctx.quarantine.put(stamped)
     ctx.quarantine.retain(source_key, {(r.doc_id, r.source) for r in stamped})
     for record in stamped:
-        logger.warning("quarantined", extra={"doc_id": record.doc_id, "stage": record.stage, "reason": record.reason})
+        logger.warning(
+            "quarantined %s",
+            record.source,
+            extra={"source": record.source, "doc_id": record.doc_id, "stage": record.stage, "reason": record.reason},
+        )
     return stamped
 
 
@@ -549,7 +553,7 @@ def run_ingest(
     Raises:
         SourceError: The source cannot be listed.
         FailureThresholdExceeded: Too many documents failed; their quarantine records are written, nothing is
-            published.
+            published; the exception's ``report`` says what the run saw.
     """
     steps = runner or StepRunner()
     started = time.perf_counter()
@@ -577,7 +581,11 @@ def run_ingest(
         rejected += validate_rejects
         validation = (report,)
     rejected = record_rejections(ctx, rejected, run_id=run_id, source_key=discovery.source_key)
-    check_failure_share(plan, len(rejected), settings.ingest.max_failure_share)
+    try:
+        check_failure_share(plan, len(rejected), settings.ingest.max_failure_share)
+    except FailureThresholdExceeded as exc:
+        summary = finish_run(ctx, plan, run_id=run_id, started=started, rejected=rejected, outcome=None)
+        raise FailureThresholdExceeded(str(exc), report=summary) from None
     if not kept and not plan.deleted:
         return finish_run(ctx, plan, run_id=run_id, started=started, rejected=rejected, outcome=None)
     writer = begin_step(ctx, kept, run_id=run_id)

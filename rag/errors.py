@@ -6,9 +6,10 @@ RagError
  │    └── StackMismatch         the stack does not fit the index it names (embedder, chunking, collection)
  ├── RetrievalError             the vector store could not answer (missing index, Qdrant failure)
  ├── AnswerError                the answerer failed (LLM unreachable, bad response)
- ├── BadQuery (ValueError)      the caller's fault: empty or oversized question, unknown filter key, bad top_k
  ├── Overloaded                 past capacity (admission queue full): 503 with Retry-After
- └── CircuitOpen                a dependency's circuit breaker is open: 503 with Retry-After
+ ├── CircuitOpen                a dependency's circuit breaker is open: 503 with Retry-After
+ ├── StoreError                 the request store cannot be opened or migrated (bad URL, newer schema)
+ └── BadQuery (ValueError)      the caller's fault: empty or oversized question, unknown filter key, bad top_k
 
 Library errors only: the service maps them to HTTP statuses (BadQuery -> 422, StackNotFound -> 404 or 503,
 RetrievalError/AnswerError -> 503) and the CLI to exit codes.
@@ -67,3 +68,6 @@ class CircuitOpen(RagError):
         )
         self.name = name
         self.retry_after_s = retry_after_s
+
+class StoreError(RagError):
+    """The request store cannot be opened, migrated or written as configured; the message names the database."""

@@ -17,7 +17,7 @@ from flows.cli.common import (
     build_settings,
     guarded,
 )
-from pipelines.errors import RagopsError
+from pipelines.errors import FailureThresholdExceeded, RagopsError
 from pipelines.settings import Settings
 
 index_app = typer.Typer(help="Inspect the versioned vector index.", no_args_is_help=True)
@@ -111,9 +111,14 @@ def ingest(
     settings = build_settings(verbose)
 
     def body() -> dict[str, Any]:
-        return ingest_source(
-            settings, source, collection=collection, tenant=tenant, show_progress=not as_json, use_prefect=prefect
-        )
+        try:
+            return ingest_source(
+                settings, source, collection=collection, tenant=tenant, show_progress=not as_json, use_prefect=prefect
+            )
+        except FailureThresholdExceeded as exc:
+            if as_json and exc.report is not None:  # the summary still goes to stdout; the exit code says it failed
+                typer.echo(json.dumps(exc.report.to_json()))
+            raise
 
     data = guarded(body)
     if as_json:

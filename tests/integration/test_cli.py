@@ -59,6 +59,10 @@ def test_failure_threshold_exits_3_and_keeps_the_quarantine(settings: Settings, 
     assert result.returncode == 3
     assert "nothing was published" in result.stderr
     assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)  # the summary is printed although the run failed
+    assert summary["published"] is False and summary["index_version"] is None
+    assert summary["documents_failed"] == len(summary["quarantined"]) >= 5
+    assert {"reason", "source"} <= summary["quarantined"][0].keys()
     listed = json.loads(ragops(settings, "quarantine", "--json").stdout)
     assert {r["doc_id"] for r in listed} >= {"empty.txt", "junk.txt", "corrupt.pdf", "encrypted.pdf", "notes.xyz"}
 

@@ -363,8 +363,11 @@ def test_failure_threshold_publishes_nothing(settings: Settings) -> None:
     mostly_bad = settings.home.parent / "mostly-bad"
     bad = write_bad_inputs(mostly_bad)
     _write_txt(mostly_bad, "only-good.txt", "Alone", "The only good document in this folder.")
-    with pytest.raises(FailureThresholdExceeded, match="nothing was published"):
+    with pytest.raises(FailureThresholdExceeded, match="nothing was published") as failed:
         run_ingest(settings, mostly_bad, collection="fresh")
+    report = failed.value.report
+    assert report is not None and not report.published and report.index_version is None
+    assert {q.doc_id for q in report.quarantined} == set(bad) and report.documents_seen == len(bad) + 1
     fresh = VectorIndex(settings, collection="fresh")
     assert fresh.current_version() is None and fresh.versions() == []
     assert not list(fresh.root.glob("*.staging"))

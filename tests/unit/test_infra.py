@@ -534,7 +534,7 @@ def test_compose_matches_the_compose_spec_schema() -> None:
 
 
 def test_compose_services_have_an_image_and_a_healthcheck() -> None:
-    assert set(services()) == {"qdrant", "postgres", "prefect", "mlflow", "worker", "api"}
+    assert set(services()) == {"qdrant", "postgres", "prefect", "mlflow", "worker", "api", "prometheus", "grafana"}
     for name, svc in services().items():
         assert svc.get("image") or svc.get("build"), f"{name}: neither image nor build"
         check = svc.get("healthcheck") or {}
@@ -590,6 +590,8 @@ def test_compose_depends_on_healthy_services() -> None:
         "mlflow": {"postgres"},
         "worker": {"qdrant", "prefect", "mlflow"},
         "api": {"qdrant", "mlflow"},
+        "prometheus": {"api"},
+        "grafana": {"prometheus"},
     }
     for name, svc in services().items():
         depends = svc.get("depends_on", {})

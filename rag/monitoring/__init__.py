@@ -1,0 +1,1 @@
+"""What the query service exports for monitoring: Prometheus metrics (:mod:`rag.monitoring.metrics`)."""

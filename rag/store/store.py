@@ -1,0 +1,373 @@
+"""The request store: every request's record in SQLite (default) or PostgreSQL, written off the request path.
+
+The record stage runs on every request, so :meth:`RequestStore.record` only puts the frozen record on a bounded
+queue (a few microseconds); a background thread turns records into rows and inserts them in batches, one
+transaction per batch. When the queue is full (the database is stalled) new records are dropped and counted rather
+than making requests wait: the metrics show the drop and the answers keep flowing. :meth:`RequestStore.close` drains
+the queue first, so a graceful shutdown loses nothing. Records not yet written are still visible to :meth:`get`
+(feedback may arrive within milliseconds of its answer).
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: readers (the monitor, feedback lookups, other workers) never
+block the writer, and a power cut can lose at most the last few batches, never corrupt the file. Several worker
+processes may share one SQLite file (``busy_timeout`` makes them take turns). Retention deletes in slices of
+:data:`PURGE_SLICE` rows so no single transaction holds the write lock for long.
+
+Usage example::
+
+    store = RequestStore("sqlite:////srv/ragops/requests.db", retention_days=90)
+    store.record(RequestRecord(request_id=..., at=time.time(), principal="alice", question="..."))
+    store.set_feedback(request_id, "up", "exactly right")
+    store.window(time.time() - 3600, time.time())     # WindowStats(requests=..., errors=..., cost_usd=...)
+    store.close()                                      # drains the queue
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, case, create_engine, event, func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from rag.errors import BadQuery, StoreError
+from rag.feedback import Rating, UnknownRequest, clean_comment, normalise_rating
+from rag.store.migrate import upgrade
+from rag.store.records import RequestRecord, StoreStats, WindowStats
+from rag.store.tables import requests
+
+logger = logging.getLogger(__name__)
+
+BATCH = 500
+"""Rows inserted per transaction at most."""
+
+PURGE_SLICE = 10_000
+"""Rows deleted per transaction by retention."""
+
+PURGE_INTERVAL_S = 3600.0
+"""How often the writer applies the retention setting by itself."""
+
+_STOP = object()
+_RETRIES = 3
+
+
+class RequestStore:
+    """Request records in a SQL database, migrated to the newest schema when opened.
+
+    Args:
+        url: SQLAlchemy URL (``sqlite:///path/requests.db``, ``postgresql+psycopg://...``).
+        retention_days: Records older than this are purged (hourly by the writer, or by :meth:`purge_expired`);
+            None keeps everything.
+        queue_size: Records waiting to be written before new ones are dropped.
+        purge_interval_s: How often the writer applies ``retention_days`` by itself (first right after opening);
+            None leaves retention to explicit :meth:`purge_expired` calls.
+
+    Raises:
+        StoreError: The database cannot be reached or migrated.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retention_days: float | None = None,
+        queue_size: int = 10_000,
+        purge_interval_s: float | None = PURGE_INTERVAL_S,
+    ) -> None:
+        if retention_days is not None and retention_days <= 0:
+            raise ValueError(f"retention_days must be positive, got {retention_days}")
+        self.retention_days = retention_days
+        self._purge_interval_s = purge_interval_s
+        self._engine = _engine(url)
+        try:
+            self.revision = upgrade(self._engine)
+        except SQLAlchemyError as exc:
+            self._engine.dispose()
+            raise StoreError(f"cannot open the request store {self.url}: {exc}") from exc
+        except BaseException:
+            self._engine.dispose()
+            raise
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._pending: dict[str, RequestRecord] = {}
+        self._lock = threading.Lock()
+        self._queued = self._written = self._dropped = self._failed = 0
+        self._closed = False
+        self._last_purge: float | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="ragops-request-store", daemon=True)
+        self._writer.start()
+
+    @property
+    def url(self) -> str:
+        """The database URL, password hidden."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    # -- the request path ------------------------------------------------------------------------------------------
+
+    def record(self, item: RequestRecord) -> bool:
+        """Queue one request's record for writing; False (and counted) when the queue is full or the store closed.
+
+        Never blocks and never raises for a full queue: it runs on the service's event loop.
+        """
+        with self._lock:
+            if self._closed:
+                self._dropped += 1
+                return False
+            self._pending[item.request_id] = item
+            self._queued += 1
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            with self._lock:
+                self._pending.pop(item.request_id, None)
+                self._dropped += 1
+                dropped = self._dropped
+            if dropped == 1 or dropped % 1000 == 0:
+                logger.warning(
+                    "request store queue full: record dropped",
+                    extra={"request_id": item.request_id, "dropped": dropped},
+                )
+            return False
+        return True
+
+    # -- reads and updates -----------------------------------------------------------------------------------------
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        """The record of ``request_id`` (with its feedback), including one still waiting to be written."""
+        with self._lock:
+            pending = self._pending.get(request_id)
+        if pending is not None:
+            return pending
+        with self._engine.connect() as db:
+            row = db.execute(select(requests).where(requests.c.request_id == request_id)).mappings().first()
+        return RequestRecord.from_row(row) if row is not None else None
+
+    def set_feedback(
+        self, request_id: str, rating: object, comment: str | None = None, *, at: float | None = None
+    ) -> Rating | None:
+        """Join a rating to its request; returns the rating it replaced (None for the first one).
+
+        Raises:
+            BadQuery: The rating is not up/down (1/-1), or the comment is too long or not text.
+            UnknownRequest: The store has no record of ``request_id`` (never answered, or purged).
+        """
+        value = normalise_rating(rating)
+        text = clean_comment(comment)
+        when = time.time() if at is None else at
+        with self._lock:
+            waiting = request_id in self._pending
+        if waiting:
+            self.flush()
+        with self._engine.begin() as db:
+            previous = db.execute(
+                select(requests.c.feedback_rating).where(requests.c.request_id == request_id).with_for_update()
+            ).first()
+            if previous is None:
+                raise UnknownRequest(f"the request store has no record of request {request_id!r}")
+            db.execute(
+                update(requests)
+                .where(requests.c.request_id == request_id)
+                .values(feedback_rating=value, feedback_comment=text, feedback_at=when)
+            )
+        old = previous[0]
+        return normalise_rating(old) if old is not None else None
+
+    def window(self, since: float, until: float) -> WindowStats:
+        """Aggregates over the records with ``since <= at < until`` (one indexed range scan)."""
+        if until < since:
+            raise BadQuery(f"window ends ({until}) before it starts ({since})")
+        c = requests.c
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(case((c.status >= 500, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((c.blocked, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((c.abstained, 1), else_=0)), 0),
+            func.coalesce(func.sum(c.prompt_tokens), 0),
+            func.coalesce(func.sum(c.completion_tokens), 0),
+            func.coalesce(func.sum(c.cost_usd), 0.0),
+            func.coalesce(func.sum(case((c.feedback_rating == "up", 1), else_=0)), 0),
+            func.coalesce(func.sum(case((c.feedback_rating == "down", 1), else_=0)), 0),
+            func.avg(c.total_ms),
+        ).where(c.at >= since, c.at < until)
+        with self._engine.connect() as db:
+            row = db.execute(query).one()
+        n, errors, blocked, abstained, prompt, completion, cost, up, down, mean = row
+        return WindowStats(
+            since=since,
+            until=until,
+            requests=int(n),
+            errors=int(errors),
+            blocked=int(blocked),
+            abstained=int(abstained),
+            prompt_tokens=int(prompt),
+            completion_tokens=int(completion),
+            cost_usd=float(cost),
+            feedback_up=int(up),
+            feedback_down=int(down),
+            mean_total_ms=float(mean) if mean is not None else None,
+        )
+
+    def rows(self, since: float, until: float, *, limit: int | None = None) -> Iterator[RequestRecord]:
+        """The records with ``since <= at < until``, oldest first (streamed: the window may be large)."""
+        query = select(requests).where(requests.c.at >= since, requests.c.at < until).order_by(requests.c.at)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._engine.connect() as db:
+            for row in db.execution_options(yield_per=1000).execute(query).mappings():
+                yield RequestRecord.from_row(row)
+
+    def count(self) -> int:
+        """Records written so far (those still queued are not counted)."""
+        with self._engine.connect() as db:
+            return int(db.execute(select(func.count()).select_from(requests)).scalar_one())
+
+    def purge(self, older_than: float) -> int:
+        """Delete the records with ``at < older_than`` (feedback with them); returns how many went."""
+        deleted = 0
+        ids = select(requests.c.request_id).where(requests.c.at < older_than).limit(PURGE_SLICE).scalar_subquery()
+        while True:
+            with self._engine.begin() as db:
+                n = db.execute(requests.delete().where(requests.c.request_id.in_(ids))).rowcount
+            deleted += n
+            if n < PURGE_SLICE:
+                break
+        if deleted:
+            logger.info("request store purged old records", extra={"deleted": deleted, "older_than": older_than})
+        return deleted
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Apply ``retention_days`` (nothing when it is None); returns how many records went."""
+        if self.retention_days is None:
+            return 0
+        return self.purge((time.time() if now is None else now) - self.retention_days * 86400.0)
+
+    # -- the writer ------------------------------------------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        """The writer's counters."""
+        with self._lock:
+            return StoreStats(queued=self._queued, written=self._written, dropped=self._dropped, failed=self._failed)
+
+    def flush(self) -> None:
+        """Wait until every record queued so far is written (or given up on)."""
+        if self._writer.is_alive():
+            self._queue.join()
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer and release the database. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._queue.put(_STOP)  # blocks while full: the writer is draining it
+        self._writer.join()
+        self._engine.dispose()
+
+    def __enter__(self) -> RequestStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _write_loop(self) -> None:
+        stop = False
+        while not stop:
+            try:
+                first = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self._maybe_purge()
+                continue
+            batch: list[RequestRecord] = []
+            taken = 1
+            if first is _STOP:
+                stop = True
+            elif isinstance(first, RequestRecord):
+                batch.append(first)
+            while len(batch) < BATCH and not stop:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                taken += 1
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, RequestRecord):
+                    batch.append(item)
+            try:
+                if batch:
+                    self._insert(batch)
+            finally:
+                for _ in range(taken):
+                    self._queue.task_done()
+            self._maybe_purge()
+
+    def _insert(self, batch: list[RequestRecord]) -> None:
+        written = self._insert_rows([r.to_row() for r in batch])
+        with self._lock:
+            self._written += written
+            for r in batch:
+                self._pending.pop(r.request_id, None)
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> int:
+        """Insert ``rows`` in one transaction, retrying a busy database; returns how many were written."""
+        error: SQLAlchemyError | None = None
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                with self._engine.begin() as db:
+                    db.execute(requests.insert(), rows)
+                return len(rows)
+            except IntegrityError as exc:  # a duplicate request id: retrying the batch cannot help
+                error = exc
+                break
+            except SQLAlchemyError as exc:
+                error = exc
+                time.sleep(0.2 * attempt)
+        if isinstance(error, IntegrityError) and len(rows) > 1:
+            # One bad row must not take its batch with it: write the others one by one.
+            return sum(self._insert_rows([row]) for row in rows)
+        with self._lock:
+            self._failed += len(rows)
+        logger.error(
+            "request store could not write records",
+            extra={"records": len(rows), "request_id": rows[0]["request_id"], "error": str(error).splitlines()[0]},
+        )
+        return 0
+
+    def _maybe_purge(self) -> None:
+        if self.retention_days is None or self._purge_interval_s is None:
+            return
+        if self._last_purge is not None and time.monotonic() - self._last_purge < self._purge_interval_s:
+            return
+        self._last_purge = time.monotonic()
+        try:
+            self.purge_expired()
+        except SQLAlchemyError:
+            logger.exception("request store retention purge failed; trying again next interval")
+
+
+def _engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets its folder created, WAL, NORMAL sync and a busy timeout."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError for a malformed URL
+        raise StoreError(f"not a database URL: {url!r} ({exc})") from exc
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30.0})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
