@@ -899,6 +899,9 @@ class VectorIndex:
                 self.root / ".writer.lock", what=f"collection {self.collection!r}", wait_seconds=cfg.writer_wait_seconds
             )
         try:
+            early = self._manifest(catalog, None)  # refuse a mismatch before touching anything (checked again below)
+            if early is not None:
+                self._check_fits(early, embedder, chunking)
             lock.acquire(run_id)
         except BaseException:
             if client is not None:
@@ -908,12 +911,7 @@ class VectorIndex:
         try:
             base = self._manifest(catalog, None)
             if base is not None:
-                embedder.check_compatible(base.version.embedder, what=f"collection {self.collection!r}")
-                if base.version.chunking != chunking:
-                    raise IndexError_(
-                        f"collection {self.collection!r} was chunked with {asdict(base.version.chunking)}, this run "
-                        f"uses {asdict(chunking)}; ingest into a new collection (--collection) to change chunking"
-                    )
+                self._check_fits(base, embedder, chunking)
                 avgdl = base.version.avgdl
             published = base.version.version if base else 0
             if self.server_mode:
@@ -954,13 +952,27 @@ class VectorIndex:
             release=release,
         )
 
+    def _check_fits(self, base: Manifest, embedder: EmbedderIdentity, chunking: ChunkingParams) -> None:
+        embedder.check_compatible(base.version.embedder, what=f"collection {self.collection!r}")
+        if base.version.chunking != chunking:
+            raise IndexError_(
+                f"collection {self.collection!r} was chunked with {asdict(base.version.chunking)}, this run "
+                f"uses {asdict(chunking)}; ingest into a new collection (--collection) to change chunking"
+            )
+
     def _open_head(self, dim: int) -> EdgeStore:
+        """Open the collection's shard, creating it first if needed (in a scratch folder renamed into place, so a
+        run killed while creating it leaves no half-made shard)."""
         head = self.root / HEAD_DIR
         with self._head.hold(exclusive=True):
-            if (head / "segments").exists() or (head / "edge_config.json").exists() or any(head.glob("*")):
-                return EdgeStore.load(head)
-            shutil.rmtree(head, ignore_errors=True)
-            return EdgeStore.create(head, _schema(dim))
+            for stale in self.root.glob(f"{HEAD_DIR}.creating-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if not head.exists():
+                scratch = self.root / f"{HEAD_DIR}.creating-{os.getpid()}"
+                EdgeStore.create(scratch, _schema(dim)).close()
+                os.rename(scratch, head)
+                _fsync_dir(self.root)
+            return EdgeStore.load(head)
 
     def _ensure_server_collections(self, client: QdrantClient, dim: int) -> None:
         from qdrant_client import models
