@@ -164,16 +164,36 @@ class Manifest:
     docs: Mapping[str, DocEntry] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON form written next to the version."""
+        """JSON form of the version's record (field by field: ``asdict`` deep-copies, 0.25 s for 5k documents)."""
         return {
             "version": self.version.to_json(),
-            "docs": {k: {**asdict(v), "chunk_ids": list(v.chunk_ids)} for k, v in self.docs.items()},
+            "docs": {
+                k: {
+                    "doc_id": v.doc_id,
+                    "content_hash": v.content_hash,
+                    "source_key": v.source_key,
+                    "source": v.source,
+                    "title": v.title,
+                    "chunk_ids": list(v.chunk_ids),
+                }
+                for k, v in self.docs.items()
+            },
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
         """Inverse of :meth:`to_json`."""
-        docs = {k: DocEntry(**{**v, "chunk_ids": tuple(v["chunk_ids"])}) for k, v in dict(data.get("docs", {})).items()}
+        docs = {
+            k: DocEntry(
+                doc_id=v["doc_id"],
+                content_hash=v["content_hash"],
+                source_key=v["source_key"],
+                source=v["source"],
+                title=v["title"],
+                chunk_ids=tuple(v["chunk_ids"]),
+            )
+            for k, v in dict(data.get("docs", {})).items()
+        }
         return cls(version=IndexVersion.from_json(data["version"]), docs=docs)
 
 
@@ -668,13 +688,22 @@ class IndexReader:
     """
 
     def __init__(
-        self, store: PointStore, collection: str, version: IndexVersion, window: int | None, cleanup: Callable[[], None]
+        self,
+        store: PointStore,
+        collection: str,
+        version: IndexVersion,
+        window: int | None,
+        cleanup: Callable[[], None],
+        chunk_ids: Mapping[str, str] | None = None,
     ) -> None:
+        """``chunk_ids`` (point id -> chunk id) saves reading payloads for id-only searches (a private copy)."""
         self.store = store
         self.collection = collection
         self.version = version
         self._window = window
         self._cleanup = cleanup
+        self._chunk_ids = chunk_ids
+        self._point_ids = {c: p for p, c in chunk_ids.items()} if chunk_ids is not None else None
 
     def _flt(self, flt: PointFilter | None) -> PointFilter | None:
         if self._window is None:
@@ -682,22 +711,30 @@ class IndexReader:
         return (flt or PointFilter()).with_window(self._window)
 
     def _sparse_flt(self, flt: PointFilter | None) -> PointFilter:
-        """A private copy holds only its version's points, but deleted points still count in the engine's IDF
-        statistics until segments are vacuumed: scope the corpus to the version explicitly."""
+        """A private copy holds only its version's points, but the engine still counts deleted points in its IDF
+        statistics until it vacuums segments: ask for live points only (an empty corpus filter, about 0.2 ms)."""
         if self._window is not None:
             return (flt or PointFilter()).with_window(self._window)
         base = flt or PointFilter()
-        return PointFilter(base.matches, None, base.ranges, base.missing, self.version.version)
+        return PointFilter(base.matches, None, base.ranges, base.missing, live_idf=True)
 
-    @staticmethod
-    def _keys(payload: bool | Sequence[str]) -> bool | list[str]:
+    def _keys(self, payload: bool | Sequence[str]) -> bool | list[str]:
         if payload is True:
             return True
-        return [CHUNK_KEY, *(payload or [])] if not isinstance(payload, bool) else [CHUNK_KEY]
+        if payload is False:
+            return False if self._chunk_ids is not None else [CHUNK_KEY]
+        return [CHUNK_KEY, *payload]
 
-    @staticmethod
-    def _hits(hits: list[Hit], payload: bool | Sequence[str]) -> list[Hit]:
-        return [Hit(_chunk_of(h.payload, h.id), h.score, _strip(h.payload or {}) if payload else None) for h in hits]
+    def _hits(self, hits: list[Hit], payload: bool | Sequence[str]) -> list[Hit]:
+        known = self._chunk_ids
+        return [
+            Hit(
+                known[h.id] if known is not None and h.payload is None else _chunk_of(h.payload, h.id),
+                h.score,
+                _strip(h.payload or {}) if payload else None,
+            )
+            for h in hits
+        ]
 
     def search_dense(
         self, vector: np.ndarray, *, limit: int, flt: PointFilter | None = None, payload: bool | Sequence[str] = False
@@ -727,6 +764,11 @@ class IndexReader:
 
     def retrieve(self, chunk_ids: Sequence[str], *, dense: bool = False, payload: bool = True) -> list[StoredPoint]:
         """Chunks by id (missing ids are left out), in no particular order."""
+        if self._point_ids is not None:  # a private copy: by point id, no filter
+            known = [self._point_ids[c] for c in chunk_ids if c in self._point_ids]
+            return list(
+                self._points(iter(self.store.retrieve(known, dense=dense, payload=self._keys(payload))), payload)
+            )
         out: list[StoredPoint] = []
         for start in range(0, len(chunk_ids), 1024):
             flt = self._flt(PointFilter((Match(CHUNK_KEY, tuple(chunk_ids[start : start + 1024])),)))
@@ -738,12 +780,11 @@ class IndexReader:
         points = self.store.scroll(self._flt(None), dense=dense, sparse=sparse, payload=self._keys(payload))
         return self._points(points, payload)
 
-    @staticmethod
-    def _points(points: Iterator[StoredPoint], payload: bool | Sequence[str]) -> Iterator[StoredPoint]:
+    def _points(self, points: Iterator[StoredPoint], payload: bool | Sequence[str]) -> Iterator[StoredPoint]:
+        known = self._chunk_ids
         for p in points:
-            yield StoredPoint(
-                _chunk_of(p.payload, p.id), p.dense, p.sparse, _strip(p.payload or {}) if payload else None
-            )
+            chunk = known[p.id] if known is not None and p.payload is None else _chunk_of(p.payload, p.id)
+            yield StoredPoint(chunk, p.dense, p.sparse, _strip(p.payload or {}) if payload else None)
 
     def count(self, flt: PointFilter | None = None) -> int:
         """Chunks of the version inside the filter."""
@@ -898,6 +939,7 @@ class VectorIndex:
             lock = _FileLock(
                 self.root / ".writer.lock", what=f"collection {self.collection!r}", wait_seconds=cfg.writer_wait_seconds
             )
+        early: Manifest | None = None
         try:
             early = self._manifest(catalog, None)  # refuse a mismatch before touching anything (checked again below)
             if early is not None:
@@ -909,7 +951,8 @@ class VectorIndex:
             raise
         store: PointStore | None = None
         try:
-            base = self._manifest(catalog, None)
+            same = early is not None and catalog.current() == early.version.version
+            base = early if same else self._manifest(catalog, None)  # what was published while we waited
             if base is not None:
                 self._check_fits(base, embedder, chunking)
                 avgdl = base.version.avgdl
@@ -1027,6 +1070,7 @@ class VectorIndex:
             v = manifest.version.version
             copy.delete_where(PointFilter(ranges=(Range(V_FROM, gt=v),)))  # later versions, unpublished runs
             copy.delete_where(PointFilter(ranges=(Range(V_TO, lte=v),)))  # gone before this version
+            chunk_ids = {p.id: _chunk_of(p.payload, p.id) for p in copy.scroll(payload=[CHUNK_KEY])}
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
             raise
@@ -1035,7 +1079,7 @@ class VectorIndex:
             copy.close()
             shutil.rmtree(private, ignore_errors=True)
 
-        return IndexReader(copy, self.collection, manifest.version, None, cleanup)
+        return IndexReader(copy, self.collection, manifest.version, None, cleanup, chunk_ids)
 
     def _reader_manifest(self, catalog: _Catalog, version: int | None, expect: EmbedderIdentity | None) -> Manifest:
         version = catalog.current() if version is None else version

@@ -83,8 +83,8 @@ class PointFilter:
     ranges: tuple[Range, ...] = ()
     missing: tuple[str, ...] = ()
     """Keys the payload must not have."""
-    corpus: int | None = None
-    """Scope only the IDF corpus to the points alive in this version (``window`` scopes both)."""
+    live_idf: bool = False
+    """Count IDF over live points only: an engine may still count deleted points until it vacuums segments."""
 
     @classmethod
     def of(cls, filters: Mapping[str, Sequence[str]] | None, *, or_missing: Sequence[str] = ()) -> PointFilter:
@@ -94,11 +94,11 @@ class PointFilter:
 
     def with_window(self, version: int | None) -> PointFilter:
         """The same filter restricted to points alive in ``version``."""
-        return PointFilter(self.matches, version, self.ranges, self.missing, self.corpus)
+        return PointFilter(self.matches, version, self.ranges, self.missing, self.live_idf)
 
     def also(self, *matches: Match) -> PointFilter:
         """The same filter with more matches."""
-        return PointFilter((*self.matches, *matches), self.window, self.ranges, self.missing, self.corpus)
+        return PointFilter((*self.matches, *matches), self.window, self.ranges, self.missing, self.live_idf)
 
     @property
     def empty(self) -> bool:
@@ -307,10 +307,10 @@ class EdgeStore:
     def _params(self, flt: PointFilter | None) -> qdrant_edge.SearchParams | None:
         import qdrant_edge as qe
 
-        scope = None if flt is None else flt.window if flt.window is not None else flt.corpus
-        if scope is None:
+        if flt is None or (flt.window is None and not flt.live_idf):
             return None
-        return qe.SearchParams(idf=qe.IdfParams(corpus=self._filter(PointFilter(window=scope))))
+        corpus = self._filter(PointFilter(window=flt.window)) if flt.window is not None else qe.Filter()
+        return qe.SearchParams(idf=qe.IdfParams(corpus=corpus))
 
     # -------------------------------------------------------------------------------------------------- writes
     def upsert(self, points: Sequence[StoredPoint]) -> int:
@@ -519,10 +519,9 @@ class ClientStore:
     def _params(self, flt: PointFilter | None) -> qm.SearchParams | None:
         from qdrant_client import models
 
-        scope = None if flt is None else flt.window if flt.window is not None else flt.corpus
-        if scope is None:
+        if flt is None or (flt.window is None and not flt.live_idf):
             return None
-        corpus = self._filter(PointFilter(window=scope))
+        corpus = self._filter(PointFilter(window=flt.window)) if flt.window is not None else models.Filter()
         assert corpus is not None
         return models.SearchParams(idf=models.IdfCorpusParams(corpus=corpus))
 
