@@ -1065,7 +1065,7 @@ class VectorIndex:
             with self._head.hold(exclusive=False):
                 if not head.is_dir():
                     raise IndexError_(f"collection {self.collection!r} is missing its data at {head}")
-                shutil.copytree(head, private)
+                copy_sparse_tree(head, private)
             copy = EdgeStore.load(private)
             v = manifest.version.version
             copy.delete_where(PointFilter(ranges=(Range(V_FROM, gt=v),)))  # later versions, unpublished runs
@@ -1164,6 +1164,37 @@ class VectorIndex:
             pid = folder.name.split("-", 1)[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def copy_sparse_tree(source: Path, target: Path) -> None:
+    """Copy a folder keeping holes: the engine preallocates its files (a 100-point shard is 150 MB apparent, a few
+    MB real), so a plain copy would write every preallocated zero. Data ranges are found with SEEK_DATA/SEEK_HOLE
+    and copied in the kernel (``copy_file_range``)."""
+    target.mkdir(parents=True)
+    for entry in os.scandir(source):
+        dst = target / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            copy_sparse_tree(Path(entry.path), dst)
+            continue
+        with open(entry.path, "rb") as src_file, open(dst, "wb") as dst_file:
+            size = os.fstat(src_file.fileno()).st_size
+            dst_file.truncate(size)
+            offset = 0
+            while offset < size:
+                try:
+                    start = os.lseek(src_file.fileno(), offset, os.SEEK_DATA)
+                except OSError:  # ENXIO: only a hole remains
+                    break
+                end = os.lseek(src_file.fileno(), start, os.SEEK_HOLE)
+                position = start
+                while position < end:
+                    copied = os.copy_file_range(
+                        src_file.fileno(), dst_file.fileno(), end - position, position, position
+                    )
+                    if copied == 0:
+                        break
+                    position += copied
+                offset = end
 
 
 def _head_guard(head: _Shared, store: PointStore) -> Callable[[], contextlib.AbstractContextManager[None]]:
