@@ -1132,6 +1132,7 @@ class VectorIndex:
         kept = sorted(v for v in versions if v in keep_set)
         if kept:
             store.delete_where(PointFilter(ranges=(Range(V_TO, lte=kept[0]),)))
+            store.compact()  # embedded: vacuum once deleted points pass 20% of a segment (no-op for a server)
         return removed
 
     def drop(self) -> None:
