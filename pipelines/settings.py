@@ -18,9 +18,9 @@ Backend = Literal["auto", "onnx", "torch"]
 
 
 class QdrantSettings(BaseModel):
-    """Where vectors live: embedded local mode under ``home`` unless ``url`` points at a server or cluster."""
+    """Where vectors live: the Qdrant engine in process under ``home`` unless ``url`` points at a server or cluster."""
 
-    url: str | None = Field(default=None, description="Qdrant server URL; unset means embedded local mode.")
+    url: str | None = Field(default=None, description="Qdrant server URL; unset: the embedded engine.")
     api_key: SecretStr | None = Field(default=None, description="API key for a Qdrant server.")
     collection: str = Field(default="docs", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Logical collection name.")
     keep_versions: int = Field(default=3, ge=2, description="Published index versions kept on disk (>= 2).")
