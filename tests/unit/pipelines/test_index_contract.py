@@ -397,3 +397,14 @@ def test_kill_9_mid_write_converges(tmp_path: Path) -> None:
     with index.reader() as reader:
         assert _ids(reader) == {_cid(0), _cid(1), _cid(2)}
         assert reader.count() == 3
+
+
+def test_an_index_of_an_older_release_is_refused_with_the_fix(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "a", cache=tmp_path / "cache")
+    index = VectorIndex(settings)
+    (index.root / "v000001" / "qdrant").mkdir(parents=True)  # qdrant-client local-mode layout
+    (index.root / "CURRENT").write_text('{"version": 1}')
+    with pytest.raises(IndexError_, match="older ragops.*run `ragops ingest` again"):
+        index.open_reader()
+    with pytest.raises(IndexError_, match="older ragops"):
+        index.begin(embedder=IDENTITY, chunking=CHUNKING, avgdl=1.0, run_id="r")
