@@ -6,7 +6,7 @@ schema, named vectors, IDF, filters, fusion), so everything above this module sp
 a Qdrant class:
 
 - :class:`EdgeStore` runs Qdrant's own engine in this process (``qdrant-edge-py``, pinned: it is beta). One shard per
-  directory, and a directory can be open once per machine (a second open fails with ``WouldBlock``), so readers of an
+  directory, and a directory must be open once at a time (the engine holds its files and WAL), so readers of an
   immutable version open their own copy (see :mod:`pipelines.index`). Searches are exact (plain segments: we never
   call ``optimize()``, which would build HNSW and hold the GIL for seconds), so results equal brute force.
 - :class:`ClientStore` speaks to one collection through ``qdrant-client`` (a server, a cluster, or qdrant-client's
