@@ -7,8 +7,9 @@ a Qdrant class:
 
 - :class:`EdgeStore` runs Qdrant's own engine in this process (``qdrant-edge-py``, pinned: it is beta). One shard per
   directory, and a directory must be open once at a time (the engine holds its files and WAL), so readers of an
-  immutable version open their own copy (see :mod:`pipelines.index`). Searches are exact (plain segments: we never
-  call ``optimize()``, which would build HNSW and hold the GIL for seconds), so results equal brute force.
+  immutable version open their own copy (see :mod:`pipelines.index`). Searches are exact: shards are created with
+  HNSW disabled and searched with ``exact=True``, so results equal brute force; ``optimize()`` then only vacuums
+  deleted points, and since it holds the GIL for seconds only writers call it (:meth:`EdgeStore.compact`).
 - :class:`ClientStore` speaks to one collection through ``qdrant-client`` (a server, a cluster, or qdrant-client's
   in-memory mode in tests).
 
