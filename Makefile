@@ -13,19 +13,14 @@ STAMP := $(VENV)/.ragops-installed
 # unstructured[pdf] drags in torchvision, which has no CPU build matching torch 2.13 and breaks transformers
 # at import (`operator torchvision::nms does not exist`); nothing of ours needs it, so it is removed again.
 #
-<<<<<<< HEAD
 # Debian packages the tests use (installed when missing and we are root; otherwise the tests that need them skip and
 # say how to install them): chromium drives the playground's browser test through Playwright (Playwright's own
 # browser download is not used); redis-server and postgresql are the real Redis and PostgreSQL the fixtures start
-# on free loopback ports (tests/fixtures/datastores.py); wrk is the HTTP load generator for load benchmarks.
+# on free loopback ports (tests/fixtures/datastores.py); wrk is the HTTP load generator for load benchmarks;
+# prometheus provides promtool for `promtool check rules` / `promtool test rules` of infra/prometheus.
 # Each entry is PACKAGE:COMMAND-IT-PROVIDES (PostgreSQL's server binaries are not on PATH, hence the glob).
-DEB_PACKAGES := chromium:chromium redis-server:redis-server postgresql:/usr/lib/postgresql/*/bin/initdb wrk:wrk
+DEB_PACKAGES := chromium:chromium redis-server:redis-server postgresql:/usr/lib/postgresql/*/bin/initdb wrk:wrk prometheus:promtool
 
-=======
-# The playground's browser test drives Debian's chromium through Playwright (Playwright's own browser download is
-# not used). It is installed here when missing and we are root; otherwise the test skips and says how to install it.
-# Likewise promtool (Debian's prometheus package) for `promtool check rules` / `promtool test rules` of infra/prometheus.
->>>>>>> store
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
@@ -44,16 +39,6 @@ $(STAMP): pyproject.toml
 			|| echo "warning: could not install$$missing; the tests that need them will skip"; \
 	else \
 		echo "note: some tests need Debian packages:$$missing; install them with: sudo apt-get install -y$$missing"; \
-	fi
-	@if command -v promtool >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing prometheus (Debian package, for promtool) for the alerting-rule tests"; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -qq prometheus >/dev/null 2>&1 \
-			|| { apt-get update -qq >/dev/null && apt-get install -y -qq prometheus >/dev/null; } \
-			|| echo "warning: could not install prometheus; the promtool tests will skip"; \
-	else \
-		echo "note: the alerting-rule tests need promtool; install it with: sudo apt-get install -y prometheus"; \
 	fi
 	touch $(STAMP)
 

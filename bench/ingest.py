@@ -271,7 +271,13 @@ def quality_default(
 
     vectors = embedder.encode(list(texts))
     with VectorIndex(settings).reader(expect=embedder.identity) as reader:
-        run = search_run(reader.client, reader.collection, query_ids, vectors)
+        run = {
+            qid: docs_from_chunk_hits(
+                (str((h.payload or {})["doc_id"]), h.score)
+                for h in reader.search_dense(v, limit=TOP_CHUNKS, payload=["doc_id"])
+            )
+            for qid, v in zip(query_ids, vectors, strict=True)
+        }
     return mean_ndcg(run, qrels)
 
 

@@ -286,14 +286,19 @@ def naive_llamaindex(settings: Any, queries: Sequence[str], duration: float) -> 
     from llama_index.core.llms import MockLLM
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
     from llama_index.vector_stores.qdrant import QdrantVectorStore
+    from qdrant_client import QdrantClient
 
     from pipelines.embed import default_model_path
     from pipelines.index import DENSE_VECTOR, SPARSE_VECTOR, VectorIndex
+    from pipelines.store import ClientStore, StoreSchema
 
+    client = QdrantClient(":memory:")  # llama-index's QdrantVectorStore needs a qdrant-client: a copy of the version
     with VectorIndex(settings).reader() as reader:
+        copy = ClientStore.create(client, "naive", StoreSchema(dim=reader.version.embedder.dim))
+        copy.upsert(list(reader.scroll(dense=True, sparse=True)))
         store = QdrantVectorStore(
-            client=reader.client,
-            collection_name=reader.collection,
+            client=client,
+            collection_name="naive",
             dense_vector_name=DENSE_VECTOR,
             sparse_vector_name=SPARSE_VECTOR,
         )

@@ -24,7 +24,14 @@ def ingest_sources(settings: Settings) -> list[str]:
 
 
 def ingest_deployments(settings: Settings) -> list[RunnerDeployment]:
-    """``ingest/hourly`` (one per source, suffixed from the second on), on ``RAGOPS_INGEST__SCHEDULE_CRON``."""
+    """``ingest/hourly`` (one per source, suffixed from the second on), on ``RAGOPS_INGEST__SCHEDULE_CRON``.
+
+    Each deployment runs one flow run at a time (a late run is queued behind the running one, never run beside it).
+    Runs of different sources into one collection are serialised by the index's own writer lock
+    (:class:`pipelines.index.VectorIndex`), which also covers CLI runs that Prefect does not schedule.
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
     from flows.ingest import ingest_flow
 
     out = []
@@ -36,6 +43,7 @@ def ingest_deployments(settings: Settings) -> list[RunnerDeployment]:
             parameters={"source": source},
             description=f"Ingest {source}: incremental, validated, published atomically.",
             tags=["ragops", "ingestion"],
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         )
         out.append(_sync(deployment))
     return out

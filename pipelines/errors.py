@@ -8,7 +8,8 @@ RagopsError
       │    ├── PartitionError       the file could not be read or turned into text
       │    └── DataQualityError     its chunks failed the great-expectations suite
       ├── IndexError_               the index is unusable for this run
-      │    └── EmbedderMismatchError  the index was built by another embedder
+      │    ├── EmbedderMismatchError  the index was built by another embedder
+      │    └── WriterBusy           another ingestion is writing the collection
       └── FailureThresholdExceeded  too large a share of the batch was quarantined
 
 Everything here is a library error; the CLI and the service translate them to exit codes and HTTP statuses.
@@ -81,3 +82,7 @@ class FailureThresholdExceeded(IngestionError):
     def __init__(self, message: str, *, report: IngestReport | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class WriterBusy(IndexError_):
+    """Another ingestion holds the collection's writer lock; nothing was changed."""

@@ -29,7 +29,7 @@ import numpy as np
 from pipelines.chunk import Chunker
 from pipelines.embed import Embedder
 from pipelines.errors import DocumentRejected, FailureThresholdExceeded
-from pipelines.index import DENSE_VECTOR, DocEntry, IndexVersion, IndexWriter, Manifest, VectorIndex
+from pipelines.index import DocEntry, IndexVersion, IndexWriter, Manifest, VectorIndex
 from pipelines.quality import ChunkValidator, ValidationReport
 from pipelines.quarantine import Quarantine
 from pipelines.settings import Settings
@@ -329,7 +329,7 @@ def embed_step(ctx: IngestContext, chunks: Sequence[Chunk], writer: IndexWriter 
         if writer is not None and writer.base is not None and chunks:
             existing = {cid for e in writer.base.docs.values() for cid in e.chunk_ids}
             wanted = [c.chunk_id for c in chunks if c.chunk_id in existing]
-            reuse = _fetch_vectors(writer, wanted)
+            reuse = writer.vectors(wanted)
         fresh = [c for c in chunks if c.chunk_id not in reuse]
         dense = np.empty((len(chunks), ctx.embedder.identity.dim), dtype=np.float32)
         if fresh:
@@ -346,19 +346,6 @@ def embed_step(ctx: IngestContext, chunks: Sequence[Chunk], writer: IndexWriter 
         bm25 = Bm25Encoder(avgdl=avgdl)
         sparse = tuple(bm25.encode_document(c.embed_text) for c in chunks)
         return Embedded(chunks=tuple(chunks), dense=dense, sparse=sparse, computed=len(fresh), reused=len(reuse))
-
-
-def _fetch_vectors(writer: IndexWriter, ids: Sequence[str]) -> dict[str, np.ndarray]:
-    found: dict[str, np.ndarray] = {}
-    for start in range(0, len(ids), 512):
-        records = writer.client.retrieve(
-            writer.collection, ids=list(ids[start : start + 512]), with_vectors=[DENSE_VECTOR], with_payload=False
-        )
-        for record in records:
-            vector = record.vector.get(DENSE_VECTOR) if isinstance(record.vector, dict) else None
-            if vector is not None:
-                found[str(record.id)] = np.asarray(vector, dtype=np.float32)
-    return found
 
 
 def upsert_step(ctx: IngestContext, writer: IndexWriter, embedded: Embedded, *, source_key: str) -> int:

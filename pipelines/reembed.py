@@ -24,7 +24,7 @@ import numpy as np
 
 from pipelines.chunk import Chunker
 from pipelines.errors import IndexError_
-from pipelines.index import SPARSE_VECTOR, IndexReader, IndexVersion, VectorIndex
+from pipelines.index import IndexReader, IndexVersion, VectorIndex
 from pipelines.settings import ChunkingSettings, Settings
 from pipelines.sparse import SparseVector
 
@@ -75,33 +75,21 @@ def _text(payload: Mapping[str, Any]) -> str:
 
 def iter_chunks(reader: IndexReader, *, with_sparse: bool = True) -> Iterator[StoredChunk]:
     """Every point of the reader's version, in storage order."""
-    from qdrant_client import models
-
-    offset: Any = None
-    vectors: list[str] | bool = [SPARSE_VECTOR] if with_sparse else False
-    while True:
-        records, offset = reader.client.scroll(
-            reader.collection, limit=_SCROLL, offset=offset, with_payload=True, with_vectors=vectors
+    for point in reader.scroll(sparse=with_sparse, payload=True):
+        payload = dict(point.payload or {})
+        sparse = None
+        if point.sparse is not None:
+            pairs = sorted(zip(point.sparse.indices, point.sparse.values, strict=True))
+            sparse = SparseVector(indices=[i for i, _ in pairs], values=[v for _, v in pairs])
+        yield StoredChunk(
+            chunk_id=point.id,
+            doc_id=str(payload.get("doc_id", "")),
+            title=str(payload.get("title", "")),
+            text=_text(payload),
+            position=int(payload.get("position", 0) or 0),
+            payload=payload,
+            sparse=sparse,
         )
-        for record in records:
-            payload = dict(record.payload or {})
-            sparse = None
-            if with_sparse and isinstance(record.vector, dict):
-                raw = record.vector.get(SPARSE_VECTOR)
-                if isinstance(raw, models.SparseVector):
-                    pairs = sorted(zip(raw.indices, raw.values, strict=True))
-                    sparse = SparseVector(indices=[i for i, _ in pairs], values=[v for _, v in pairs])
-            yield StoredChunk(
-                chunk_id=str(record.id),
-                doc_id=str(payload.get("doc_id", "")),
-                title=str(payload.get("title", "")),
-                text=_text(payload),
-                position=int(payload.get("position", 0) or 0),
-                payload=payload,
-                sparse=sparse,
-            )
-        if offset is None:
-            break
 
 
 def build_shadow_index(

@@ -18,16 +18,26 @@ Backend = Literal["auto", "onnx", "torch"]
 
 
 class QdrantSettings(BaseModel):
-    """Where vectors live: embedded local mode under ``home`` unless ``url`` points at a server or cluster."""
+    """Where vectors live: the Qdrant engine in process under ``home`` unless ``url`` points at a server or cluster."""
 
-    url: str | None = Field(default=None, description="Qdrant server URL; unset means embedded local mode.")
+    url: str | None = Field(default=None, description="Qdrant server URL; unset: the embedded engine.")
     api_key: SecretStr | None = Field(default=None, description="API key for a Qdrant server.")
     collection: str = Field(default="docs", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Logical collection name.")
     keep_versions: int = Field(default=3, ge=2, description="Published index versions kept on disk (>= 2).")
-    local_accelerator: bool = Field(
-        default=True,
-        description="Embedded mode: search an in-memory copy of the (immutable) index version with numpy instead of "
-        "qdrant-client's pure-Python local search; same results, loaded when a stack opens. Ignored for a server.",
+    writer_wait_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long an ingestion waits for another one writing the same collection before failing.",
+    )
+    lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Server mode: the writer lease's lifetime (renewed as the writer works; a killed writer's "
+        "lease blocks others this long).",
+    )
+    local_accelerator: bool | None = Field(
+        default=None,
+        description="Deprecated, ignored: embedded mode now runs the Qdrant engine in process (qdrant-edge).",
     )
 
 
@@ -263,7 +273,7 @@ class Settings(BaseSettings):
     # Derived locations: computed, never configured separately, so they cannot drift apart.
     @property
     def qdrant_dir(self) -> Path:
-        """Embedded Qdrant storage: one folder per index version plus the published pointer."""
+        """Embedded Qdrant storage: per collection, the Edge shard, the version manifests and the published pointer."""
         return self.home / "qdrant"
 
     @property

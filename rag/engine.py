@@ -55,8 +55,6 @@ class RagEngine:
         config: The stack.
         reader: The index version to read (closed by :meth:`close` when ``owns_reader``).
         embedder: The stack's embedder, already checked against the index.
-        local_accelerator: Search an embedded index in memory (``RAGOPS_QDRANT__LOCAL_ACCELERATOR``, passed by
-            :meth:`open`); see :class:`rag.retrieve.Retriever`.
     """
 
     def __init__(
@@ -66,12 +64,11 @@ class RagEngine:
         reader: IndexReader,
         embedder: Embedder,
         owns_reader: bool = True,
-        local_accelerator: bool = True,
     ) -> None:
         self.config = config
         self.reader = reader
         self.embedder = embedder
-        self.retriever = Retriever(reader, embedder, config, local_accelerator=local_accelerator)
+        self.retriever = Retriever(reader, embedder, config)
         self.retriever.warm_up()
         self.answerer = build_answerer(config)
         self._owns_reader = owns_reader
@@ -107,7 +104,7 @@ class RagEngine:
         except IndexError_ as exc:
             raise StackError(f"stack {config.name!r} cannot open its index: {exc}") from exc
         try:
-            return cls(config, reader=reader, embedder=embedder, local_accelerator=settings.qdrant.local_accelerator)
+            return cls(config, reader=reader, embedder=embedder)
         except BaseException:
             reader.close()
             raise

@@ -1,21 +1,18 @@
-"""Retrieval through llama-index's ``QdrantVectorStore`` over a published index version: dense, or hybrid.
+"""Retrieval over a published index version: dense, or hybrid (dense + BM25 fused by weighted RRF).
 
 - **Dense** (default): the question is embedded with the index's own embedder and matched against ``text-dense``
-  (cosine).
+  (cosine) inside the Qdrant engine (:class:`pipelines.index.IndexReader`: the engine in process, or a server).
 - **Hybrid**: the same dense search plus a BM25 search of ``text-sparse`` (the query side of
-  :class:`pipelines.sparse.Bm25Encoder`; Qdrant applies the IDF), fused by weighted reciprocal rank
-  (``sum(weight / (rrf_k + rank))``). llama-index issues both searches in one ``query_batch_points`` call and hands
-  the two lists to our fusion function.
+  :class:`pipelines.sparse.Bm25Encoder`; the engine applies the IDF of the version's own points), fused by weighted
+  reciprocal rank (``sum(weight / (rrf_k + rank))``) here rather than by the engine's RRF: the answerer needs each
+  hit's dense cosine similarity, which an engine-fused list does not carry, and the fusion costs microseconds.
 
-We call ``vector_store.query`` directly with our own vectors, so embeddings come from :class:`pipelines.embed.Embedder`
-in one batched call per request batch (:meth:`Retriever.retrieve_many`), and nothing touches llama-index's global
-``Settings`` (no default OpenAI embedder or LLM can ever be constructed). Metadata filters (``tenant``, ``source``,
-``doc_id``; equality or any-of) are passed down to Qdrant, so filtering happens inside the search, not after it.
-
-On an embedded (local-mode) index the same searches run on an in-memory copy of the immutable version instead
-(:mod:`rag.local_search`): qdrant-client's local mode is pure-Python brute force, and the copy returns the same
-lists. The hybrid lists are fused by the same :class:`WeightedRrf`, and hits become nodes through the same
-``QdrantVectorStore.parse_to_query_result``, so both paths end in the same :class:`RetrievedChunk`s.
+Filters (``tenant``, ``source``, ``doc_id``, ``acl``; any-of per key, AND across keys; ``acl`` also admits chunks
+that carry no acl) become a :class:`pipelines.store.PointFilter` applied inside the engine's search, so top-k is
+filled with permitted chunks only. Hits become llama-index ``TextNode``s through llama-index's own
+``metadata_dict_to_node`` (the payload is llama-index's node layout), then :class:`RetrievedChunk`s. We call the
+store directly instead of through a llama-index ``VectorStore``: llama-index's ``QdrantVectorStore`` needs a
+qdrant-client (the embedded engine is not one), and an adapter layer would only copy the same lists around.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,17 +27,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pipelines.embed import EmbedderIdentity
-from pipelines.errors import EmbedderMismatchError
-from pipelines.index import DENSE_VECTOR, SPARSE_VECTOR
+from pipelines.errors import EmbedderMismatchError, IndexError_
 from pipelines.sparse import Bm25Encoder
+from pipelines.store import Hit, PointFilter
 from rag.errors import BadQuery, RetrievalError, StackMismatch
-from rag.local_search import LocalSearchIndex, is_local_client
 from rag.types import FILTER_KEYS, Filters, RetrievalConfig, RetrievedChunk, StackConfig
 
 if TYPE_CHECKING:
     from llama_index.core.schema import BaseNode
     from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQueryResult
-    from llama_index.vector_stores.qdrant import QdrantVectorStore
 
     from pipelines.index import IndexReader
 
@@ -184,6 +178,15 @@ class WeightedRrf:
 
 
 # ---------------------------------------------------------------------------------------------------- retriever
+OR_MISSING_KEYS = ("acl",)
+"""Filter keys that also admit chunks without the key (no acl: visible to every principal)."""
+
+
+def to_point_filter(filters: Mapping[str, Sequence[str]]) -> PointFilter | None:
+    """The engine-side filter of validated filters (None when there are none)."""
+    return PointFilter.of(filters, or_missing=OR_MISSING_KEYS) if filters else None
+
+
 class Retriever:
     """Dense or hybrid retrieval over one open index version.
 
@@ -193,28 +196,18 @@ class Retriever:
             retriever = Retriever(reader, embedder, RetrievalConfig(mode="hybrid", top_k=5))
             chunks = retriever.retrieve("what is the payload of the NR-500?", filters={"tenant": "acme"})
             batches = retriever.retrieve_many(["q1", "q2"])          # one embedder call for both
+            vectors = embedder.encode(["q1"])                         # e.g. embedded once for guardrails too
+            same = retriever.search_many(["q1"], vectors)
 
-    In embedded mode the searches run on an in-memory copy of the (immutable) index version,
-    :class:`rag.local_search.LocalSearchIndex`, built at :meth:`warm_up` or the first query: same results as
-    qdrant-client's local mode, which searches in pure Python (SciFact: a hybrid query ~360 ms there, a few ms here).
-    Queries then take no lock. ``local_accelerator=False`` (``RAGOPS_QDRANT__LOCAL_ACCELERATOR=false`` through
-    :meth:`rag.engine.RagEngine.open`) keeps every search in qdrant-client; a Qdrant server is always searched as is.
+    Searches take no lock: the engine (in process or a server) is safe to query from several threads.
 
     Args:
         reader: An open index version (``VectorIndex.open_reader``); the retriever does not close it.
         embedder: The index's embedder (its identity must match the one recorded in the index).
         config: Retrieval settings, or a whole stack config (then its collection and embedder are checked too).
-        local_accelerator: Search embedded (local-mode) indexes in memory; ignored for a Qdrant server.
     """
 
-    def __init__(
-        self,
-        reader: IndexReader,
-        embedder: QueryEncoder,
-        config: RetrievalConfig | StackConfig,
-        *,
-        local_accelerator: bool = True,
-    ) -> None:
+    def __init__(self, reader: IndexReader, embedder: QueryEncoder, config: RetrievalConfig | StackConfig) -> None:
         if isinstance(config, StackConfig):
             _check_stack_fits(config, reader)
             config = config.retrieval
@@ -226,65 +219,13 @@ class Retriever:
         self.embedder = embedder
         self.config = config
         self.bm25 = Bm25Encoder(avgdl=reader.version.avgdl)
-        # Embedded (local-mode) Qdrant is a plain in-process object without locking: serialise access to it.
-        # A server client is thread-safe, so concurrent queries to a server are not serialised.
-        local = is_local_client(reader.client)
-        self._lock: contextlib.AbstractContextManager[Any] = threading.Lock() if local else contextlib.nullcontext()
-        self._store: QdrantVectorStore | None = None
-        self._accelerate = local and local_accelerator
-        self._memory: LocalSearchIndex | None = None  # built once, then only read (no lock needed to search it)
-
-    @property
-    def store(self) -> QdrantVectorStore:
-        """The llama-index vector store over the reader's client (built on first use)."""
-        if self._store is None:
-            from llama_index.vector_stores.qdrant import QdrantVectorStore
-
-            hybrid = self.config.mode == "hybrid"
-            self._store = QdrantVectorStore(
-                collection_name=self.reader.collection,
-                client=self.reader.client,
-                dense_vector_name=DENSE_VECTOR,
-                sparse_vector_name=SPARSE_VECTOR,
-                enable_hybrid=hybrid,
-                sparse_query_fn=self._sparse_query if hybrid else None,
-                sparse_doc_fn=self._sparse_doc if hybrid else None,
-                hybrid_fusion_fn=(
-                    WeightedRrf(self.config.rrf_k, self.config.dense_weight, self.config.sparse_weight)
-                    if hybrid
-                    else None
-                ),
-            )
-        return self._store
+        self.fusion = WeightedRrf(config.rrf_k, config.dense_weight, config.sparse_weight)
 
     def warm_up(self) -> None:
-        """Build the vector store, the in-memory index (embedded mode) and the BM25 analyser now (idempotent)."""
-        _ = self.store
-        self._in_memory()
+        """Load the BM25 analyser and touch the index once (idempotent)."""
         self.bm25.terms("warm up")
-
-    def _in_memory(self) -> LocalSearchIndex | None:
-        """The in-memory index of an embedded version (loaded on first use), or None to search through Qdrant."""
-        memory = self._memory
-        if memory is not None or not self._accelerate:
-            return memory
-        with self._lock:
-            if self._memory is None and self._accelerate:
-                _ = self.store  # parse_to_query_result turns hits into nodes; build it under the lock too
-                try:
-                    self._memory = LocalSearchIndex.load(self.reader.client, self.reader.collection)
-                except Exception:  # searching through qdrant-client is slower but still right
-                    logger.warning("could not load the index into memory; searching through Qdrant", exc_info=True)
-                    self._accelerate = False
-            return self._memory
-
-    def _sparse_query(self, texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
-        vectors = [self.bm25.encode_query(t) for t in texts]
-        return [v.indices for v in vectors], [v.values for v in vectors]
-
-    def _sparse_doc(self, texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
-        vectors = [self.bm25.encode_document(t) for t in texts]
-        return [v.indices for v in vectors], [v.values for v in vectors]
+        with contextlib.suppress(Exception):
+            self.reader.count()
 
     # ---------------------------------------------------------------------------------------------------- use
     def retrieve(
@@ -309,20 +250,31 @@ class Retriever:
 
         Raises:
             BadQuery: A question, filter or ``top_k`` is invalid (nothing is searched then).
-            RetrievalError: Qdrant failed.
+            RetrievalError: The index failed.
         """
-        if isinstance(questions, str):
-            raise BadQuery("questions must be a list of strings, not one string")
-        texts = [validate_question(q) for q in questions]
-        per_query = self._filters_per_query(filters, len(texts))
-        k = self.config.top_k if top_k is None else top_k
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max(self.config.candidates, 100):
-            raise BadQuery(f"top_k must be an integer between 1 and {max(self.config.candidates, 100)}, got {k!r}")
+        texts, per_query, k = self._validate(questions, filters, top_k)
         if not texts:
             return []
         vectors = self.embedder.encode(texts)
-        scans = self._scan(vectors)
-        return [self._search(t, v, f, k, s) for t, v, f, s in zip(texts, vectors, per_query, scans, strict=True)]
+        return [self._search(t, v, f, k) for t, v, f in zip(texts, vectors, per_query, strict=True)]
+
+    def search_many(
+        self,
+        questions: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        filters: Filters | Sequence[Filters | None] | None = None,
+        top_k: int | None = None,
+    ) -> list[list[RetrievedChunk]]:
+        """:meth:`retrieve_many` with query vectors the caller computed (one row per question, the index's
+        embedder): the query service embeds once and reuses the vector for guardrails and retrieval."""
+        texts, per_query, k = self._validate(questions, filters, top_k)
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if matrix.ndim != 2 or matrix.shape != (len(texts), self.reader.version.embedder.dim):
+            raise BadQuery(
+                f"vectors must have shape ({len(texts)}, {self.reader.version.embedder.dim}), got {matrix.shape}"
+            )
+        return [self._search(t, v, f, k) for t, v, f in zip(texts, matrix, per_query, strict=True)]
 
     def search(
         self, question: str, vector: np.ndarray, *, top_k: int, filters: Filters | None = None
@@ -337,6 +289,18 @@ class Retriever:
             raise BadQuery(f"top_k must be an integer between 1 and 1000, got {top_k!r}")
         return self._search(text, vector, validate_filters(filters), top_k)
 
+    def _validate(
+        self, questions: Sequence[str], filters: Filters | Sequence[Filters | None] | None, top_k: int | None
+    ) -> tuple[list[str], list[dict[str, list[str]]], int]:
+        if isinstance(questions, str):
+            raise BadQuery("questions must be a list of strings, not one string")
+        texts = [validate_question(q) for q in questions]
+        per_query = self._filters_per_query(filters, len(texts))
+        k = self.config.top_k if top_k is None else top_k
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max(self.config.candidates, 100):
+            raise BadQuery(f"top_k must be an integer between 1 and {max(self.config.candidates, 100)}, got {k!r}")
+        return texts, per_query, k
+
     def _filters_per_query(
         self, filters: Filters | Sequence[Filters | None] | None, n: int
     ) -> list[dict[str, list[str]]]:
@@ -348,146 +312,52 @@ class Retriever:
             raise BadQuery(f"got {len(items)} filter mappings for {n} questions")
         return [validate_filters(f) for f in items]
 
-    def _scan(self, vectors: np.ndarray) -> list[np.ndarray | None]:
-        """In memory, a batch's approximate dense scores in one matrix product (the vectors are read once)."""
-        memory = self._in_memory()
-        if memory is None or len(vectors) < 2:
-            return [None] * len(vectors)
-        try:
-            return list(memory.scan(memory.queries(vectors)))
-        except ValueError as exc:
-            raise RetrievalError(f"query on {self.reader.collection!r} failed: {exc}") from exc
-
     def _search(
-        self,
-        question: str,
-        vector: np.ndarray,
-        filters: dict[str, list[str]],
-        top_k: int,
-        scan: np.ndarray | None = None,
+        self, question: str, vector: np.ndarray, filters: dict[str, list[str]], top_k: int
     ) -> list[RetrievedChunk]:
         cfg = self.config
         hybrid = cfg.mode == "hybrid" and bool(self.bm25.terms(question))  # all stop words: dense only
-        memory = self._in_memory()
+        flt = to_point_filter(filters)
         try:
-            if memory is not None:
-                nodes, scores, dense = self._search_in_memory(memory, question, vector, filters, top_k, hybrid, scan)
+            if hybrid:
+                hits, dense = self._hybrid(question, vector, flt, top_k)
             else:
-                nodes, scores, dense = self._search_qdrant(question, vector, filters, top_k, hybrid)
-        except (ValueError, TypeError, KeyError) as exc:
+                hits = self.reader.search_dense(vector, limit=top_k, flt=flt, payload=True)
+                dense = {h.id: h.score for h in hits}
+        except IndexError_ as exc:
             raise RetrievalError(f"query on {self.reader.collection!r} failed: {exc}") from exc
-        except Exception as exc:  # qdrant-client raises transport-specific errors (grpc, httpx, UnexpectedResponse)
+        except Exception as exc:  # the engine and qdrant-client raise their own errors (transport, RuntimeError)
             raise RetrievalError(f"query on {self.reader.collection!r} failed: {type(exc).__name__}: {exc}") from exc
-        chunks = [
-            _to_chunk(node, float(score), dense.get(node.node_id)) for node, score in zip(nodes, scores, strict=False)
-        ]
+        chunks = [_to_chunk(_node(h), h.score, dense.get(h.id)) for h in hits]
         if cfg.score_threshold is not None:
             chunks = [c for c in chunks if c.similarity is not None and c.similarity >= cfg.score_threshold]
         return chunks
 
-    def _search_qdrant(
-        self, question: str, vector: np.ndarray, filters: dict[str, list[str]], top_k: int, hybrid: bool
-    ) -> tuple[list[BaseNode], list[float], dict[str, float]]:
-        """Search through llama-index's ``QdrantVectorStore`` (a Qdrant server, or local mode unaccelerated)."""
-        from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
-
-        cfg = self.config
-        query = VectorStoreQuery(
-            query_embedding=vector.tolist(),
-            query_str=question,
-            similarity_top_k=max(cfg.candidates, top_k) if hybrid else top_k,
-            sparse_top_k=max(cfg.candidates, top_k) if hybrid else None,
-            hybrid_top_k=top_k if hybrid else None,
-            mode=VectorStoreQueryMode.HYBRID if hybrid else VectorStoreQueryMode.DEFAULT,
-            filters=to_metadata_filters(filters),
-        )
-        with self._lock:
-            result = self.store.query(query)
-        nodes = list(result.nodes or [])[:top_k]
-        scores = [float(s) for s in result.similarities or [0.0] * len(nodes)]
-        if hybrid:
-            dense: dict[str, float] = dict(getattr(result, "dense_similarities", {}))
-            missing = [n.node_id for n in nodes if n.node_id not in dense]
-            if missing:
-                dense.update(self._similarities(missing, vector))
-        else:
-            dense = dict(zip((n.node_id for n in nodes), scores, strict=False))
-        return nodes, scores, dense
-
-    def _search_in_memory(
-        self,
-        memory: LocalSearchIndex,
-        question: str,
-        vector: np.ndarray,
-        filters: dict[str, list[str]],
-        top_k: int,
-        hybrid: bool,
-        scan: np.ndarray | None,
-    ) -> tuple[list[BaseNode], list[float], dict[str, float]]:
-        """The same lists as :meth:`_search_qdrant` on an embedded index, from memory and without the lock.
-
-        Same depths: dense alone is ``top_k`` deep; hybrid fuses a dense and a sparse list each
-        ``max(candidates, top_k)`` deep and keeps ``top_k``. Only the returned hits become nodes. ``scan`` is this
-        query's row of a batch's :meth:`LocalSearchIndex.scan`, if there was one.
-        """
-        cfg = self.config
-        allowed = memory.filter_mask(filters)
-        if not hybrid:
-            hits = memory.dense(vector, limit=top_k, allowed=allowed, approx=scan)
-            nodes = self._nodes(memory, hits.rows, hits.ids, hits.scores)
-            return nodes, list(hits.scores), dict(zip(hits.ids, hits.scores, strict=True))
-        depth = max(cfg.candidates, top_k)
-        dense_hits = memory.dense(vector, limit=depth, allowed=allowed, approx=scan)
-        sparse_query = self.bm25.encode_query(question)
-        sparse_hits = memory.sparse(sparse_query.indices, sparse_query.values, limit=depth, allowed=allowed)
-        fusion = WeightedRrf(cfg.rrf_k, cfg.dense_weight, cfg.sparse_weight)
-        fused = fusion.rank(dense_hits.ids, sparse_hits.ids, top_k)
-        dense = dict(zip(dense_hits.ids, dense_hits.scores, strict=True))
-        rows = dict(zip(dense_hits.ids, dense_hits.rows, strict=True)) | dict(
-            zip(sparse_hits.ids, sparse_hits.rows, strict=True)
-        )
-        ids = [key for key, _ in fused]
-        scores = [score for _, score in fused]
-        missing = [key for key in ids if key not in dense]
-        if missing:
-            dense.update(memory.similarities(missing, vector))
-        return self._nodes(memory, [rows[key] for key in ids], ids, scores), scores, dense
-
-    def _nodes(
-        self, memory: LocalSearchIndex, rows: Sequence[int], ids: Sequence[str], scores: Sequence[float]
-    ) -> list[BaseNode]:
-        """llama-index nodes of hits, made by ``QdrantVectorStore.parse_to_query_result`` as for Qdrant's points."""
-        points = [_Point(id=i, score=s, payload=memory.payload(r)) for r, i, s in zip(rows, ids, scores, strict=True)]
-        return list(self.store.parse_to_query_result(points).nodes or [])
-
-    def _similarities(self, ids: list[str], vector: np.ndarray) -> dict[str, float]:
-        """Dense cosine similarity of points the dense search did not return (sparse-only hybrid hits)."""
-        try:
-            with self._lock:
-                records = self.reader.client.retrieve(
-                    self.reader.collection, ids=ids, with_vectors=[DENSE_VECTOR], with_payload=False
-                )
-        except Exception:  # a missing similarity only weakens the answerer's support estimate
-            logger.warning("could not fetch dense vectors for hybrid hits", exc_info=True)
-            return {}
-        out: dict[str, float] = {}
-        for record in records:
-            stored = record.vector.get(DENSE_VECTOR) if isinstance(record.vector, dict) else None
+    def _hybrid(
+        self, question: str, vector: np.ndarray, flt: PointFilter | None, top_k: int
+    ) -> tuple[list[Hit], dict[str, float]]:
+        """Dense and BM25 lists each ``max(candidates, top_k)`` deep, fused here; payloads of the fused top only."""
+        depth = max(self.config.candidates, top_k)
+        dense_hits = self.reader.search_dense(vector, limit=depth, flt=flt)
+        sparse_hits = self.reader.search_sparse(self.bm25.encode_query(question), limit=depth, flt=flt)
+        fused = self.fusion.rank([h.id for h in dense_hits], [h.id for h in sparse_hits], top_k)
+        dense = {h.id: h.score for h in dense_hits}
+        missing = [key for key, _ in fused if key not in dense]
+        points = {p.id: p for p in self.reader.retrieve([key for key, _ in fused], dense=bool(missing))}
+        query = np.asarray(vector, dtype=np.float32)
+        for key in missing:  # sparse-only hits: their dense cosine similarity, for the answerer's support estimate
+            stored = points[key].dense if key in points else None
             if stored is not None:
-                other = np.asarray(stored, dtype=np.float32)
-                norm = float(np.linalg.norm(other)) or 1.0
-                out[str(record.id)] = float(np.dot(vector, other) / norm)
-        return out
+                dense[key] = float(np.dot(query, stored) / (float(np.linalg.norm(stored)) or 1.0))
+        hits = [Hit(key, score, points[key].payload) for key, score in fused if key in points]
+        return hits, dense
 
 
-@dataclass(frozen=True)
-class _Point:
-    """What ``parse_to_query_result`` reads of a Qdrant ``ScoredPoint``."""
+def _node(hit: Hit) -> BaseNode:
+    """The llama-index node stored in a hit's payload (``point_payload`` wrote llama-index's own layout)."""
+    from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
-    id: str
-    score: float
-    payload: dict[str, Any]
-    vector: None = None
+    return metadata_dict_to_node(dict(hit.payload or {}))
 
 
 def _to_chunk(node: BaseNode, score: float, similarity: float | None) -> RetrievedChunk:

@@ -44,21 +44,16 @@ def fetch_chunk(served: Served, chunk_id: str) -> SourceChunk:
     except ValueError:
         raise UnknownChunk(f"no chunk {chunk_id!r}: chunk ids are UUIDs, as in the citations of an answer") from None
     reader = served.engine.reader
-    retriever = served.engine.retriever
-    # Embedded Qdrant is not thread-safe; the retriever serialises access to it with this lock (a no-op context
-    # for a Qdrant server). There is no public accessor, and going around the lock would race the query path.
-    lock: Any = retriever._lock
     try:
-        with lock:
-            points = reader.client.retrieve(reader.collection, ids=[point_id], with_payload=True, with_vectors=False)
-    except Exception as exc:  # qdrant-client raises transport-specific errors
+        points = reader.retrieve([point_id])
+    except Exception as exc:  # the engine and qdrant-client raise their own errors
         raise RetrievalError(f"reading chunk {chunk_id} failed: {type(exc).__name__}: {exc}") from exc
     if not points or not points[0].payload:
         raise UnknownChunk(
             f"no chunk {chunk_id!r} in index v{served.index_version} of {reader.collection!r} "
             "(it may have been replaced by a later ingestion; ask again to get current citations)"
         )
-    return _to_source(point_id, points[0].payload, served.index_version)
+    return _to_source(point_id, dict(points[0].payload), served.index_version)
 
 
 def _to_source(chunk_id: str, payload: dict[str, Any], index_version: int) -> SourceChunk:

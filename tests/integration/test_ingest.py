@@ -1,7 +1,7 @@
 """End-to-end ingestion: real files, the real embedder, real embedded Qdrant; no mocks.
 
 The invariant checked after every run: the published version's point ids are exactly the union of the chunk ids in
-its manifest (no duplicates, no orphans), and no staging copy is left behind.
+its manifest (no duplicates, no orphans), and no writer lock is left behind.
 
 The first ingestion of the session pays for importing unstructured, llama-index and great-expectations (and the ONNX
 export on a cold cache); every later run on these tiny corpora takes well under a second.
@@ -10,6 +10,7 @@ export on a cold cache); every later run on these tiny corpora takes well under 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import random
@@ -27,7 +28,7 @@ import pytest
 
 from pipelines.embed import Embedder, EmbedderIdentity
 from pipelines.errors import EmbedderMismatchError, FailureThresholdExceeded, IndexError_
-from pipelines.index import DENSE_VECTOR, POINTER_FILE, Manifest, VectorIndex
+from pipelines.index import IndexReader, Manifest, VectorIndex
 from pipelines.ingest import IngestContext, IngestReport, chunk_step, discover_step, read_step, run_ingest
 from pipelines.quarantine import Quarantine
 from pipelines.settings import Settings
@@ -68,14 +69,22 @@ def _tolerant(settings: Settings, share: float = 1.0) -> Settings:
     return settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"max_failure_share": share})})
 
 
-def _point_ids(client: Any, collection: str) -> list[str]:
-    ids: list[str] = []
-    offset: Any = None
-    while True:
-        records, offset = client.scroll(collection, limit=256, offset=offset, with_payload=False, with_vectors=False)
-        ids.extend(str(r.id) for r in records)
-        if offset is None:
-            return ids
+def _point_ids(reader: IndexReader) -> list[str]:
+    return [p.id for p in reader.scroll(payload=False)]
+
+
+def _writer_busy(index: VectorIndex) -> bool:
+    """Whether a writer holds the collection's lock (an ingestion is writing)."""
+    path = index.root / ".writer.lock"
+    if not path.exists():
+        return False
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def _manifest_ids(manifest: Manifest) -> list[str]:
@@ -85,21 +94,22 @@ def _manifest_ids(manifest: Manifest) -> list[str]:
 def _assert_consistent(index: VectorIndex, *, after_crash: bool = False) -> tuple[Manifest, set[str]]:
     """Published points == union of manifest chunk ids, exactly; returns the manifest and the point ids.
 
-    A killed run may leave its staging copy (``after_crash``); the next run deletes it.
+    A killed run may leave staged points in the shard (``after_crash``); readers never see them and the next
+    writer deletes them.
     """
     manifest = index.manifest()
     assert manifest is not None, "nothing published"
     listed = _manifest_ids(manifest)
     assert len(listed) == len(set(listed)), "a chunk id is listed twice in the manifest"
     with index.reader() as reader:
-        ids = _point_ids(reader.client, reader.collection)
-        assert reader.client.count(reader.collection, exact=True).count == len(ids)
+        ids = _point_ids(reader)
+        assert reader.count() == len(ids)
     assert len(ids) == len(set(ids)), "duplicate point ids"
     assert set(ids) == set(listed), f"orphans {set(ids) - set(listed)}, missing {set(listed) - set(ids)}"
     assert manifest.version.points == len(ids)
     assert manifest.version.documents == len(manifest.docs)
     if not after_crash:
-        assert not list(index.root.glob("*.staging")), "a staging copy was left behind"
+        assert not _writer_busy(index), "a writer lock was left behind"
     return manifest, set(ids)
 
 
@@ -110,10 +120,8 @@ def _tree_state(root: Path) -> dict[str, tuple[int, int]]:
 def _top_doc(index: VectorIndex, embedder: Embedder, text: str) -> str:
     [vector] = embedder.encode([text])
     with index.reader() as reader:
-        hits = reader.client.query_points(
-            reader.collection, query=vector.tolist(), using=DENSE_VECTOR, limit=1, with_payload=True
-        ).points
-    return str(hits[0].payload["doc_id"])
+        hits = reader.search_dense(vector, limit=1, payload=True)
+    return str(hits[0].payload["doc_id"])  # type: ignore[index]
 
 
 def _write_txt(folder: Path, name: str, *paragraphs: str) -> Path:
@@ -184,8 +192,8 @@ def test_payload_carries_document_fields(sample: tuple[Settings, dict, IngestRep
     manifest = index.manifest()
     assert manifest is not None
     with index.reader() as reader:
-        records, _ = reader.client.scroll(reader.collection, limit=100, with_payload=True)
-    by_doc = {r.payload["doc_id"]: r.payload for r in records}
+        records = list(reader.scroll())
+    by_doc = {r.payload["doc_id"]: r.payload for r in records}  # type: ignore[index]
     assert set(by_doc) == set(manifest.docs)
     md = by_doc[files["md"].name]
     assert md["title"] == SAMPLE_TITLES["md"]
@@ -299,10 +307,7 @@ def test_changed_tail_reuses_the_vectors_of_unchanged_chunks(settings: Settings)
     old_ids = list(v1.docs["geology.txt"].chunk_ids)
     assert len(old_ids) >= 3, "the document must span several chunks for this test to mean anything"
     with index.reader() as reader:
-        old_vectors = {
-            str(r.id): r.vector[DENSE_VECTOR]
-            for r in reader.client.retrieve(reader.collection, old_ids, with_vectors=True)
-        }
+        old_vectors = {r.id: r.dense for r in reader.retrieve(old_ids, dense=True)}
 
     doc.write_text(
         "\n\n".join(["Quarry Sample Log", *paragraphs[:-1], "The final sample was lost in transit."]) + "\n",
@@ -318,8 +323,8 @@ def test_changed_tail_reuses_the_vectors_of_unchanged_chunks(settings: Settings)
     assert report.embeddings_computed == len(new_ids) - len(kept) >= 1
     assert report.chunks_deleted == len(set(old_ids) - set(new_ids))
     with index.reader() as reader:
-        for record in reader.client.retrieve(reader.collection, kept, with_vectors=True):
-            np.testing.assert_array_equal(record.vector[DENSE_VECTOR], old_vectors[str(record.id)])
+        for record in reader.retrieve(kept, dense=True):
+            np.testing.assert_array_equal(record.dense, old_vectors[record.id])  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
@@ -370,7 +375,7 @@ def test_failure_threshold_publishes_nothing(settings: Settings) -> None:
     assert {q.doc_id for q in report.quarantined} == set(bad) and report.documents_seen == len(bad) + 1
     fresh = VectorIndex(settings, collection="fresh")
     assert fresh.current_version() is None and fresh.versions() == []
-    assert not list(fresh.root.glob("*.staging"))
+    assert not _writer_busy(fresh)
     assert {q.doc_id for q in Quarantine(settings.quarantine_dir, "fresh").list()} == set(bad)
 
     # A published collection whose source turns mostly bad: the published version stays as it was.
@@ -481,7 +486,7 @@ def test_open_reader_keeps_its_version_while_new_ones_publish(settings: Settings
     run_ingest(settings, corpus)
     old = index.open_reader()
     try:
-        points_v1 = old.client.count(old.collection, exact=True).count
+        points_v1 = old.count()
         assert old.version.version == 1
 
         for n in range(3):  # publishes v2, v3, v4; gc then deletes v1's folder while the reader still uses it
@@ -489,13 +494,13 @@ def test_open_reader_keeps_its_version_while_new_ones_publish(settings: Settings
             assert run_ingest(settings, corpus).index_version == n + 2
         assert 1 not in index.versions()
 
-        assert old.client.count(old.collection, exact=True).count == points_v1
+        assert old.count() == points_v1
         [vector] = embedder.encode(["Why does high tide come later every day?"])
-        hits = old.client.query_points(old.collection, query=vector.tolist(), using=DENSE_VECTOR, limit=5).points
+        hits = old.search_dense(vector, limit=5)
         assert hits and len(hits) == points_v1 == 3
         with index.reader() as new:
             assert new.version.version == 4
-            assert new.client.count(new.collection, exact=True).count == points_v1 + 3
+            assert new.count() == points_v1 + 3
     finally:
         old.close()
     assert not any(index.root.joinpath("readers").iterdir()), "closed readers must delete their private copies"
@@ -534,10 +539,9 @@ def _aliases(client: Any) -> dict[str, str]:
 
 
 def _server_mode_scenario(settings: Settings, client: Any, factory: Callable[[], Any]) -> None:
-    from qdrant_client import models
-
     corpus = settings.home.parent / "corpus"
     _write_good(corpus)
+    settings = settings.model_copy(update={"qdrant": settings.qdrant.model_copy(update={"lease_seconds": 1.0})})
 
     def ingest() -> IngestReport:
         return _run_with_index(settings, corpus, VectorIndex(settings, client_factory=factory))
@@ -547,62 +551,56 @@ def _server_mode_scenario(settings: Settings, client: Any, factory: Callable[[],
 
     first = ingest()
     assert first.index_version == 1
-    assert _aliases(client) == {"docs": "docs__v000001"}
+    assert _aliases(client) == {"docs": "docs__data"}
+    assert _collections(client) == {"docs__data", "docs__ragops"}
+    assert client.get_collection("docs").config.metadata["ragops"]["current"] == 1  # the alias reads the state
 
     _write_txt(corpus, "chess.txt", "Chess Openings", "The French defence answers the king pawn with e6.")
     second = ingest()
     assert second.index_version == 2 and second.documents_changed == 1
-    assert _aliases(client) == {"docs": "docs__v000002"}
-    assert _collections(client) == {"docs__v000001", "docs__v000002"}  # the previous version is kept for rollback
+    assert index.versions() == [1, 2]  # the previous version is kept for rollback, in the same collection
 
     manifest = index.manifest()
     assert manifest is not None and manifest.version.version == 2
-    reader = index.open_reader()
-    assert reader.collection == "docs__v000002"
-    ids = _point_ids(client, reader.collection)
+    with index.reader() as reader:
+        ids = _point_ids(reader)
     assert len(ids) == len(set(ids)) and set(ids) == set(_manifest_ids(manifest))
-    assert client.count("docs", exact=True).count == len(ids)  # the alias resolves to the new version
-    assert client.count("docs__v000001", exact=True).count == first.points_total
-    # The local side of server mode only holds manifests and the pointer.
-    assert json.loads((index.root / POINTER_FILE).read_text())["version"] == 2
-    assert sorted(p.name for p in index.root.iterdir() if p.is_dir()) == ["v000001", "v000002"]
+    with index.reader(1) as old:
+        assert old.count() == first.points_total
+    # Server mode keeps no local state: another disk sees the same versions.
+    assert not index.root.exists() or not any(index.root.iterdir())
 
-    # A crash: one run staged v3 and died before publishing; something else left an unpublished v9.
+    # A crash: one run wrote part of v3 and died holding the lease.
     crashed = index.begin(
         embedder=manifest.version.embedder, chunking=manifest.version.chunking, avgdl=1.0, run_id="crashed"
     )
     crashed.delete(ids)  # half-done work that must never be published
-    client.create_collection(
-        "docs__v000009", vectors_config={DENSE_VECTOR: models.VectorParams(size=4, distance=models.Distance.COSINE)}
-    )
-    assert {"docs__v000003", "docs__v000009"} <= _collections(client)
-    assert _aliases(client) == {"docs": "docs__v000002"}
+    with index.reader() as reader:
+        assert set(_point_ids(reader)) == set(ids)
+    time.sleep(1.2)  # its lease expires
 
     _write_txt(corpus, "kites.txt", "Kite Flying", "Stunt kites need steady wind of about fifteen knots.")
     third = ingest()
     assert third.index_version == 3 and third.documents_new == 1
-    assert _collections(client) == {"docs__v000001", "docs__v000002", "docs__v000003"}
-    assert _aliases(client) == {"docs": "docs__v000003"}
     manifest = index.manifest()
     assert manifest is not None
-    ids = _point_ids(client, "docs__v000003")
+    with index.reader() as reader:
+        ids = _point_ids(reader)
     assert len(ids) == len(set(ids)) and set(ids) == set(_manifest_ids(manifest))
     assert set(manifest.docs) == {*GOOD_TEXTS, "kites.txt"}
-    assert not list(index.root.glob("*.staging"))
 
-    # A fourth version: keep_versions = 3 drops the oldest collection together with its local folder.
+    # A fourth version: keep_versions = 3 forgets the oldest, and deletes the points only it saw.
     (corpus / "kites.txt").unlink()
     fourth = ingest()
     assert fourth.index_version == 4 and fourth.documents_deleted == 1
-    assert _collections(client) == {"docs__v000002", "docs__v000003", "docs__v000004"}
-    assert _aliases(client) == {"docs": "docs__v000004"}
     assert index.versions() == [2, 3, 4]
-    assert client.count("docs", exact=True).count == fourth.points_total == second.points_total
+    with index.reader() as reader:
+        assert reader.count() == fourth.points_total == second.points_total
 
 
 # --------------------------------------------------------------------------------------------- crash safety
-def test_orphan_version_between_rename_and_pointer_converges(settings: Settings) -> None:
-    """A kill after the staging folder was renamed but before CURRENT was replaced leaves an unpublished version."""
+def test_orphan_manifest_between_manifest_and_pointer_converges(settings: Settings) -> None:
+    """A kill after the manifest was written but before CURRENT was replaced leaves an unpublished version."""
     corpus = settings.home.parent / "corpus"
     _write_good(corpus)
     index = VectorIndex(settings)
@@ -612,18 +610,17 @@ def test_orphan_version_between_rename_and_pointer_converges(settings: Settings)
     writer = index.begin(embedder=v1.version.embedder, chunking=v1.version.chunking, avgdl=1.0, run_id="killed")
     writer.delete(sorted(ids))  # the orphan holds a different (empty) index
     orphan = dataclasses.replace(v1.version, version=writer.version, points=0, documents=0, run_id="killed")
-    index._write_manifest(Manifest(version=orphan, docs={}), staging=True)  # what publish writes before its rename
-    writer.client.close()
-    os.rename(index.root / "v000002.staging", index.root / "v000002")
-    assert index.current_version() == 1 and index.versions() == [1, 2]
+    (index.root / "versions" / "v000002.json").write_text(json.dumps(Manifest(version=orphan, docs={}).to_json()))
+    writer._close()  # dies without publishing (releases the lock as a killed process's kernel would)
+    assert index.current_version() == 1 and index.versions() == [1]
     _assert_consistent(index)  # readers still get version 1
 
     _write_txt(corpus, "kites.txt", "Kite Flying", "Stunt kites need steady wind of about fifteen knots.")
     report = run_ingest(settings, corpus)
-    assert report.index_version == 3 and report.documents_new == 1 and report.embeddings_computed == 1
-    v3, ids3 = _assert_consistent(index)
-    assert set(v3.docs) == {*GOOD_TEXTS, "kites.txt"}
-    assert ids < ids3
+    assert report.index_version == 2 and report.documents_new == 1 and report.embeddings_computed == 1
+    v2, ids2 = _assert_consistent(index)
+    assert set(v2.docs) == {*GOOD_TEXTS, "kites.txt"}
+    assert ids < ids2
 
 
 _SUBJECTS = (
@@ -740,9 +737,9 @@ def test_kill_9_at_any_moment_converges(settings: Settings, embedder: Embedder) 
 
     def kill_when_staging(proc: subprocess.Popen[bytes], *, delay: float) -> None:
         deadline = time.monotonic() + 180
-        while not list(index.root.glob("*.staging")):
-            assert proc.poll() is None, f"the ingest exited before staging anything\n{tail()}"
-            assert time.monotonic() < deadline, "no staging folder appeared"
+        while not _writer_busy(index):
+            assert proc.poll() is None, f"the ingest exited before writing anything\n{tail()}"
+            assert time.monotonic() < deadline, "no writer took the lock"
             time.sleep(0.02)
         time.sleep(delay)
         kill(proc)
@@ -756,7 +753,6 @@ def test_kill_9_at_any_moment_converges(settings: Settings, embedder: Embedder) 
     proc = start()
     kill_when_staging(proc, delay=0.0)
     assert index.current_version() is None
-    assert list(index.root.glob("*.staging")), "the kill should have left the staging copy behind"
 
     report = run_ingest(settings, source)
     assert report.documents_new == 400 and report.index_version == 1
@@ -766,7 +762,7 @@ def test_kill_9_at_any_moment_converges(settings: Settings, embedder: Embedder) 
     changed = [dict(r, text=r["text"] + " It was checked twice.") if i % 10 == 0 else r for i, r in enumerate(records)]
     _write_records(source, changed[20:] + _records(20, seed=8, start=400))
     proc = start()
-    kill_when_staging(proc, delay=0.5)
+    kill_when_staging(proc, delay=0.0)
     assert index.current_version() == 1
     published, _ = _assert_consistent(index, after_crash=True)  # readers still see an intact version 1
     assert len(published.docs) == 400

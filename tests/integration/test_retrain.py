@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from evaluation.deploy import evaluate_stack, promote_gated
-from pipelines.index import DENSE_VECTOR, VectorIndex
+from pipelines.index import VectorIndex
 from pipelines.ingest import run_ingest
 from pipelines.settings import Settings
 from rag.embedders import EMBEDDER_MODEL, EmbedderRegistry
@@ -113,8 +113,8 @@ def test_shadow_index_reproduces_the_source_exactly(home: Home) -> None:
         assert left.keys() == right.keys()
         assert all(left[k].payload == right[k].payload and left[k].sparse == right[k].sparse for k in left)
         ids = sorted(left)
-        va = [r.vector[DENSE_VECTOR] for r in a.client.retrieve(a.collection, ids=ids, with_vectors=True)]  # type: ignore[index]
-        vb = [r.vector[DENSE_VECTOR] for r in b.client.retrieve(b.collection, ids=ids, with_vectors=True)]  # type: ignore[index]
+        va = [r.dense for r in sorted(a.retrieve(ids, dense=True), key=lambda r: r.id)]
+        vb = [r.dense for r in sorted(b.retrieve(ids, dense=True), key=lambda r: r.id)]
     assert np.abs(np.asarray(va) - np.asarray(vb)).max() < 1e-5
     copy.drop()
     assert not copy.root.exists() and copy.current_version() is None
@@ -196,7 +196,7 @@ def test_feedback_becomes_training_pairs(home: Home, retrained: dict[str, Any]) 
     registry = StackRegistry(home.settings)
     config = registry.get(retrained["candidate"]).config
     with VectorIndex(home.settings, collection=config.collection).reader() as reader:
-        points = {r.payload["doc_id"]: r for r in reader.client.scroll(reader.collection, limit=100)[0]}  # type: ignore[index]
+        points = {r.payload["doc_id"]: r for r in reader.scroll()}  # type: ignore[index]
 
     def snapshot(request_id: str, doc: str) -> RequestSnapshot:
         point = points[doc]

@@ -196,3 +196,31 @@ def test_weighted_rrf_ranks_ids_as_it_fuses_nodes() -> None:
 def test_validate_filters_normalises_values() -> None:
     assert validate_filters({"tenant": "a", "source": ["x", "y"]}) == {"tenant": ["a"], "source": ["x", "y"]}
     assert validate_filters(None) == {}
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_search_many_with_caller_vectors_equals_retrieve_many(
+    reader: IndexReader, embedder: Embedder, mode: str
+) -> None:
+    counting = CountingEmbedder(embedder)
+    retriever = Retriever(reader, counting, RetrievalConfig(mode=mode, top_k=3))  # type: ignore[arg-type]
+    questions = [q for q, _ in PARAPHRASES]
+    filters = [None, {"tenant": "acme"}, {"tenant": "globex"}, None]
+    vectors = embedder.encode(questions)
+    searched = retriever.search_many(questions, vectors, filters=filters)
+    assert counting.calls == []  # the caller's vectors are used as they are
+    expected = retriever.retrieve_many(questions, filters=filters)
+    assert [[c.chunk_id for c in b] for b in searched] == [[c.chunk_id for c in b] for b in expected]
+    assert all(c.tenant == "acme" for c in searched[1]) and all(c.tenant == "globex" for c in searched[2])
+    with pytest.raises(BadQuery, match="shape"):
+        retriever.search_many(questions, vectors[:2])
+    with pytest.raises(BadQuery, match="shape"):
+        retriever.search_many(questions[:1], np.ones((1, 3), np.float32))
+
+
+def test_reader_samples_dense_vectors_of_the_index(reader: IndexReader) -> None:
+    sample = reader.sample_vectors(5)
+    assert sample.shape == (5, reader.version.embedder.dim) and sample.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(sample, axis=1), 1.0, atol=1e-3)
+    everything = reader.sample_vectors(10_000)
+    assert len(everything) == reader.count()
