@@ -6,6 +6,8 @@ RagError
  │    └── StackMismatch         the stack does not fit the index it names (embedder, chunking, collection)
  ├── RetrievalError             the vector store could not answer (missing index, Qdrant failure)
  ├── AnswerError                the answerer failed (LLM unreachable, bad response)
+ ├── GuardrailError             a guardrail cannot be built or run as configured
+ │    └── GuardrailModelMismatch  the injection classifier was trained on another embedder
  └── BadQuery (ValueError)      the caller's fault: empty or oversized question, unknown filter key, bad top_k
 
 Library errors only: the service maps them to HTTP statuses (BadQuery -> 422, StackNotFound -> 404 or 503,
@@ -43,3 +45,11 @@ class AnswerError(RagError):
 
 class BadQuery(RagError, ValueError):
     """The request itself is invalid (empty question, unknown filter key, out-of-range top_k)."""
+
+
+class GuardrailError(RagError):
+    """A guardrail cannot be built or run as configured (bad JSON schema, bad business-rules YAML, missing model)."""
+
+
+class GuardrailModelMismatch(GuardrailError):
+    """The injection classifier was trained on another embedder's vectors than the one offered."""
