@@ -122,7 +122,9 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
 
-def group_examples(texts: Sequence[str], vectors: np.ndarray, *, group_cosine: float = 0.8, shingle: int = 6) -> np.ndarray:
+def group_examples(
+    texts: Sequence[str], vectors: np.ndarray, *, group_cosine: float = 0.8, shingle: int = 6
+) -> np.ndarray:
     """Group ids joining near-duplicates: cosine >= ``group_cosine`` or a shared run of ``shingle`` words."""
     parent = list(range(len(texts)))
 

@@ -65,7 +65,7 @@ class TopicConfig(_Check):
     """Questions far from the corpus (and from allowed topics), or close to a denied topic, are refused early."""
 
     min_similarity: float = Field(
-        default=0.12, ge=-1.0, le=1.0, description="Refuse below this cosine to the nearest corpus centroid."
+        default=0.08, ge=-1.0, le=1.0, description="Refuse below this cosine to the nearest corpus vector."
     )
     allowed_topics: tuple[str, ...] = ()
     denied_topics: tuple[str, ...] = ()
@@ -76,7 +76,9 @@ class PiiConfig(_Check):
     """PII detection with Presidio pattern recognizers (checksums where the format has one) and per-type actions."""
 
     actions: dict[str, PiiAction] = Field(default_factory=lambda: dict(DEFAULT_PII_ACTIONS))
-    min_score: float = Field(default=0.5, ge=0.0, le=1.0, description="Presidio score a span needs to count.")
+    min_score: float = Field(
+        default=0.35, ge=0.0, le=1.0, description="Presidio score a span needs (validated phone numbers score 0.4)."
+    )
     phone_regions: tuple[str, ...] = ("US", "GB", "DE", "FR", "AT", "CH", "IT", "ES", "NL")
 
 

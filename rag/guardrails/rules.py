@@ -11,12 +11,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_PRIOR_EN = r"(?:all|any|every|the|your|my|these|those|previous|prior|above|preceding|earlier|former|foregoing|initial|original|system)"
+_PRIOR_EN = (
+    r"(?:all|any|every|the|your|my|these|those|previous|prior|above|preceding|earlier|former|foregoing|initial|"
+    r"original|system)"
+)
 _ORDERS_EN = (
     r"(?:instructions?|rules?|prompts?|directions?|guidelines?|orders?|tasks?|assignments?|commands?|context|"
     r"information|documents?|constraints?|polic(?:y|ies)|restrictions?|programming|training|everything)"
 )
-_PRIOR_DE = r"(?:alle[ns]?|die|deine|ihre|vorherigen?|bisherigen?|obigen?|vorangegangenen?|vorigen?|früheren?|ursprünglichen?)"
+_PRIOR_DE = (
+    r"(?:alle[ns]?|die|deine|ihre|vorherigen?|bisherigen?|obigen?|vorangegangenen?|vorigen?|früheren?|ursprünglichen?)"
+)
 _ORDERS_DE = r"(?:anweisungen|aufgaben|instruktionen|befehle|informationen|regeln|vorgaben|dokumente|alles)"
 
 RULES: tuple[tuple[str, str], ...] = (
