@@ -24,7 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-TARGET_FPR = 0.03
+TARGET_FPR = 0.045
 """The threshold is the lowest score whose out-of-fold false-positive rate stays at or below this (margin to 0.05)."""
 
 
@@ -183,10 +183,12 @@ def cross_validate(
     *,
     folds: int = 5,
     rules: Callable[[str], bool] | None = None,
+    extra: tuple[Sequence[str], Sequence[int], np.ndarray] | None = None,
 ) -> CvReport:
     """Grouped, nested CV: recall and FPR on each test fold at the threshold chosen on its training fold.
 
-    ``rules`` (text -> injection?) ORs the rule layer into the decision, as the chain does.
+    ``rules`` (text -> injection?) ORs the rule layer into the decision, as the chain does. ``extra`` (texts,
+    labels, vectors) are examples that only ever join the training side of each fold.
     """
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
@@ -198,8 +200,14 @@ def cross_validate(
     thresholds: list[float] = []
     for train, test in GroupKFold(n_splits=folds).split(vectors, y, groups):
         train_texts = [texts[i] for i in train]
-        tfidf, model = _fit(train_texts, y[train], vectors[train])
-        threshold = _inner_threshold(train_texts, y[train], vectors[train], groups[train])
+        train_y, train_v, train_g = y[train], vectors[train], groups[train]
+        if extra is not None:
+            train_texts += list(extra[0])
+            train_y = np.concatenate([train_y, np.asarray(extra[1])])
+            train_v = np.vstack([train_v, extra[2]])
+            train_g = np.concatenate([train_g, -1 - np.arange(len(extra[0]))])
+        tfidf, model = _fit(train_texts, train_y, train_v)
+        threshold = _inner_threshold(train_texts, train_y, train_v, train_g)
         thresholds.append(threshold)
         test_texts = [texts[i] for i in test]
         scores[test] = _predict(tfidf, model, test_texts, vectors[test])
