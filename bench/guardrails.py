@@ -55,9 +55,7 @@ def pii_set(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     rng = random.Random(seed)
     makers = {
         "EMAIL_ADDRESS": lambda: fake.email(),
-        "CREDIT_CARD": lambda: rng.choice(
-            [fake.credit_card_number(), " ".join(fake.credit_card_number("visa16")[i : i + 4] for i in range(0, 16, 4))]
-        ),
+        "CREDIT_CARD": lambda: rng.choice([fake.credit_card_number(), _grouped(fake.credit_card_number("visa16"))]),
         "IBAN_CODE": lambda: rng.choice([fake.iban(), _grouped(fake.iban())]),
         "US_SSN": lambda: Faker("en_US").ssn(),
         "IP_ADDRESS": lambda: rng.choice([fake.ipv4(), fake.ipv6()]),

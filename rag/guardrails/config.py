@@ -28,7 +28,18 @@ DEFAULT_PII_ACTIONS: dict[str, PiiAction] = {
     "US_PASSPORT": "redact",
     "CRYPTO": "redact",
 }
-"""Presidio entity type -> action. Types not listed are detected and reported but allowed."""
+"""Presidio entity type -> action on the question. Types not listed are detected and reported but allowed."""
+
+OUTPUT_PII_ACTIONS: dict[str, PiiAction] = {
+    "CREDIT_CARD": "redact",
+    "IBAN_CODE": "redact",
+    "US_SSN": "redact",
+    "UK_NINO": "redact",
+    "US_PASSPORT": "redact",
+    "CRYPTO": "redact",
+}
+"""On answers only high-risk types are redacted: e-mail addresses and phone numbers in answers are normally the
+company's own contacts quoted from the documents (a support line), and redacting them would break the answer."""
 
 
 class _Check(BaseModel):
@@ -132,7 +143,7 @@ class GuardrailsConfig(BaseModel):
     grounding: GroundingConfig = Field(default_factory=GroundingConfig)
     format: FormatConfig = Field(default_factory=FormatConfig)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
-    output_pii: PiiConfig = Field(default_factory=PiiConfig)
+    output_pii: PiiConfig = Field(default_factory=lambda: PiiConfig(actions=dict(OUTPUT_PII_ACTIONS)))
     business_rules: BusinessRulesConfig = Field(default_factory=BusinessRulesConfig)
 
     @field_validator("pii", "output_pii")

@@ -16,6 +16,9 @@ from typing import Any
 from rag.guardrails.types import Span
 
 _LANGUAGE = "en"
+_PHONE_MIN_DIGITS = 9
+"""Phone numbers are matched as *possible* numbers (invented area codes, extensions), then kept only with this many
+digits: shorter digit runs in prose are dates, versions and quantities, and real subscriber numbers are longer."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,16 @@ def _recognizers(phone_regions: Sequence[str]) -> list[Any]:
         UsSsnRecognizer,
     )
 
+    from presidio_analyzer import Pattern
+
+    # Card formats Presidio's pattern misses: Mastercard 2-series, 19-digit Visa, JCB 15 (2131/1800), Maestro 12-19.
+    # Still Luhn-validated by CreditCardRecognizer, so a random digit run rarely passes.
+    extra_cards = [
+        Pattern("card (2-series)", r"\b2[2-7]\d{2}[- ]?\d{4}[- ]?\d{4}[- ]?\d{4}\b", 0.3),
+        Pattern("card (19 digits)", r"\b4\d{3}[- ]?\d{4}[- ]?\d{4}[- ]?\d{4}[- ]?\d{3}\b", 0.3),
+        Pattern("card (JCB 15)", r"\b(?:2131|1800)\d{11}\b", 0.3),
+        Pattern("card (Maestro)", r"\b(?:5[06-9]|6\d)\d{10,17}\b", 0.3),
+    ]
     offline = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # bundled public-suffix snapshot only
 
     class OfflineEmailRecognizer(EmailRecognizer):
@@ -52,10 +65,11 @@ def _recognizers(phone_regions: Sequence[str]) -> list[Any]:
     return [
         OfflineEmailRecognizer(),
         CreditCardRecognizer(),
+        CreditCardRecognizer(patterns=extra_cards, name="ExtraCardRecognizer"),
         IbanRecognizer(),
         UsSsnRecognizer(),
         IpRecognizer(),
-        PhoneRecognizer(supported_regions=tuple(phone_regions), leniency=1),
+        PhoneRecognizer(supported_regions=tuple(phone_regions), leniency=0),
         UkNinoRecognizer(),
         CryptoRecognizer(),
     ]
@@ -82,6 +96,8 @@ class PiiDetector:
         ranked = sorted(results, key=lambda r: (-r.score, -(r.end - r.start), r.start))
         kept: list[PiiHit] = []
         for r in ranked:
+            if r.entity_type == "PHONE_NUMBER" and sum(c.isdigit() for c in text[r.start : r.end]) < _PHONE_MIN_DIGITS:
+                continue  # possible-number matching (leniency 0) also takes years and version numbers
             if all(r.end <= k.start or r.start >= k.end for k in kept):
                 kept.append(PiiHit(r.entity_type, r.start, r.end, float(r.score)))
         return sorted(kept, key=lambda h: h.start)

@@ -286,8 +286,13 @@ class TestOutputChecks:
 
     def test_pii_leak_and_safety(self, embedder: Embedder) -> None:
         guard = OutputGuard.build(GuardrailsConfig(), settings=Settings(), embedder=embedder)
-        leak = guard.check("q", Answer("Write to ceo@northwind.com now.", (), False, 1.0), [], llm=False)
-        assert "ceo@" not in leak.answer.text and "<EMAIL_ADDRESS>" in leak.answer.text
+        leak = guard.check(
+            "q", Answer("Pay with 4111 1111 1111 1111 or mail ceo@northwind.com.", (), False, 1.0), [], llm=False
+        )
+        assert "4111" not in leak.answer.text and "<CREDIT_CARD>" in leak.answer.text
+        assert "ceo@northwind.com" in leak.answer.text  # contacts quoted from documents stay by default
+        pii = next(v for v in leak.verdicts if v.name == "output_pii")
+        assert {s.type for s in pii.spans} == {"CREDIT_CARD", "EMAIL_ADDRESS"}
         abusive = guard.check("q", Answer("You are an idiot, shut up.", (), False, 1.0), [], llm=False)
         assert abusive.blocked_by == "safety" and abusive.answer.text != "You are an idiot, shut up."
 
