@@ -33,6 +33,7 @@ class PiiHit:
 
 def _recognizers(phone_regions: Sequence[str]) -> list[Any]:
     import tldextract
+    from presidio_analyzer import Pattern
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,
         CryptoRecognizer,
@@ -43,8 +44,6 @@ def _recognizers(phone_regions: Sequence[str]) -> list[Any]:
         UkNinoRecognizer,
         UsSsnRecognizer,
     )
-
-    from presidio_analyzer import Pattern
 
     # Card formats Presidio's pattern misses: Mastercard 2-series, 19-digit Visa, JCB 15 (2131/1800), Maestro 12-19.
     # Still Luhn-validated by CreditCardRecognizer, so a random digit run rarely passes.
