@@ -72,6 +72,30 @@ RULES: tuple[tuple[str, str], ...] = (
         r"stell\s+dir\s+vor,?\s+du\s+bist|ohne\s+(?:einschränkungen|filter|regeln))",
     ),
     ("new_task_de", r"\b(?:neue\s+(?:aufgabe|anweisungen?)|konzentriere\s+dich\s+(?:jetzt\s+)?auf\s+deine\s+neue)"),
+    (
+        "override_de_final",  # German puts the verb last: "die obigen Ausführungen ignorieren"
+        r"\b(?:obigen|vorherigen|bisherigen|vorangegangenen|vorigen)\s+(?:ausführungen|anweisungen|instruktionen|"
+        r"aufgaben|informationen|befehle)\s+(?:ignorieren|vergessen|missachten)|\babweichend\s+(?:zu|von)\s+(?:den\s+)?"
+        r"(?:vorherigen|obigen|bisherigen)\s+(?:instruktionen|anweisungen)",
+    ),
+    (
+        "style_hijack",  # an order to change voice mid-question: "ANTWORTE IM STIL EINES PIRATEN"
+        r"\b(?:answer|respond|reply|talk|speak|write)\s+(?:\w+\s+)?(?:in\s+the\s+style\s+of|like\s+a\s+pirate)|"
+        r"\b(?:antworte|antworten\s+sie|sprich|rede|schreibe?)\s+(?:\w+\s+)?im\s+stil\b|"
+        r"\bdu\s+bist\s+kein(?:e|en)?\s+\w+\W+sondern\b",
+    ),
+    (
+        "persona_imagine",
+        r"\b(?:imagine|pretend)\s+(?:that\s+)?you\s+(?:are|were|can|could|have)\b|"
+        r"\bstell\s+dir\s+vor,?\s+du\s+(?:bist|wärst|kannst)\b",
+    ),
+    ("make_up", r"\bmake\s+(?:something|it|stuff|things)\s+up\b|\berfinde\s+(?:etwas|einfach)\b"),
+    ("stop_attention", r"\b(?:attention|achtung)\W+(?:stop|stopp)\b|\bstop\W+(?:ignore|forget|vergiss)\b"),
+    (
+        "override_es_fr_it",
+        r"\b(?:olvid[ae]|ignora|ignore[zr]?|oublie[zr]?|dimentica)\s+(?:todo|todas?|tout(?:es)?|tutto|tutte|"
+        r"las\s+instrucciones|les\s+instructions|le\s+istruzioni)\b",
+    ),
 )
 """(name, pattern) pairs, matched case-insensitively on the normalised text and each decoded reading."""
 
