@@ -242,6 +242,8 @@ class InputGuard:
             if value >= threshold:
                 hit = True
                 reasons.append(f"classifier score {value:.2f} >= {threshold:.2f}")
+            else:
+                reasons.append(f"classifier score {value:.2f} < {threshold:.2f}")
             if self._classifier_note:
                 reasons.append(self._classifier_note)
         elif config.model_uri is None:
