@@ -178,7 +178,7 @@ class InputGuard:
             reason = (
                 "text unchanged" if plain == text else f"normalised (NFKC, invisible, homoglyphs; {changed:+d} chars)"
             )
-            if norm.decoded[:-1] if len(norm.decoded) > 1 else ():
+            if len(norm.decoded) > 1:  # rot13 is always read; more means base64, hex, leetspeak or spaced letters
                 reason += f"; {len(norm.decoded)} decoded reading(s) scanned"
             verdicts.append(Verdict("normalise", "input", "allow", reason, _ms(start)))
         passed = plain
