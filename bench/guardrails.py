@@ -16,6 +16,7 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,10 +28,10 @@ from bench._common import cpu_flags, cpu_model  # noqa: E402
 from pipelines.embed import Embedder  # noqa: E402
 from pipelines.settings import EmbedderSettings, Settings  # noqa: E402
 from rag.guardrails.chain import CorpusProfile, InputGuard  # noqa: E402
-from rag.guardrails.classifier import load_examples  # noqa: E402
+from rag.guardrails.classifier import Example, load_examples  # noqa: E402
 from rag.guardrails.config import GuardrailsConfig  # noqa: E402
 from rag.guardrails.pii import PiiDetector  # noqa: E402
-from rag.guardrails.training import evaluate  # noqa: E402
+from rag.guardrails.training import evaluate, fit  # noqa: E402
 
 ARTICLE_BUDGET_MS = 50.0
 TEMPLATES = (
@@ -97,6 +98,21 @@ def pii_scores(detector: PiiDetector, items: list[tuple[str, str, str]]) -> dict
     }
 
 
+def classifier_latency(examples: list[Example], embedder: Embedder, questions: list[str]) -> float:
+    """p50 of the injection check with the trained classifier (materialised in a scratch home, as from MLflow)."""
+    with tempfile.TemporaryDirectory() as home:
+        settings = Settings(home=Path(home))
+        fit(examples, embedder).save(settings.models_dir / "injection-classifier" / "1")
+        config = GuardrailsConfig.model_validate({"injection": {"model_uri": "models:/injection-classifier/1"}})
+        guard = InputGuard.build(config, settings=settings, embedder=embedder, corpus=None)
+        times = []
+        for question in questions * 3:
+            prepared = guard.prepare(question)
+            result = guard.check(prepared, embedder.encode([prepared.text])[0])
+            times.extend(v.ms for v in result.verdicts if v.name == "injection")
+        return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -157,7 +173,9 @@ def main() -> None:
         "adversarial_refused": f"{triggered}/{len(attacks)} (the rest are false-premise questions, answered safely)",
     }
     if args.injections.is_file():
-        report = evaluate(load_examples(args.injections), embedder)
+        examples = load_examples(args.injections)
+        out["injection_with_classifier_p50_ms"] = round(classifier_latency(examples, embedder, questions), 4)
+        report = evaluate(examples, embedder)
         out["injection_recall"] = round(report.recall, 4)
         out["injection_fpr"] = round(report.fpr, 4)
         out["injection_auc"] = round(report.auc, 4)
