@@ -28,8 +28,12 @@ if TYPE_CHECKING:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Latency, token and cost metrics: smaller is better (thresholds are maxima)."""
-    return metric.endswith("_ms") or metric.startswith(("tokens", "cost"))
+    """Latency, token and cost metrics, and guardrail trigger/false-refusal rates: smaller is better (maxima)."""
+    return (
+        metric.endswith("_ms")
+        or metric.startswith(("tokens", "cost"))
+        or metric in ("guardrail_trigger_rate", "guardrail_false_refusal_rate")
+    )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rag.answer import ABBREVIATIONS
+from rag.grounding import sentence_support, supported
 
 if TYPE_CHECKING:
     import numpy as np
@@ -335,20 +336,6 @@ def split_sentences(text: str) -> list[str]:
     return [sentence for sentence in sentences if _ALNUM.search(sentence)]
 
 
-_SIMILARITY_TOLERANCE = 1e-6
-"""Float32 embeddings of equal texts can have a cosine of 0.9999999; a threshold of 1.0 must still accept them."""
-
-
-def _unit_rows(matrix: np.ndarray, expected_rows: int) -> np.ndarray:
-    import numpy as np
-
-    array = np.asarray(matrix, dtype=np.float64)
-    if array.ndim != 2 or array.shape[0] != expected_rows:
-        raise ValueError(f"encode returned shape {array.shape}, expected ({expected_rows}, dim)")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return np.divide(array, norms, out=np.zeros_like(array), where=norms > 0)  # a zero vector is similar to nothing
-
-
 def groundedness(
     answer_sentences: Sequence[str],
     context_sentences: Sequence[str],
@@ -370,27 +357,13 @@ def groundedness(
         The supported share, or ``None`` when the answer has no sentence (nothing to judge). With no context at all
         every sentence is unsupported (0.0).
     """
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
-    answers = [" ".join(sentence.split()) for sentence in answer_sentences if sentence.strip()]
+    answers = [sentence for sentence in answer_sentences if sentence.strip()]
     if not answers:
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
         return None
-    contexts = list(dict.fromkeys(" ".join(sentence.split()) for sentence in context_sentences if sentence.strip()))
-    if not contexts:
-        return 0.0
-    copied = set(contexts)
-    to_encode = [sentence for sentence in dict.fromkeys(answers) if sentence not in copied]
-    supported = {sentence for sentence in answers if sentence in copied}
-    if to_encode:
-        texts = to_encode + contexts
-        vectors = _unit_rows(encode(texts), len(texts))
-        best = (vectors[: len(to_encode)] @ vectors[len(to_encode) :].T).max(axis=1)
-        supported.update(
-            sentence
-            for sentence, similarity in zip(to_encode, best.tolist(), strict=True)
-            if similarity >= threshold - _SIMILARITY_TOLERANCE
-        )
-    return sum(sentence in supported for sentence in answers) / len(answers)
+    support = sentence_support(answers, context_sentences, encode, threshold)
+    return sum(supported(value, threshold) for value in support) / len(answers)
 
 
 def citation_validity(cited_ids: Sequence[str], retrieved_ids: Collection[str]) -> float | None:

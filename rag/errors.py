@@ -9,6 +9,8 @@ RagError
  ├── Overloaded                 past capacity (admission queue full): 503 with Retry-After
  ├── CircuitOpen                a dependency's circuit breaker is open: 503 with Retry-After
  ├── StoreError                 the request store cannot be opened or migrated (bad URL, newer schema)
+ ├── GuardrailError             a guardrail cannot be built or run as configured
+ │    └── GuardrailModelMismatch  the injection classifier was trained on another embedder
  └── BadQuery (ValueError)      the caller's fault: empty or oversized question, unknown filter key, bad top_k
 
 Library errors only: the service maps them to HTTP statuses (BadQuery -> 422, StackNotFound -> 404 or 503,
@@ -71,3 +73,10 @@ class CircuitOpen(RagError):
 
 class StoreError(RagError):
     """The request store cannot be opened, migrated or written as configured; the message names the database."""
+
+class GuardrailError(RagError):
+    """A guardrail cannot be built or run as configured (bad JSON schema, bad business-rules YAML, missing model)."""
+
+
+class GuardrailModelMismatch(GuardrailError):
+    """The injection classifier was trained on another embedder's vectors than the one offered."""

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rag.guardrails.config import GuardrailsConfig
+
 if TYPE_CHECKING:
     from pipelines.chunk import ChunkingParams
     from pipelines.embed import EmbedderIdentity
@@ -162,6 +164,9 @@ class StackConfig(BaseModel):
     answerer: AnswererConfig = Field(default_factory=AnswererConfig)
     llm: LlmConfig = Field(default_factory=LlmConfig)
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    guardrails: GuardrailsConfig | None = Field(
+        default=None, description="None: a stack registered before guardrails (no checks, serves as before)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StackConfig:
