@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -60,6 +61,11 @@ class LocalLlmSettings(BaseModel):
         description=f"GGUF weights to serve; unset means {GGUF_FILE} from the installed {GGUF_PACKAGE} package.",
     )
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; unset means all cores.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="auto: bfloat16 when the CPU computes it natively (avx512_bf16/AMX; prefill about 3x faster "
+        "than float32 here), else float32.",
+    )
     continuous_batching: bool = Field(
         default=False,
         description="Batch concurrent requests together (paged attention); worth it under concurrent load.",
@@ -171,7 +177,6 @@ def _convert(gguf: Path, out: Path) -> None:
     logger.info("converted %s in %.1f s", gguf.name, time.perf_counter() - started)
 
 
-
 # ------------------------------------------------------------------------------------------------ serving
 def serve_local_llm(host: str, port: int, settings: LocalLlmSettings, cache_dir: Path) -> None:
     """Convert the weights once (cached under ``cache_dir/llm``) and serve them until interrupted (blocking).
@@ -198,11 +203,17 @@ def serve_local_llm(host: str, port: int, settings: LocalLlmSettings, cache_dir:
     names.mkdir(parents=True, exist_ok=True)
     _point(names / settings.model, checkpoint)
     os.chdir(names)  # this process is the LLM server: nothing else in it resolves relative paths
+    dtype = settings.dtype
+    if dtype == "auto":
+        from pipelines.embed import cpu_has_native_bf16
+
+        dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
     logger.info(
-        "serving %s on http://%s:%d/v1 (threads %d, continuous batching %s)",
+        "serving %s on http://%s:%d/v1 (%s, threads %d, continuous batching %s)",
         settings.model,
         host,
         port,
+        dtype,
         torch.get_num_threads(),
         settings.continuous_batching,
     )
@@ -210,7 +221,7 @@ def serve_local_llm(host: str, port: int, settings: LocalLlmSettings, cache_dir:
         settings.model,
         continuous_batching=settings.continuous_batching,
         device="cpu",
-        dtype="float32",
+        dtype=dtype,
         host=host,
         port=port,
         log_level="warning",
