@@ -1,0 +1,186 @@
+"""`ragops up` and `ragops server ...`: the whole platform under one supervisor, or one part at a time."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from flows.cli.common import (
+    VerboseOpt,
+    app,
+    build_settings,
+    fail,
+)
+from pipelines.errors import RagopsError
+
+
+@app.command()
+def up(
+    api_port: Annotated[int | None, typer.Option("--api-port", help="Query service port (default 8000).")] = None,
+    prefect_port: Annotated[
+        int | None, typer.Option("--prefect-port", help="Prefect UI/API port (default 4200).")
+    ] = None,
+    mlflow_port: Annotated[int | None, typer.Option("--mlflow-port", help="MLflow UI/API port (default 5000).")] = None,
+    bootstrap_demo: Annotated[
+        bool, typer.Option("--bootstrap/--no-bootstrap", help="Ingest the demo corpus and promote a first stack.")
+    ] = True,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Bring the whole platform up on this machine, on its embedded defaults, until Ctrl-C.
+
+    Starts a Prefect server (UI), an MLflow server (UI), a worker serving every deployment with its schedule
+    (ingest hourly, evaluate nightly, promote, rollback: pause them in the Prefect UI) and the query service with
+    its playground, all on 127.0.0.1 with state under RAGOPS_HOME. The first start ingests the bundled demo corpus,
+    evaluates a default stack through the gate and promotes it; a restart reuses everything. Ctrl-C stops every
+    part; a port in use or a crashed part is reported and stops the rest. Logs: RAGOPS_HOME/logs/<part>.log.
+    """
+    import os
+
+    from flows.platform import PlatformError, Ports, Supervisor, bootstrap, platform_env
+
+    settings = build_settings(verbose)
+    defaults = Ports.from_settings(settings)
+    ports = Ports(
+        api=api_port or defaults.api, prefect=prefect_port or defaults.prefect, mlflow=mlflow_port or defaults.mlflow
+    )
+
+    def echo(line: str) -> None:
+        typer.echo(line, err=True)
+
+    supervisor = Supervisor(settings, ports, echo)
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        supervisor.check_ports()
+        supervisor.start(["prefect", "mlflow"])
+        os.environ.update(platform_env(settings, ports))  # this process now talks to the servers too
+        served = build_settings(verbose)
+        supervisor.start(["worker", "api"])
+        if bootstrap_demo:
+            bootstrap(served, echo)
+        _wait_ready(f"http://127.0.0.1:{ports.api}/readyz", served.service.reload_interval_s + 60, echo)
+        typer.echo(
+            "\nragops is up:\n"
+            f"  query playground  http://127.0.0.1:{ports.api}/\n"
+            f"  query API         http://127.0.0.1:{ports.api}/docs\n"
+            f"  Prefect UI        http://127.0.0.1:{ports.prefect}\n"
+            f"  MLflow UI         http://127.0.0.1:{ports.mlflow}\n"
+            f"  state and logs    {settings.home}\n"
+            "Ctrl-C stops everything."
+        )
+        supervisor.watch(stop)
+    except PlatformError as exc:
+        supervisor.stop_all()
+        raise fail(str(exc)) from exc
+    except RagopsError as exc:
+        supervisor.stop_all()
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        echo("stopping ...")
+    finally:
+        supervisor.stop_all()
+    echo("stopped")
+
+
+def _wait_ready(url: str, timeout_s: float, echo: Callable[[str], None]) -> None:
+    import time
+
+    import httpx
+
+    from flows.platform import PlatformError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                echo("api ready: a champion stack is loaded")
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise PlatformError(f"the query service did not become ready ({url}) within {timeout_s:.0f} s")
+
+
+server_app = typer.Typer(
+    help="Start one part of the platform (for deployments that run them on different machines; see infra/).",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+
+def _exec_server(name: str, host: str | None, port: int | None, verbose: bool) -> None:
+    import os
+
+    from flows.platform import SERVER_ENV, server_argv
+    from pipelines.env import child_env
+
+    settings = build_settings(verbose)
+    group = settings.prefect if name == "prefect" else settings.mlflow
+    chosen, bind = port or group.port, host or group.host
+    argv = server_argv(settings, name, chosen, bind)
+    typer.echo(f"{name} server on http://{bind}:{chosen}", err=True)
+    os.execve(argv[0], argv, child_env(settings, SERVER_ENV[name]))
+
+
+@server_app.command("prefect")
+def server_prefect(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface (default 127.0.0.1; 0.0.0.0 in containers).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_PREFECT__PORT, 4200).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The Prefect server with its UI (PREFECT_HOME and its SQLite database under RAGOPS_HOME)."""
+    _exec_server("prefect", host, port, verbose)
+
+
+@server_app.command("mlflow")
+def server_mlflow(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface (default 127.0.0.1; 0.0.0.0 in containers).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_MLFLOW__PORT, 5000).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The MLflow tracking server with its UI (SQLite store and artifacts under RAGOPS_HOME, no job workers)."""
+    _exec_server("mlflow", host, port, verbose)
+
+
+@server_app.command("worker")
+def server_worker(verbose: VerboseOpt = False) -> None:
+    """Serve every ragops deployment with its schedule against RAGOPS_PREFECT__API_URL (runs until stopped).
+
+    Deployments: ingest/hourly (RAGOPS_INGEST__SOURCES, default the demo corpus), evaluate/nightly-champion,
+    promote/manual, rollback/manual. Schedules can be paused in the Prefect UI.
+    """
+    settings = build_settings(verbose)
+    if not settings.prefect.api_url:
+        raise fail("the worker needs a Prefect server: set RAGOPS_PREFECT__API_URL (e.g. http://127.0.0.1:4200/api)")
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import all_deployments
+
+    deployments = all_deployments(settings)
+    typer.echo(f"serving {len(deployments)} deployments: {', '.join(d.name for d in deployments)}", err=True)
+    # Schedules stay active when the worker stops (a restart of `ragops up` must not leave them paused).
+    prefect_serve(*deployments, print_starting_message=False, pause_on_shutdown=False)
+
+
+@server_app.command("api")
+def server_api(
+    host: Annotated[str | None, typer.Option("--host", help="Interface (default RAGOPS_SERVICE__HOST).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_SERVICE__PORT).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The query service (the same as `ragops serve`)."""
+    from flows.cli.serving import serve
+
+    serve(host=host, port=port, verbose=verbose)

@@ -1,0 +1,96 @@
+"""`ragops serve` and `ragops query`: the query service and asking it (or the champion in process)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from flows.cli.common import (
+    JsonOpt,
+    VerboseOpt,
+    app,
+    build_settings,
+    fail,
+    guarded,
+)
+from pipelines.settings import Settings
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Interface (default RAGOPS_SERVICE__HOST).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_SERVICE__PORT).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Serve the champion stack over HTTP: /v1/query, /v1/chat/completions (OpenAI), /healthz, /readyz, /v1/stack.
+
+    Follows the 'champion' alias and the published index, switching atomically when either moves.
+    """
+    import uvicorn
+
+    from rag.service.app import create_app
+
+    settings = build_settings(verbose)
+    bind_host = host or settings.service.host
+    bind_port = port or settings.service.port
+    typer.echo(f"serving on http://{bind_host}:{bind_port} (docs at /docs)", err=True)
+    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="info" if verbose else "warning")
+
+
+@app.command()
+def query(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    url: Annotated[
+        str | None, typer.Option("--url", help="A running service; default: answer in this process.")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Chunks to retrieve.")] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's documents.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask a question and print the answer with its citations (from a running service, or the champion in-process)."""
+    settings = build_settings()
+    filters = {"tenant": tenant} if tenant else None
+    if url:
+        import httpx
+
+        try:
+            response = httpx.post(
+                url.rstrip("/") + "/v1/query",
+                json={"question": question, "top_k": top_k, "filters": filters},
+                timeout=60,
+            )
+        except httpx.HTTPError as exc:
+            raise fail(f"cannot reach {url}: {exc}") from exc
+        data = response.json()
+        if response.status_code != 200:
+            raise fail(data.get("error", {}).get("message", response.text))
+    else:
+        data = guarded(lambda: _query_in_process(settings, question, filters=filters, top_k=top_k))
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    typer.echo(data["answer"])
+    for citation in data["citations"]:
+        typer.echo(f"  [{citation['n']}] {citation['title']} ({citation['doc_id']}, chunk {citation['position']})")
+    typer.echo(f"  stack v{data['stack_version']}", err=True)
+
+
+def _query_in_process(
+    settings: Settings, question: str, *, filters: dict[str, str] | None, top_k: int | None
+) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from rag.engine import RagEngine
+    from rag.stack import StackRegistry
+
+    version, config = StackRegistry(settings).champion()
+    with RagEngine.open(settings, config) as engine:
+        answer = engine.ask(question, filters=filters, top_k=top_k)
+    return {
+        "answer": answer.text,
+        "citations": [asdict(c) for c in answer.citations],
+        "abstained": answer.abstained,
+        "stack_version": version,
+    }

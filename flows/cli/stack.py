@@ -1,0 +1,210 @@
+"""`ragops stack ...`: versions of the MLflow model `rag-stack`, their aliases, gated promotion and rollback."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from flows.cli.common import (
+    JsonOpt,
+    actor,
+    app,
+    build_settings,
+    fail,
+    guarded,
+)
+
+stack_app = typer.Typer(
+    help="Stacks: versions of the MLflow model 'rag-stack'; the alias 'champion' is what the service serves.",
+    no_args_is_help=True,
+)
+app.add_typer(stack_app, name="stack")
+
+
+def _stack_json(item: Any) -> dict[str, Any]:
+    return {
+        "version": item.version,
+        "name": item.config.name,
+        "aliases": list(item.aliases),
+        "description": item.description,
+        "created_at": item.created_at,
+        "tags": dict(item.tags),
+        "config": item.config.to_json(),
+    }
+
+
+@stack_app.command("list")
+def stack_list(as_json: JsonOpt = False) -> None:
+    """List registered stack versions, newest first, with their aliases."""
+    from rag.stack import StackRegistry
+
+    settings = build_settings()
+    items = guarded(lambda: StackRegistry(settings).list())
+    if as_json:
+        typer.echo(json.dumps([_stack_json(i) for i in items]))
+        return
+    if not items:
+        typer.echo("no stack registered yet (ragops stack register)")
+    for item in items:
+        aliases = f" [{', '.join(item.aliases)}]" if item.aliases else ""
+        typer.echo(
+            f"v{item.version}{aliases}  {item.config.name}  {item.config.retrieval.mode} top_k="
+            f"{item.config.retrieval.top_k}  collection={item.config.collection}  {item.created_at}"
+        )
+
+
+@stack_app.command("show")
+def stack_show(
+    version: Annotated[str, typer.Argument(help="A version number, or 'champion'.")] = "champion",
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one stack version: configuration, aliases and promotion tags."""
+    from rag.stack import StackRegistry
+
+    settings = build_settings()
+
+    def body() -> Any:
+        registry = StackRegistry(settings)
+        number = registry.champion()[0] if version == "champion" else version
+        return registry.get(number)
+
+    item = guarded(body)
+    data = _stack_json(item)
+    typer.echo(json.dumps(data, indent=None if as_json else 2))
+
+
+@stack_app.command("register")
+def stack_register(
+    name: Annotated[str, typer.Option("--name", help="Stack name.")] = "default",
+    collection: Annotated[str | None, typer.Option("--collection", "-c", help="Collection it reads.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Retrieval: dense or hybrid.")] = "dense",
+    top_k: Annotated[int, typer.Option("--top-k", help="Chunks handed to the answerer.")] = 5,
+    pin: Annotated[bool, typer.Option("--pin", help="Pin the current index version instead of following it.")] = False,
+    description: Annotated[str, typer.Option("--description", help="Free text stored with the version.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a new stack version over the collection's published index (not served until promoted)."""
+    from pipelines.index import VectorIndex
+    from rag.embedders import model_uri_for
+    from rag.errors import StackError
+    from rag.stack import StackRegistry
+    from rag.types import StackConfig
+
+    settings = build_settings()
+
+    def body() -> int:
+        current = VectorIndex(settings, collection=collection).current()
+        if current is None:
+            raise StackError("the collection has no published index yet; run `ragops ingest` first")
+        uri = model_uri_for(settings, current.embedder.weights_sha256)  # a shadow index of a fine-tuned model
+        config = StackConfig.for_index(
+            current, name=name, pin=pin, model_uri=uri, retrieval={"mode": mode, "top_k": top_k}
+        )
+        return StackRegistry(settings).register(config, description=description, actor=actor())
+
+    try:
+        number = guarded(body)
+    except ValueError as exc:  # pydantic validation of the options
+        raise fail(f"invalid stack options: {exc}") from exc
+    if as_json:
+        typer.echo(json.dumps({"version": number}))
+    else:
+        typer.echo(f"registered rag-stack version {number}; serve it with `ragops stack promote {number}`")
+
+
+@stack_app.command("promote")
+def stack_promote(
+    version: Annotated[int, typer.Argument(help="Version to make champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded as a tag).")] = "manual promotion",
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote without a passing gate (needs --override-reason).")
+    ] = False,
+    override_reason: Annotated[
+        str | None, typer.Option("--override-reason", help="Why the gate is overridden (recorded on the version).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the 'champion' alias to VERSION; the running service follows within its reload interval.
+
+    Refused unless VERSION passed the evaluation gate (`ragops eval --stack VERSION --gate`) on the configured test
+    set's current content, against the current champion. `--force --override-reason TEXT` overrides the gate; the
+    override, who did it and why are recorded on the version.
+    """
+    from dataclasses import asdict
+
+    from evaluation.deploy import promote_gated
+    from rag.stack import StackRegistry
+
+    if force and not override_reason:
+        raise fail("--force needs --override-reason TEXT: an override of the gate is recorded with its reason", 2)
+    if override_reason and not force:
+        raise fail("--override-reason only applies with --force", 2)
+    settings = build_settings()
+    result = guarded(
+        lambda: promote_gated(
+            settings,
+            StackRegistry(settings),
+            version,
+            actor=actor(),
+            reason=reason,
+            override=override_reason if force else None,
+        )
+    )
+    if as_json:
+        typer.echo(json.dumps(asdict(result)))
+    elif result.changed:
+        typer.echo(f"champion: v{result.previous} -> v{result.version}")
+    else:
+        typer.echo(f"v{result.version} is already champion")
+
+
+@stack_app.command("compare")
+def stack_compare(
+    baseline: Annotated[str, typer.Argument(help="Baseline version, or 'champion'.")],
+    candidate: Annotated[str, typer.Argument(help="Candidate version.")],
+    testset: Annotated[
+        str | None, typer.Option("--testset", help="Test set (default RAGOPS_EVAL__TESTSET).", show_default=False)
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-metric differences of two versions on the same test set, with paired significance tests.
+
+    Uses each version's newest logged evaluation on the test set's current hash (run `ragops eval` first); the
+    p-value comes from a paired permutation test on per-question scores, the interval from a paired bootstrap.
+    """
+    from evaluation.deploy import compare_versions
+    from rag.stack import StackRegistry
+
+    settings = build_settings()
+    report = guarded(lambda: compare_versions(settings, StackRegistry(settings), baseline, candidate, testset=testset))
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+        return
+    typer.echo(f"v{report.baseline_version} -> v{report.candidate_version} on {report.testset} ({report.sha[:12]})")
+    for c in report.comparisons:
+        mark = "*" if c.significant(settings.eval.alpha) else " "
+        typer.echo(
+            f" {mark} {c.metric:<22} {c.mean_baseline:8.4f} -> {c.mean_candidate:8.4f}  {c.delta:+.4f}  "
+            f"95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]  p={c.p_value:.3g}  (n={c.n})"
+        )
+    typer.echo(f"* significant at alpha={settings.eval.alpha}")
+
+
+@stack_app.command("rollback")
+def stack_rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded as a tag).")] = "manual rollback",
+    as_json: JsonOpt = False,
+) -> None:
+    """Move 'champion' back to the version that held it before the current one."""
+    from dataclasses import asdict
+
+    from rag.stack import StackRegistry
+
+    settings = build_settings()
+    result = guarded(lambda: StackRegistry(settings).rollback(actor=actor(), reason=reason))
+    if as_json:
+        typer.echo(json.dumps(asdict(result)))
+    else:
+        typer.echo(f"champion: v{result.previous} -> v{result.version} (rolled back)")
