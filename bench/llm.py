@@ -71,7 +71,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_server(home: Path, port: int, threads: int | None) -> Iterator[tuple[float, int]]:
+def local_server(home: Path, port: int, threads: int) -> Iterator[tuple[float, int]]:
     """Run the local LLM server in a subprocess; yields the seconds it took to become healthy and its pid."""
     import httpx
 
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=5, help="context chunks in the prompt")
     parser.add_argument("--words", type=int, default=150, help="words per chunk")
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each completion")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the server (default: all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
     parser.add_argument("--home", type=Path, default=None, help="RAGOPS_HOME whose cache keeps the conversion")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -179,6 +179,7 @@ def main() -> None:
         "cpu": {"model": cpu_model(), "cores": os.cpu_count(), **cpu_flags()},
         "load_average": load_average(),
         "server_start_s": round(start_s, 2),
+        "threads": args.threads,
         "runs": args.runs,
         "chunks": args.chunks,
         "words_per_chunk": args.words,

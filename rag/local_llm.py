@@ -166,8 +166,7 @@ def serve_local_llm(host: str, port: int, settings: LocalLlmSettings, cache_dir:
     import torch
     from transformers.cli.serve import Serve
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    torch.set_num_threads(settings.threads)
     checkpoint = converted_checkpoint(gguf_file(settings), cache_dir / "llm")
     names = cache_dir / "llm" / "names"
     names.mkdir(parents=True, exist_ok=True)

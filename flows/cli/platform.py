@@ -192,7 +192,9 @@ def server_llm(
         str | None, typer.Option("--host", help="Interface (default RAGOPS_LOCAL_LLM__HOST, 127.0.0.1).")
     ] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_LOCAL_LLM__PORT, 8081).")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: all cores).")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="torch threads (default RAGOPS_LOCAL_LLM__THREADS, 1).")
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """A small instruct LLM (SmolLM2-135M-Instruct, bundled) behind an OpenAI-compatible API, until Ctrl-C.
