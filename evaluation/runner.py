@@ -1,18 +1,21 @@
-"""Run a stack over a test set and score every example: retrieval, answers, groundedness, operations.
+"""Run a stack over a test set and score every example: retrieval, answers, groundedness, guardrails, operations.
 
-Questions are asked one at a time, each timed by stage (embed, search, answer), so the latency figures are those a
-single request sees, not the amortised cost of a batch. The stack answers exactly as it does in the service: the
-answerer gets the first ``top_k`` chunks of the same ranking whose deeper part feeds the ranking metrics.
+Every question goes through the stack's own chain of request stages (:mod:`rag.stages`), the one the service
+runs, in process: the same guardrails, the same embedding, retrieval and answer, timed by stage. Questions are
+asked one at a time, so the latency figures are those a single request sees, not the amortised cost of a batch.
+The answerer gets the first ``top_k`` chunks of the same ranking whose deeper part feeds the ranking metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from evaluation.guardrail_metrics import guardrail_per_query
 from evaluation.metrics import (
     PerQuery,
     abstention_scores,
@@ -29,7 +32,10 @@ from evaluation.metrics import (
     token_f1,
 )
 from evaluation.testsets import EvalItem, TestSet
-from rag.types import ABSTAIN_TEXT
+from rag.stages.build import build_chain
+from rag.stages.context import RequestContext
+from rag.stages.ports import DirectVectors
+from rag.types import ABSTAIN_TEXT, Answer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,14 +43,16 @@ if TYPE_CHECKING:
     from evaluation.judge import Judge
     from pipelines.settings import EvalSettings
     from rag.engine import RagEngine
-    from rag.types import Answer, RetrievedChunk
+    from rag.guardrails.types import Verdict
+    from rag.types import RetrievedChunk
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 """Called with (examples done, examples in all)."""
 
-STAGES: tuple[str, ...] = ("embed", "search", "answer", "total")
+STAGES: tuple[str, ...] = ("embed", "retrieve", "answer", "total")
+"""Stages whose latency percentiles are always reported (the guardrail stages too when the stack has them)."""
 QA_METRICS: tuple[str, ...] = ("exact_match", "token_f1", "containment")
 ANSWER_METRICS: tuple[str, ...] = ("groundedness", "citation_validity", "format_compliance")
 
@@ -66,6 +74,8 @@ class ExampleResult:
     tokens: int
     scores: Mapping[str, float]
     problems: tuple[str, ...] = ()
+    blocked_by: str | None = None
+    guardrails: tuple[Mapping[str, Any], ...] = ()
 
     def row(self) -> dict[str, Any]:
         """A flat row for the per-example table."""
@@ -80,6 +90,8 @@ class ExampleResult:
             "top_docs": ",".join(self.retrieved_doc_ids[:10]),
             "cited_docs": ",".join(self.cited_doc_ids),
             "tokens": self.tokens,
+            "blocked_by": self.blocked_by or "",
+            "guardrails": "; ".join(f"{v['name']}={v['verdict']}" for v in self.guardrails),
             "problems": "; ".join(self.problems),
             **{f"ms_{k}": round(v, 3) for k, v in self.timings_ms.items()},
             **{k: round(v, 4) for k, v in self.scores.items()},
@@ -161,6 +173,12 @@ def _grounded(
     return ((len(pieces) - len(rest)) + (share or 0.0) * len(rest)) / len(pieces)
 
 
+def _refused(ctx: RequestContext) -> Answer:
+    """A refused request as an answer to score: the refusal text, no citations, counted as an abstention."""
+    text = ctx.refusal.text if ctx.refusal else ""
+    return Answer(text=text, citations=(), abstained=True, support=0.0, sentences=(text,))
+
+
 class CachedEncoder:
     """Sentence embeddings memoised by text: retrieved chunks repeat across questions, so each context sentence
     is embedded once per evaluation instead of once per question that retrieves it."""
@@ -211,49 +229,47 @@ def evaluate(
     """
     started = time.perf_counter()
     depth = _chunk_depth(engine, settings)
-    top_k = engine.config.retrieval.top_k
     run: dict[str, list[tuple[str, float]]] = {}
     per_example: dict[str, dict[str, float]] = {}
     examples: list[ExampleResult] = []
     answers: list[tuple[EvalItem, Answer, Sequence[RetrievedChunk]]] = []
     encoder = CachedEncoder(engine.embedder.encode)
-    for n, item in enumerate(testset.items, 1):
-        t0 = time.perf_counter()
-        vector = engine.embedder.encode([item.question])[0]
-        t1 = time.perf_counter()
-        chunks = engine.retriever.search(item.question, vector, top_k=depth)
-        t2 = time.perf_counter()
-        context = chunks[:top_k]
-        answer = engine.answerer.answer(item.question, context)
-        t3 = time.perf_counter()
-        timings = {"embed": t1 - t0, "search": t2 - t1, "answer": t3 - t2, "total": t3 - t0}
-        ranked, doc_ids = _doc_ranking(chunks)
-        run[item.id] = ranked
-        scores = _answer_scores(item, answer, context, encoder, settings)
-        check = format_compliance(answer.text, len(answer.citations), answer.abstained)
-        scores["format_compliance"] = 1.0 if check.ok else 0.0
-        per_example[item.id] = scores
-        tokens = sum(engine.token_usage(item.question, context, answer))
-        examples.append(
-            ExampleResult(
-                id=item.id,
-                question=item.question,
-                tags=item.tags,
-                answer=answer.text,
-                abstained=answer.abstained,
-                support=answer.support,
-                unanswerable=item.unanswerable,
-                retrieved_doc_ids=doc_ids[: settings.depth],
-                cited_doc_ids=tuple(c.doc_id for c in answer.citations),
-                timings_ms={k: v * 1000 for k, v in timings.items()},
-                tokens=tokens,
-                scores=scores,
-                problems=check.problems,
+    chain = build_chain(engine, vectors=DirectVectors())
+    verdicts: dict[str, list[Verdict]] = {}
+    with asyncio.Runner() as runner:
+        for n, item in enumerate(testset.items, 1):
+            ctx = runner.run(chain.run(RequestContext(engine=engine, question=item.question, depth=depth)))
+            context = ctx.chunks
+            answer = ctx.answer if ctx.refusal is None and ctx.answer is not None else _refused(ctx)
+            ranked, doc_ids = _doc_ranking(ctx.ranking)
+            run[item.id] = ranked
+            scores = _answer_scores(item, answer, context, encoder, settings)
+            check = format_compliance(answer.text, len(answer.citations), answer.abstained)
+            scores["format_compliance"] = 1.0 if check.ok else 0.0
+            per_example[item.id] = scores
+            verdicts[item.id] = list(ctx.verdicts)
+            examples.append(
+                ExampleResult(
+                    id=item.id,
+                    question=item.question,
+                    tags=item.tags,
+                    answer=answer.text,
+                    abstained=answer.abstained,
+                    support=answer.support,
+                    unanswerable=item.unanswerable,
+                    retrieved_doc_ids=doc_ids[: settings.depth],
+                    cited_doc_ids=tuple(c.doc_id for c in answer.citations),
+                    timings_ms=ctx.all_timings(),
+                    tokens=ctx.usage.total_tokens,
+                    scores=scores,
+                    problems=check.problems,
+                    blocked_by=ctx.refusal.check if ctx.refusal else None,
+                    guardrails=tuple(v.to_json() for v in ctx.verdicts),
+                )
             )
-        )
-        answers.append((item, answer, context))
-        if progress is not None:
-            progress(n, len(testset.items))
+            answers.append((item, answer, context))
+            if progress is not None:
+                progress(n, len(testset.items))
 
     ranking = retrieval_metrics(testset.qrels(), run) if testset.qrels() else PerQuery(values={})
     answer_table: dict[str, dict[str, float]] = {}
@@ -280,8 +296,12 @@ def evaluate(
         for name in (*QA_METRICS, "abstention_precision", "abstention_recall"):
             skipped[name] = "the test set has no reference answers (BEIR: retrieval judgements only)"
 
-    for stage in STAGES:
-        summary = latency_summary([e.timings_ms[stage] for e in examples])
+    timed = [*STAGES[:-1], *(n for n in chain.names if n not in STAGES and n != "validate"), "total"]
+    for stage in timed:
+        samples = [e.timings_ms[stage] for e in examples if stage in e.timings_ms]
+        if not samples:
+            continue
+        summary = latency_summary(samples)
         metrics[f"latency_{stage}_p50_ms"] = summary.p50
         metrics[f"latency_{stage}_p95_ms"] = summary.p95
         metrics[f"latency_{stage}_p99_ms"] = summary.p99
@@ -290,14 +310,19 @@ def evaluate(
         metrics["cost_usd_per_request"] = 0.0  # no paid model is called
     else:
         skipped["cost_usd_per_request"] = "no price per token is configured for the stack's LLM"
-    skipped["guardrail_triggers"] = "no guardrails are configured in this release"
+    if engine.guards is None:
+        skipped["guardrail_trigger_rate"] = "the stack has no guardrails (registered before they existed)"
+    else:
+        table = guardrail_per_query(verdicts, {item.id: item.tags for item in testset.items})
+        per_query = per_query.merged(PerQuery(values={k: v for k, v in table.items() if v}))
+        metrics.update({k: sum(v.values()) / len(v) for k, v in table.items() if v})
 
     if judge is None:
         skipped["judge"] = "no judge LLM configured (RAGOPS_EVAL__JUDGE__BASE_URL and __MODEL)"
     else:
-        verdicts = judge.grade_many([(item, answer, context) for item, answer, context in answers])
-        metrics.update(verdicts.means())
-        per_query = per_query.merged(verdicts)
+        grades = judge.grade_many([(item, answer, context) for item, answer, context in answers])
+        metrics.update(grades.means())
+        per_query = per_query.merged(grades)
         skipped.update(judge.skipped())
 
     return EvalResult(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.errors import EmbedderMismatchError, IndexError_
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from pipelines.embed import Embedder
     from pipelines.index import IndexReader
     from pipelines.settings import Settings
+    from rag.guardrails.chain import InputGuard, OutputGuard
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,41 @@ def build_answerer(config: StackConfig) -> Answerer:
     raise StackError(
         f"stack {config.name!r} asks for answerer kind {config.answerer.kind!r}, which this release does not provide; "
         "register the stack with answerer.kind 'extractive' or 'llm'"
+    )
+
+
+@dataclass(frozen=True)
+class Guards:
+    """A stack's guardrails, built once with the engine (Presidio, rules, the classifier, the corpus profile)."""
+
+    input: InputGuard
+    output: OutputGuard
+
+
+CORPUS_SAMPLE = 4096
+"""Dense vectors sampled from the index for the topic check's corpus profile."""
+
+
+def build_guards(
+    config: StackConfig, *, settings: Settings | None, embedder: Embedder, reader: IndexReader
+) -> Guards | None:
+    """The stack's guardrails; None for a stack registered before guardrails existed (it serves as it did)."""
+    if config.guardrails is None:
+        return None
+    if settings is None:
+        from pipelines.settings import Settings
+
+        settings = Settings()
+    from rag.guardrails.chain import InputGuard, OutputGuard
+    from rag.guardrails.topic import CorpusProfile
+
+    corpus = None
+    if config.guardrails.topic.enabled:
+        sample = reader.sample_vectors(CORPUS_SAMPLE)
+        corpus = CorpusProfile.from_vectors(sample) if len(sample) else None
+    return Guards(
+        input=InputGuard.build(config.guardrails, settings=settings, embedder=embedder, corpus=corpus),
+        output=OutputGuard.build(config.guardrails, settings=settings, embedder=embedder),
     )
 
 
@@ -64,6 +101,7 @@ class RagEngine:
         reader: IndexReader,
         embedder: Embedder,
         owns_reader: bool = True,
+        settings: Settings | None = None,
     ) -> None:
         self.config = config
         self.reader = reader
@@ -71,6 +109,7 @@ class RagEngine:
         self.retriever = Retriever(reader, embedder, config)
         self.retriever.warm_up()
         self.answerer = build_answerer(config)
+        self.guards = build_guards(config, settings=settings, embedder=embedder, reader=reader)
         self._owns_reader = owns_reader
 
     @classmethod
@@ -104,7 +143,7 @@ class RagEngine:
         except IndexError_ as exc:
             raise StackError(f"stack {config.name!r} cannot open its index: {exc}") from exc
         try:
-            return cls(config, reader=reader, embedder=embedder)
+            return cls(config, reader=reader, embedder=embedder, settings=settings)
         except BaseException:
             reader.close()
             raise

@@ -71,8 +71,10 @@ class CircuitOpen(RagError):
         self.name = name
         self.retry_after_s = retry_after_s
 
+
 class StoreError(RagError):
     """The request store cannot be opened, migrated or written as configured; the message names the database."""
+
 
 class GuardrailError(RagError):
     """A guardrail cannot be built or run as configured (bad JSON schema, bad business-rules YAML, missing model)."""

@@ -199,6 +199,8 @@ class StackConfig(BaseModel):
             "index_version": version.version if pin else None,
             "embedder": EmbedderRef.from_identity(version.embedder, model_uri=model_uri).model_dump(),
             "chunking": ChunkingRef.from_params(version.chunking).model_dump(),
+            # a new stack has the guardrails' defaults on; a stored stack without the key keeps serving without them
+            "guardrails": GuardrailsConfig().model_dump(),
         }
         data.update(overrides)
         return cls.model_validate(data)

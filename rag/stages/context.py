@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from rag.engine import RagEngine
-    from rag.guardrails.types import Verdict
+    from rag.guardrails.types import PreparedInput, Verdict
 
 REFUSAL_TEXT = "I can't help with that request."
 """What a blocked request is answered with (never any retrieved text)."""
@@ -80,6 +80,7 @@ class RequestContext:
     principal: Principal = ANONYMOUS
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     text: str = ""
+    prepared: PreparedInput | None = None
     vector: np.ndarray | None = None
     ranking: list[RetrievedChunk] = field(default_factory=list)
     chunks: list[RetrievedChunk] = field(default_factory=list)
