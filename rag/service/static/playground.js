@@ -1,8 +1,9 @@
 // The ragops playground: ask the served stack, watch the answer stream in, open its sources, rate it.
 //
 // Plain browser JavaScript, no build step and no dependencies. The answer streams from POST /v1/query with
-// {"stream": true}: server-sent events `sentence` (one per sentence), then `citations`, then `done` (the full
-// response, with request_id, stack and timings). EventSource cannot POST, so the stream is read from fetch()'s
+// {"stream": true}: server-sent events `delta` (text to append: sentences or LLM tokens), `notice`, then
+// `citations` and `done` (the full response, with request_id, stack and timings), or `blocked` (a guardrail
+// refused the request: the refusal replaces whatever was shown). EventSource cannot POST, so the stream is read from fetch()'s
 // body. Everything from the server is inserted as text (never as HTML): chunk texts are arbitrary documents.
 "use strict";
 
@@ -97,10 +98,10 @@
     for (const button of rateButtons) button.setAttribute("aria-pressed", "false");
   }
 
-  function appendSentence(text) {
+  function appendDelta(text, className = "sentence") {
     const span = document.createElement("span");
-    span.className = "sentence";
-    span.textContent = (answer.childElementCount ? " " : "") + text;
+    span.className = className;
+    span.textContent = text;
     answer.append(span);
   }
 
@@ -213,8 +214,16 @@
         return;
       }
       for await (const { event, data } of readEvents(response)) {
-        if (event === "sentence") appendSentence(data.text);
+        if (event === "delta") appendDelta(data.text);
+        else if (event === "notice") appendDelta(`[${data.text}] `, "notice");
         else if (event === "citations") renderCitations(data);
+        else if (event === "blocked") {
+          answer.replaceChildren();
+          appendDelta(data.answer, "refusal");
+          renderCitations([]);
+          current.requestId = data.request_id;
+          renderMeta(data, performance.now() - started);
+        }
         else if (event === "done") {
           current.requestId = data.request_id;
           result.dataset.requestId = data.request_id;
