@@ -540,7 +540,7 @@ def test_playground_shows_an_abstention_without_sources(browser: Browser, env: E
 
     tab = browser.open(env.url + "/")
     page = tab.page
-    _ask_in_page(page, "Who won the football world cup in 1954?")
+    _ask_in_page(page, "What colour is the CEO's car?")  # on topic, but no document says
     expect(page.locator("#answer")).to_contain_text("not found in the indexed documents")
     expect(page.locator("#no-citations")).to_be_visible()
     expect(page.locator("#citations > li")).to_have_count(0)
@@ -548,6 +548,32 @@ def test_playground_shows_an_abstention_without_sources(browser: Browser, env: E
     page.get_by_role("button", name="Not helpful").click()  # an abstention can be rated too (monitoring)
     expect(page.locator("#feedback-status")).to_contain_text("recorded")
     assert not tab.problems, tab.problems
+
+
+def test_playground_shows_a_guardrail_refusal_in_place_of_the_answer(browser: Browser, env: Env) -> None:
+    """A question far from everything the index covers is refused by the topic check before retrieval: the
+    stream ends with a `blocked` event and the page shows the refusal, with no sources."""
+    from playwright.sync_api import expect
+
+    tab = browser.open(env.url + "/")
+    page = tab.page
+    _ask_in_page(page, "Who won the football world cup in 1954?")
+    expect(page.locator("#answer .refusal")).to_have_text("I can't help with that request.")
+    expect(page.locator("#citations > li")).to_have_count(0)
+    expect(page.locator("#no-citations")).to_be_visible()
+    assert not tab.problems, tab.problems
+
+
+def test_api_docs_render_from_installed_files_only(browser: Browser, env: Env) -> None:
+    """/docs is Swagger UI from the swagger-ui-bundle package: it renders the service's routes on a machine with no
+    internet (every request the page makes stays on the service)."""
+    from playwright.sync_api import expect
+
+    tab = browser.open(env.url + "/docs")
+    page = tab.page
+    expect(page.locator(".swagger-ui .opblock-summary-path").first).to_be_visible(timeout=15_000)
+    expect(page.locator(".swagger-ui")).to_contain_text("/v1/query")
+    _only_loopback(browser, env.url)
 
 
 def test_playground_shows_the_service_error_messages(browser: Browser, env: Env, no_stack: Running) -> None:

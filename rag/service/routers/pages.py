@@ -1,8 +1,8 @@
 """The playground page and the API docs, both from files installed with the packages (nothing from a CDN).
 
 The playground is three static files shipped in the package (``rag/service/static``); its Content-Security-Policy
-refuses anything from elsewhere. Swagger UI's files come from the ``swagger-ui-bundle`` package, so ``/docs``
-works on an offline machine.
+refuses anything from elsewhere. Swagger UI's files come from the ``swagger-ui-py`` package's data (Swagger UI 5,
+which reads the OpenAPI 3.1 documents FastAPI writes), so ``/docs`` works on an offline machine.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ async def docs() -> HTMLResponse:
 
 def mount_pages(app: FastAPI) -> None:
     """The page routes plus the two static folders they load from."""
-    import swagger_ui_bundle
+    from importlib.resources import files
 
+    swagger_files = Path(str(files("swagger_ui") / "static"))
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+    app.mount("/docs-assets", StaticFiles(directory=swagger_files), name="docs-assets")
