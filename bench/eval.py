@@ -45,10 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from evaluation.deploy import evaluate_stack
     from evaluation.testsets import load_beir
+    from flows.settings import Settings
     from pipelines.env import apply_offline_env
     from pipelines.index import VectorIndex
     from pipelines.ingest import run_ingest
-    from pipelines.settings import Settings
     from rag.stack import StackRegistry
     from rag.types import StackConfig
 

@@ -51,11 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from evaluation.deploy import evaluate_stack, promote_gated
     from evaluation.retrain import RetrainRequest, retrain
+    from evaluation.settings import EvalSettings
     from evaluation.testsets import load_beir
+    from flows.settings import Settings
     from pipelines.env import apply_offline_env
     from pipelines.index import VectorIndex
     from pipelines.ingest import LogProgress, run_ingest
-    from pipelines.settings import EvalSettings, Settings
     from rag.stack import StackRegistry
     from rag.types import StackConfig
 

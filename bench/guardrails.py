@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import cpu_flags, cpu_model  # noqa: E402
+from flows.settings import Settings  # noqa: E402
 from pipelines.embed import Embedder  # noqa: E402
-from pipelines.settings import EmbedderSettings, Settings  # noqa: E402
+from pipelines.settings import EmbedderSettings  # noqa: E402
 from rag.guardrails.chain import CorpusProfile, InputGuard  # noqa: E402
 from rag.guardrails.classifier import Example, load_examples  # noqa: E402
 from rag.guardrails.config import GuardrailsConfig  # noqa: E402

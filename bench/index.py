@@ -74,11 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(data: Path, home: Path | None, baseline_queries: int) -> dict[str, Any]:
     """Every measurement of the module docstring, as the JSON report."""
     from bench._common import cpu_flags, cpu_model, load_average, load_qrels, load_queries
+    from flows.settings import Settings
     from pipelines.embed import Embedder
     from pipelines.env import apply_offline_env
     from pipelines.index import VectorIndex
     from pipelines.ingest import run_ingest
-    from pipelines.settings import Settings
 
     settings = Settings(home=home or Path(tempfile.mkdtemp(prefix="ragops-bench-index-")) / "home")
     apply_offline_env(settings)

@@ -52,8 +52,8 @@ from _common import (
     write_subset,
 )
 
+from flows.settings import Settings
 from pipelines.env import apply_offline_env
-from pipelines.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -167,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request would load the shared cores
 
+    from flows.settings import Settings
     from pipelines.env import apply_offline_env, child_env
-    from pipelines.settings import Settings
 
     temp = Path(tempfile.mkdtemp(prefix="ragops-bench-query-"))
     home = args.home or temp / "home"

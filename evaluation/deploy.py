@@ -27,8 +27,8 @@ from evaluation.tracking import EvaluationRun, find_evaluations, load_baseline, 
 if TYPE_CHECKING:
     from evaluation.judge import Judge
     from evaluation.runner import EvalResult
+    from evaluation.settings import EvaluationSettings
     from pipelines.embed import Embedder
-    from pipelines.settings import Settings
     from rag.stack import Promotion, StackRegistry
 
 logger = logging.getLogger(__name__)
@@ -55,12 +55,12 @@ class EvalOutcome:
         return out
 
 
-def current_testset(settings: Settings) -> TestSet:
+def current_testset(settings: EvaluationSettings) -> TestSet:
     """The test set the gate uses (``RAGOPS_EVAL__TESTSET``)."""
     return load_testset(settings.eval.testset, split=settings.eval.split)
 
 
-def build_judge(settings: Settings) -> Judge | None:
+def build_judge(settings: EvaluationSettings) -> Judge | None:
     """The configured LLM judge, or None (its metrics are then reported as skipped)."""
     judge = settings.eval.judge
     if not (judge.base_url and judge.model):
@@ -70,7 +70,9 @@ def build_judge(settings: Settings) -> Judge | None:
     return Judge(judge)
 
 
-def _reference_run(settings: Settings, registry: StackRegistry, version: int, sha: str) -> EvaluationRun | None:
+def _reference_run(
+    settings: EvaluationSettings, registry: StackRegistry, version: int, sha: str
+) -> EvaluationRun | None:
     """The champion's reference evaluation on ``sha``: its gate run if recorded, else its oldest passing run."""
     runs = find_evaluations(settings, stack_version=version, testset_sha256=sha, newest_first=False)
     if not runs:
@@ -84,7 +86,7 @@ def _reference_run(settings: Settings, registry: StackRegistry, version: int, sh
 
 
 def champion_baseline(
-    settings: Settings,
+    settings: EvaluationSettings,
     registry: StackRegistry,
     testset: TestSet,
     *,
@@ -107,7 +109,7 @@ def champion_baseline(
 
 
 def run_stack(
-    settings: Settings,
+    settings: EvaluationSettings,
     registry: StackRegistry,
     version: int,
     testset: TestSet,
@@ -141,7 +143,7 @@ def resolve_version(registry: StackRegistry, ref: str | int) -> int:
 
 
 def evaluate_stack(
-    settings: Settings,
+    settings: EvaluationSettings,
     registry: StackRegistry,
     ref: str | int,
     *,
@@ -175,7 +177,7 @@ def evaluate_stack(
 
 
 def promote_gated(
-    settings: Settings,
+    settings: EvaluationSettings,
     registry: StackRegistry,
     version: int | str,
     *,
@@ -244,7 +246,7 @@ class VersionComparison:
 
 
 def compare_versions(
-    settings: Settings,
+    settings: EvaluationSettings,
     registry: StackRegistry,
     baseline: str | int,
     candidate: str | int,

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.errors import BadTrainingSet
+from evaluation.settings import FinetuneSettings
 from evaluation.trainset import TrainPair
-from pipelines.settings import FinetuneSettings
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from evaluation.significance import PairedComparison, compare
 
 if TYPE_CHECKING:
     from evaluation.runner import EvalResult
-    from pipelines.settings import EvalSettings
+    from evaluation.settings import EvalSettings
 
 
 def lower_is_better(metric: str) -> bool:

@@ -22,8 +22,8 @@ from evaluation.metrics import PerQuery
 if TYPE_CHECKING:
     from llama_index.llms.openai_like import OpenAILike
 
+    from evaluation.settings import JudgeSettings
     from evaluation.testsets import EvalItem
-    from pipelines.settings import JudgeSettings
     from rag.types import Answer, RetrievedChunk
 
 logger = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ from pipelines.ingest import NoProgress, Progress
 if TYPE_CHECKING:
     from evaluation.deploy import EvalOutcome
     from evaluation.finetune import FinetunedModel
-    from pipelines.settings import Settings
+    from evaluation.settings import EvaluationSettings
     from rag.embedders import EmbedderVersion
     from rag.stack import StackRegistry
     from rag.types import StackConfig
@@ -115,7 +115,7 @@ def family(collection: str) -> str:
 
 
 def assemble(
-    settings: Settings,
+    settings: EvaluationSettings,
     champion: StackConfig,
     request: RetrainRequest,
     *,
@@ -224,7 +224,7 @@ def validated(training: TrainingSet, exclusions: Exclusions) -> TrainingSetRepor
 
 
 def train_embedder(
-    settings: Settings,
+    settings: EvaluationSettings,
     champion: StackConfig,
     training: TrainingSet,
     report: TrainingSetReport,
@@ -278,7 +278,7 @@ def train_embedder(
 
 
 def _decide(
-    settings: Settings, outcome: EvalOutcome, request: RetrainRequest
+    settings: EvaluationSettings, outcome: EvalOutcome, request: RetrainRequest
 ) -> tuple[bool, str, float | None, float | None, float | None, float | None]:
     """(promote?, why, champion score, candidate score, improvement, p-value) for the primary metric."""
     ft = settings.finetune
@@ -313,7 +313,7 @@ def _decide(
     return True, f"better: {numbers}", champion, candidate, improvement, p_value
 
 
-def collect_garbage(settings: Settings, registry: StackRegistry) -> dict[str, list[Any]]:
+def collect_garbage(settings: EvaluationSettings, registry: StackRegistry) -> dict[str, list[Any]]:
     """Keep the newest ``keep`` fine-tuned embedders, and always the champion's and previous champion's.
 
     Deletes older embedder versions, their shadow collections and the stack versions that read them.
@@ -347,7 +347,7 @@ def collect_garbage(settings: Settings, registry: StackRegistry) -> dict[str, li
 
 
 def retrain(
-    settings: Settings, request: RetrainRequest | None = None, *, progress: Progress | None = None
+    settings: EvaluationSettings, request: RetrainRequest | None = None, *, progress: Progress | None = None
 ) -> RetrainOutcome:
     """Run one retraining cycle (module docstring) and return what it did.
 

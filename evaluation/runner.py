@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from evaluation.judge import Judge
-    from pipelines.settings import EvalSettings
+    from evaluation.settings import EvalSettings
     from rag.engine import RagEngine
     from rag.guardrails.types import Verdict
     from rag.types import RetrievedChunk

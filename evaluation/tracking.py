@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from evaluation.runner import EvalResult
-    from pipelines.settings import Settings
+    from evaluation.settings import EvaluationSettings
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _plots(result: EvalResult, baseline: Baseline | None, folder: Path) -> list[
 
 
 def log_evaluation(
-    settings: Settings,
+    settings: EvaluationSettings,
     result: EvalResult,
     *,
     gate: GateReport | None = None,
@@ -168,7 +168,12 @@ def _to_run(run: Run) -> EvaluationRun:
 
 
 def find_evaluations(
-    settings: Settings, *, stack_version: int, testset_sha256: str, gate: str | None = None, newest_first: bool = True
+    settings: EvaluationSettings,
+    *,
+    stack_version: int,
+    testset_sha256: str,
+    gate: str | None = None,
+    newest_first: bool = True,
 ) -> list[EvaluationRun]:
     """Logged evaluations of one stack version on one test set hash (optionally only passed/failed gates)."""
     from pipelines.tracking import configure_mlflow
@@ -189,7 +194,7 @@ def find_evaluations(
     return [_to_run(r) for r in runs]
 
 
-def load_run_scores(settings: Settings, run_id: str) -> tuple[dict[str, float], PerQuery]:
+def load_run_scores(settings: EvaluationSettings, run_id: str) -> tuple[dict[str, float], PerQuery]:
     """Aggregate metrics (our names, from ``summary.json``) and per-example scores of a logged evaluation."""
     from pipelines.tracking import configure_mlflow
 
@@ -201,7 +206,7 @@ def load_run_scores(settings: Settings, run_id: str) -> tuple[dict[str, float], 
     return metrics, PerQuery(values=values)
 
 
-def load_baseline(settings: Settings, run: EvaluationRun) -> Baseline:
+def load_baseline(settings: EvaluationSettings, run: EvaluationRun) -> Baseline:
     """A logged evaluation as the gate's baseline."""
     metrics, per_query = load_run_scores(settings, run.run_id)
     assert run.stack_version is not None

@@ -18,8 +18,8 @@ from prefect.cache_policies import NO_CACHE
 from evaluation.alerts import Alert, send_webhook
 from evaluation.deploy import EvalOutcome, evaluate_stack, promote_gated
 from evaluation.testsets import load_testset
+from flows.settings import Settings
 from pipelines.env import apply_offline_env
-from pipelines.settings import Settings
 
 
 class RegressionDetected(RuntimeError):

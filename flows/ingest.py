@@ -19,10 +19,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.settings import Settings
 from pipelines import ingest as steps
 from pipelines.env import apply_offline_env
 from pipelines.ingest import IngestContext, IngestReport, ReadResult, StepRunner
-from pipelines.settings import Settings
 from pipelines.tracking import log_ingest_report
 from pipelines.types import SourceItem
 from rag.embedders import ingest_target

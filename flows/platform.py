@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from flows.settings import Settings
 from pipelines.env import child_env
 from pipelines.errors import RagopsError
-from pipelines.settings import Settings
 
 logger = logging.getLogger(__name__)
 

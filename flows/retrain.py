@@ -15,9 +15,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from evaluation.retrain import RetrainOutcome, RetrainRequest, retrain
+from flows.settings import Settings
 from pipelines.env import apply_offline_env
 from pipelines.ingest import LogProgress
-from pipelines.settings import Settings
 
 
 def retrain_markdown(outcome: RetrainOutcome) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pipelines.settings import Settings
+from pipelines.settings import PipelineSettings
 
 OFFLINE_ENV: Mapping[str, str] = {
     "HF_HUB_OFFLINE": "1",
@@ -29,7 +29,7 @@ OFFLINE_ENV: Mapping[str, str] = {
 }
 
 
-def offline_env(settings: Settings) -> dict[str, str]:
+def offline_env(settings: PipelineSettings) -> dict[str, str]:
     """The variables to set for ``settings``: the fixed offline set plus state locations under ``home``."""
     env = dict(OFFLINE_ENV)
     env["PREFECT_HOME"] = str(settings.prefect_home)
@@ -41,7 +41,7 @@ def offline_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def apply_offline_env(settings: Settings) -> None:
+def apply_offline_env(settings: PipelineSettings) -> None:
     """Set the offline environment in this process (explicit values already set by the user win)."""
     for key, value in offline_env(settings).items():
         if key in OFFLINE_ENV:
@@ -50,7 +50,7 @@ def apply_offline_env(settings: Settings) -> None:
             os.environ.setdefault(key, value)
 
 
-def child_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def child_env(settings: PipelineSettings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A full environment for a subprocess: the current one plus the offline set and ``extra``."""
     env = dict(os.environ)
     env.update(offline_env(settings))

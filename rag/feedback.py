@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from rag.errors import BadQuery, RagError
 
 if TYPE_CHECKING:
-    from pipelines.settings import Settings
+    from rag.settings import RagSettings
 
 Rating = Literal["up", "down"]
 Label = Literal["positive", "negative"]
@@ -247,7 +247,7 @@ class FeedbackStore:
     up front (``BEGIN IMMEDIATE``) so that "was this request rated before?" and the write are one step.
     """
 
-    def __init__(self, settings: Settings, *, path: Path | None = None) -> None:
+    def __init__(self, settings: RagSettings, *, path: Path | None = None) -> None:
         self.path = path or settings.feedback_dir / DB_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:

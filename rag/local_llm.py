@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines.settings import LocalLlmSettings
 from rag.errors import RagError
+from rag.settings import LocalLlmSettings
 
 logger = logging.getLogger(__name__)
 

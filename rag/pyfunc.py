@@ -75,12 +75,12 @@ class RagStackModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Read ``stack.json`` and open the stack's index and embedder under this process's RAGOPS settings."""
-        from pipelines.settings import Settings
         from rag.engine import RagEngine
+        from rag.settings import RagSettings
 
         path = Path(context.artifacts[STACK_ARTIFACT])
         self.config = StackConfig.model_validate_json(path.read_text(encoding="utf-8"))
-        settings = Settings()
+        settings = RagSettings()
         self._engine = RagEngine.open(settings, self.config)
         logger.info("stack model loaded", extra={"stack": self.config.name, "collection": self.config.collection})
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-    from pipelines.settings import Settings
+    from rag.settings import RagSettings
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class StackRegistry:
         registry.rollback(actor="bob", reason="answers regressed on tenant acme")
     """
 
-    def __init__(self, settings: Settings, *, model_name: str = MODEL_NAME) -> None:
+    def __init__(self, settings: RagSettings, *, model_name: str = MODEL_NAME) -> None:
         self.settings = settings
         self.model_name = model_name
         self._configs: dict[int, StackConfig] = {}

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from flows.settings import Settings
 from pipelines.embed import Embedder
 from pipelines.env import OFFLINE_ENV
-from pipelines.settings import EmbedderSettings, Settings
+from pipelines.settings import EmbedderSettings
 
 # Real Redis and PostgreSQL for every test that asks: redis_url, postgres_url (see tests/fixtures/datastores.py).
 pytest_plugins = ["tests.fixtures.datastores"]

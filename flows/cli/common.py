@@ -14,9 +14,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from flows.settings import Settings
 from pipelines.env import apply_offline_env
 from pipelines.errors import FailureThresholdExceeded, RagopsError
-from pipelines.settings import Settings
 
 logger = logging.getLogger("ragops")
 

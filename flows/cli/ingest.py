@@ -17,8 +17,8 @@ from flows.cli.common import (
     build_settings,
     guarded,
 )
+from flows.settings import Settings
 from pipelines.errors import FailureThresholdExceeded, RagopsError
-from pipelines.settings import Settings
 
 index_app = typer.Typer(help="Inspect the versioned vector index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")

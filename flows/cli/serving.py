@@ -15,7 +15,7 @@ from flows.cli.common import (
     fail,
     guarded,
 )
-from pipelines.settings import Settings
+from flows.settings import Settings
 
 
 @app.command()

@@ -44,10 +44,10 @@ from rag.guardrails.types import (
 
 if TYPE_CHECKING:
     from pipelines.embed import Embedder
-    from pipelines.settings import Settings
     from rag.guardrails.business import BusinessRules
     from rag.guardrails.classifier import InjectionClassifier
     from rag.guardrails.moderation import ModerationClient
+    from rag.settings import RagSettings
     from rag.types import Answer, RetrievedChunk
 
 __all__ = ["CorpusProfile", "InputGuard", "OutputGuard", "StreamGuard"]
@@ -124,7 +124,7 @@ class InputGuard:
         cls,
         config: GuardrailsConfig,
         *,
-        settings: Settings,
+        settings: RagSettings,
         embedder: Embedder,
         corpus: CorpusProfile | None,
     ) -> InputGuard:
@@ -281,7 +281,7 @@ class InputGuard:
 
 
 def _classifier_embedder(
-    settings: Settings, embedder: Embedder, classifier: InjectionClassifier
+    settings: RagSettings, embedder: Embedder, classifier: InjectionClassifier
 ) -> tuple[Embedder | None, str]:
     """The embedder whose vectors the classifier was trained on: the stack's, else the base MiniLM, else none."""
     if embedder.identity.weights_sha256 == classifier.embedder_sha256:
@@ -351,7 +351,7 @@ class OutputGuard:
         cls,
         config: GuardrailsConfig,
         *,
-        settings: Settings,
+        settings: RagSettings,
         embedder: Embedder,
         llm_repair: Callable[[str, str], str] | None = None,
     ) -> OutputGuard:

@@ -15,7 +15,7 @@ from rag.errors import GuardrailError
 from rag.guardrails.classifier import InjectionClassifier
 
 if TYPE_CHECKING:
-    from pipelines.settings import Settings
+    from rag.settings import RagSettings
 
 INJECTION_MODEL = "injection-classifier"
 ARTIFACT = "classifier"
@@ -61,7 +61,7 @@ def log_classifier(classifier: InjectionClassifier, scratch: Path) -> str:
     return f"models:/{INJECTION_MODEL}/{version.version}"
 
 
-def load_classifier(settings: Settings, model_uri: str) -> InjectionClassifier:
+def load_classifier(settings: RagSettings, model_uri: str) -> InjectionClassifier:
     """The classifier a stack names, materialised under ``<home>/models`` on first use.
 
     Raises:

@@ -21,7 +21,7 @@ from rag.guardrails.rules import InjectionRules
 
 if TYPE_CHECKING:
     from pipelines.embed import Embedder
-    from pipelines.settings import Settings
+    from rag.settings import RagSettings
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def fit(examples: Sequence[Example], embedder: Embedder) -> InjectionClassifier:
     return InjectionClassifier.fit(texts, labels, vectors, embedder_sha256=embedder.identity.weights_sha256)
 
 
-def train_and_register(settings: Settings, data: Sequence[Path], embedder: Embedder) -> TrainOutcome:
+def train_and_register(settings: RagSettings, data: Sequence[Path], embedder: Embedder) -> TrainOutcome:
     """Evaluate by grouped CV, fit on everything, log the run and register ``injection-classifier``."""
     from pipelines.tracking import configure_mlflow
     from rag.guardrails.registry import log_classifier

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from pipelines.settings import Settings
 from rag.feedback import FeedbackStore
 from rag.service.batcher import BatchedVectors
 from rag.service.errors import install_error_handlers
@@ -26,11 +25,12 @@ from rag.service.recent import RecentRequests
 from rag.service.recording import RequestLog
 from rag.service.routers import feedback, health, query
 from rag.service.routers.pages import mount_pages
+from rag.settings import RagSettings
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, holder: StackHolder | None = None) -> FastAPI:
+def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> FastAPI:
     """Build the service. ``holder`` defaults to one following the MLflow ``champion`` alias."""
     stack_holder = holder or StackHolder(settings)
     vectors = BatchedVectors(max_batch=settings.service.max_batch)

@@ -22,8 +22,8 @@ from rag.types import EmbedderRef, StackConfig
 
 if TYPE_CHECKING:
     from pipelines.embed import Embedder
-    from pipelines.settings import Settings
     from rag.engine import RagEngine
+    from rag.settings import RagSettings
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class StackHolder:
             Defaults to the MLflow registry's ``champion`` alias.
     """
 
-    def __init__(self, settings: Settings, *, champion: ChampionFn | None = None) -> None:
+    def __init__(self, settings: RagSettings, *, champion: ChampionFn | None = None) -> None:
         self._settings = settings
         self._champion = champion
         self._lock = threading.Lock()

@@ -21,7 +21,7 @@ from rag.stages.context import ANONYMOUS, Principal, RequestContext
 from rag.stages.validate import RequestLimits
 
 if TYPE_CHECKING:
-    from pipelines.settings import Settings
+    from rag.settings import RagSettings
 
 
 class QueryService:
@@ -29,7 +29,7 @@ class QueryService:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: RagSettings,
         holder: StackHolder,
         vectors: BatchedVectors,
         log: RequestLog,

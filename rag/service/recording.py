@@ -19,14 +19,14 @@ from rag.service.recent import RecentRequests
 from rag.stages.context import RequestContext
 
 if TYPE_CHECKING:
-    from pipelines.settings import Settings
+    from rag.settings import RagSettings
 
 
 class RequestLog:
     """Append-only JSONL under ``<home>/logs``: answered requests (``requests.jsonl``, for monitoring and
     feedback) or ratings (``feedback.jsonl``)."""
 
-    def __init__(self, settings: Settings, name: str = "requests.jsonl") -> None:
+    def __init__(self, settings: RagSettings, name: str = "requests.jsonl") -> None:
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
         self._path = settings.logs_dir / name
         self._lock = threading.Lock()

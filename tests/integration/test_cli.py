@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.settings import Settings
+from flows.settings import Settings
 from tests.fixtures.files import write_bad_inputs, write_sample_docs
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from evaluation.deploy import GATE_RUN_TAG, OVERRIDE_TAG, compare_versions, evaluate_stack, promote_gated
 from evaluation.errors import PromotionRefused
+from flows.settings import Settings
 from pipelines.ingest import run_ingest
-from pipelines.settings import Settings
 from rag.stack import StackRegistry
 from rag.types import StackConfig
 from tests.fixtures.corpus import QA, write_corpus, write_qa
@@ -263,8 +263,8 @@ def test_nightly_deployment_definition(home: Home) -> None:
 def test_llm_judge_grades_through_the_openai_protocol(home: Home, champion: int) -> None:
     from evaluation.judge import Judge
     from evaluation.runner import evaluate
+    from evaluation.settings import JudgeSettings
     from evaluation.testsets import load_testset
-    from pipelines.settings import JudgeSettings
     from rag.engine import RagEngine
     from tests.fixtures.fake_openai import FakeOpenAI
 

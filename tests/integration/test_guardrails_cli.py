@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from flows.settings import Settings
 from pipelines.index import VectorIndex
-from pipelines.settings import Settings
 from rag.guardrails.config import GuardrailsConfig
 from rag.guardrails.training import OWN_BENIGN, OWN_INJECTIONS
 from rag.stack import StackRegistry

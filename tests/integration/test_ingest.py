@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from flows.settings import Settings
 from pipelines.embed import Embedder, EmbedderIdentity
 from pipelines.errors import EmbedderMismatchError, FailureThresholdExceeded, IndexError_
 from pipelines.index import IndexReader, Manifest, VectorIndex
 from pipelines.ingest import IngestContext, IngestReport, chunk_step, discover_step, read_step, run_ingest
 from pipelines.quarantine import Quarantine
-from pipelines.settings import Settings
 from tests.fixtures.files import SAMPLE_PARAGRAPHS, SAMPLE_TITLES, write_bad_inputs, write_sample_docs
 
 pytestmark = pytest.mark.slow
@@ -675,7 +675,7 @@ _DRIVER = textwrap.dedent(
 
     from pipelines.env import apply_offline_env
     from pipelines.ingest import run_ingest
-    from pipelines.settings import Settings
+    from flows.settings import Settings
 
     settings = Settings()
     apply_offline_env(settings)

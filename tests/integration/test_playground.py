@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from flows.settings import Settings
 from pipelines.env import offline_env
-from pipelines.settings import Settings
 from tests.integration.test_service import Running, assert_error, parse_sse, serve, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

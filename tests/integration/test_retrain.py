@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from evaluation.deploy import evaluate_stack, promote_gated
+from flows.settings import Settings
 from pipelines.index import VectorIndex
 from pipelines.ingest import run_ingest
-from pipelines.settings import Settings
 from rag.embedders import EMBEDDER_MODEL, EmbedderRegistry
 from rag.stack import CHALLENGER, StackRegistry
 from rag.types import StackConfig

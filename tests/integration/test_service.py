@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from flows.settings import Settings
 from pipelines.env import offline_env
-from pipelines.settings import Settings
 from tests.fixtures.server import Running, serve, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

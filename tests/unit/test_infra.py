@@ -28,8 +28,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from evaluation.settings import EvalSettings
+from flows.settings import Settings
 from pipelines.env import OFFLINE_ENV
-from pipelines.settings import EvalSettings, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from evaluation.gate import Baseline, lower_is_better, run_gate
 from evaluation.metrics import PerQuery
 from evaluation.runner import EvalResult
-from pipelines.settings import EvalSettings
+from evaluation.settings import EvalSettings
 
 
 def _result(metrics: Mapping[str, float], per_query: Mapping[str, Mapping[str, float]] | None = None) -> EvalResult:

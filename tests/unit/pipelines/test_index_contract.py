@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from flows.settings import Settings
 from pipelines.chunk import ChunkingParams
 from pipelines.embed import EmbedderIdentity
 from pipelines.errors import EmbedderMismatchError, IndexError_, WriterBusy
 from pipelines.index import DocEntry, IndexReader, VectorIndex
-from pipelines.settings import Settings
 from pipelines.sparse import SparseVector
 from pipelines.store import (
     ClientStore,

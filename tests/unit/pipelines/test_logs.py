@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.settings import Settings
 from pipelines.logs import (
     JsonFormatter,
     KeyValueFormatter,
@@ -18,7 +19,6 @@ from pipelines.logs import (
     lower_third_party_noise,
     ragops_handlers,
 )
-from pipelines.settings import Settings
 
 
 def record(msg: str = "quarantined %s", *args: object, **extra: object) -> logging.LogRecord:

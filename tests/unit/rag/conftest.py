@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from flows.settings import Settings
 from pipelines.embed import Embedder
 from pipelines.index import IndexReader, VectorIndex
 from pipelines.ingest import run_ingest
-from pipelines.settings import Settings
 from tests.fixtures.corpus import write_corpus
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from flows.settings import Settings
 from pipelines.embed import Embedder
 from pipelines.index import VectorIndex
-from pipelines.settings import Settings
 from rag.engine import RagEngine
 from rag.errors import StackError, StackMismatch
 from rag.types import StackConfig

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.settings import Settings
+from flows.settings import Settings
 from rag.errors import BadQuery
 from rag.feedback import (
     MAX_COMMENT_CHARS,

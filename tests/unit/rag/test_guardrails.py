@@ -11,8 +11,8 @@ import numpy as np
 import openai
 import pytest
 
+from flows.settings import Settings
 from pipelines.embed import Embedder
-from pipelines.settings import Settings
 from rag.errors import GuardrailError
 from rag.guardrails.business import BusinessRules, apply_rules
 from rag.guardrails.chain import CorpusProfile, InputGuard, OutputGuard

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from flows.settings import Settings
 from pipelines.index import VectorIndex
-from pipelines.settings import Settings
 from pipelines.tracking import configure_mlflow
 from rag.errors import BadQuery, StackError, StackNotFound
 from rag.stack import CHAMPION, PREVIOUS_CHAMPION, StackRegistry

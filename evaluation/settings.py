@@ -1,0 +1,112 @@
+"""The evaluation layer's settings: the deployment gate, the LLM judge and fine-tuning, on top of the query side's.
+
+:class:`EvaluationSettings` is what code in ``evaluation`` takes; the entry point's ``flows.settings.Settings``
+extends it (see ``pipelines.settings`` for the layering).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from rag.settings import RagSettings
+
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "hit_rate@10": 0.95,
+    "recall@10": 0.90,
+    "mrr@10": 0.80,
+    "containment": 0.70,
+    "groundedness": 0.95,
+    "citation_validity": 1.0,
+    "format_compliance": 0.98,
+}
+"""Gate minimums for the bundled demo QA set (measured with the extractive dense stack: hit rate 0.99, recall@10
+0.97, MRR 0.91, containment 0.80; hybrid higher), minus a margin. Set your own for your test set."""
+
+
+class JudgeSettings(BaseModel):
+    """An OpenAI-compatible LLM that grades answers; unset means the judge metrics are reported as skipped."""
+
+    base_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible API (…/v1).")
+    model: str | None = Field(default=None, description="Judge model name.")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the judge's API key.")
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_items: int = Field(default=100, ge=1, description="Judge at most this many examples per run (cost bound).")
+
+
+class EvalSettings(BaseModel):
+    """The evaluation gate: which test set, which minimums, how much regression against the champion is noise."""
+
+    testset: str = Field(
+        default="demo_qa",
+        description="The gate's test set: a bundled name (demo_qa), a QA .jsonl file or a BEIR folder.",
+    )
+    split: str = Field(default="test", description="BEIR qrels split evaluated.")
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_THRESHOLDS),
+        description="Metric -> minimum (higher is better); JSON in RAGOPS_EVAL__THRESHOLDS.",
+    )
+    tolerance: float = Field(default=0.02, ge=0.0, description="Allowed drop against the champion, any metric.")
+    tolerances: dict[str, float] = Field(default_factory=dict, description="Per-metric overrides of tolerance.")
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Significance level of the paired tests.")
+    resamples: int = Field(default=9999, ge=99, description="Permutations/bootstrap resamples of the paired tests.")
+    depth: int = Field(default=100, ge=10, le=1000, description="Chunks retrieved per query for ranking metrics.")
+    groundedness_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
+    schedule_cron: str = Field(default="0 2 * * *", description="When the champion is re-evaluated (nightly).")
+    webhook_url: str | None = Field(default=None, description="POSTed a JSON alert when the champion regresses.")
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+
+
+class FinetuneSettings(BaseModel):
+    """Fine-tuning the embedder and the retraining cycle (``ragops finetune``, the weekly ``retrain`` flow)."""
+
+    train: str | None = Field(
+        default=None,
+        description="Labelled pairs: a BEIR folder (its train split) or a JSONL of {query, positive_doc_id"
+        "[, negative_doc_ids]}; unset means the gate's test set folder when it is BEIR and has that split.",
+    )
+    train_split: str = Field(default="train", description="qrels split of a BEIR folder used for training.")
+    epochs: int = Field(default=3, ge=1, le=100)
+    batch_size: int = Field(default=32, ge=2, le=1024, description="Pairs per step (in-batch negatives).")
+    learning_rate: float = Field(default=5e-5, gt=0.0, lt=1.0)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    max_seq_length: int = Field(
+        default=128, ge=16, le=512, description="Word pieces per text while training (longer texts are cut)."
+    )
+    freeze_layers: int = Field(
+        default=3, ge=0, le=48, description="Lower transformer layers (and the embeddings) kept frozen: faster steps."
+    )
+    hard_negatives: int = Field(default=1, ge=0, le=8, description="Mined hard negatives per labelled pair.")
+    mine_depth: int = Field(default=30, ge=2, le=1000, description="Hard negatives come from this many top chunks.")
+    mine_skip: int = Field(
+        default=3, ge=0, description="Top ranks never used as negatives (often unjudged relevant passages)."
+    )
+    feedback: bool = Field(default=True, description="Learn from thumbs up/down given in the playground and API.")
+    synthetic_min_pairs: int = Field(
+        default=200, ge=0, description="With fewer labelled and feedback pairs than this, synthetic pairs are added."
+    )
+    synthetic_max_pairs: int = Field(default=2000, ge=0, description="Synthetic pairs generated at most.")
+    base: Literal["bundled", "champion"] = Field(
+        default="bundled",
+        description="Start from the bundled MiniLM (reproducible, no drift across retrains) or the champion's model.",
+    )
+    seed: int = Field(default=13)
+    primary_metric: str = Field(default="ndcg@10", description="The metric a candidate must improve to be promoted.")
+    margin: float = Field(
+        default=0.005, ge=0.0, description="Promote only when the candidate beats the champion by at least this."
+    )
+    require_significance: bool = Field(
+        default=True, description="The improvement must also be significant (paired permutation test, eval alpha)."
+    )
+    keep: int = Field(
+        default=3, ge=1, description="Fine-tuned embedders and shadow indexes kept (besides champion and previous)."
+    )
+    schedule_cron: str = Field(default="0 3 * * 0", description="When the worker retrains (weekly, Sunday 03:00).")
+
+
+class EvaluationSettings(RagSettings):
+    """The query side's settings plus the gate (``RAGOPS_EVAL__*``) and fine-tuning (``RAGOPS_FINETUNE__*``)."""
+
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)

