@@ -61,6 +61,16 @@ class Overloaded(RagError):
         self.retry_after_s = retry_after_s
 
 
+class RateLimited(RagError):
+    """A caller's quota is used up (``limit`` names it, e.g. ``key:requests_per_minute``): the service answers 429
+    with a ``Retry-After`` header; nothing was processed."""
+
+    def __init__(self, limit: str, retry_after_s: float) -> None:
+        super().__init__(f"rate limit {limit} exceeded; retry in {retry_after_s:.0f} s")
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
 class CircuitOpen(RagError):
     """A dependency's circuit breaker is open: it failed repeatedly, calls are refused until ``retry_after_s``."""
 

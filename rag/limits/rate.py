@@ -162,6 +162,31 @@ class RateLimiter:
                 return Decision(False, quota.label, self._retry_after(strategy, quota, identity), storage, degraded)
         return Decision(True, None, 0.0, storage, degraded)
 
+    def charge_tokens(self, *, api_key: str | None, tenant: str | None, tokens: int) -> None:
+        """Count the tokens a finished request used against the token quotas (its request was counted by
+        :meth:`check`). A request that overran the quota fills it, so the next one is refused until it has room."""
+        from limits.errors import StorageError
+
+        if tokens <= 0:
+            return
+        strategy, _ = self._active()
+        try:
+            self._charge(strategy, api_key, tenant, tokens)
+        except StorageError as exc:
+            self._fall_back(exc)
+            self._charge(self._memory, api_key, tenant, tokens)
+
+    def _charge(self, strategy: Strategy, api_key: str | None, tenant: str | None, tokens: int) -> None:
+        ids = {"key": api_key, "tenant": tenant}
+        for quota in self._quotas:
+            identity = ids[quota.scope]
+            if quota.name != "tokens_per_minute" or identity is None:
+                continue
+            if not strategy.hit(quota.item, identity, cost=tokens):
+                room = strategy.get_window_stats(quota.item, identity).remaining
+                if room > 0:
+                    strategy.hit(quota.item, identity, cost=room)
+
     @staticmethod
     def _retry_after(strategy: Strategy, quota: _Quota, identity: str) -> float:
         stats = strategy.get_window_stats(quota.item, identity)

@@ -1,12 +1,14 @@
 """Errors as HTTP answers: OpenAI's envelope ``{"error": {"message", "type", "code"}}``, never a traceback.
 
-One table maps library errors to statuses: 422 for a bad request, 404 for an unknown id, 503 while no stack can be
-served; anything unexpected is a 500 with an incident id that the service log explains.
+One table maps library errors to statuses: 422 for a bad request, 404 for an unknown id, 429 over a quota, 503 while
+no stack can be served or past capacity (429 and 503 of load control carry ``Retry-After``); anything unexpected is
+a 500 with an incident id that the service log explains.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -15,7 +17,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag.errors import AnswerError, BadQuery, RetrievalError, StackError, StackNotFound
+from rag.errors import (
+    AnswerError,
+    BadQuery,
+    CircuitOpen,
+    Overloaded,
+    RateLimited,
+    RetrievalError,
+    StackError,
+    StackNotFound,
+)
 from rag.feedback import UnknownRequest
 from rag.service.sources import UnknownChunk
 
@@ -31,6 +42,9 @@ ERROR_MAP: tuple[tuple[type[Exception], int, str, str], ...] = (
     (StackError, 503, "service_unavailable", "stack_error"),
     (RetrievalError, 503, "service_unavailable", "retrieval_error"),
     (AnswerError, 503, "service_unavailable", "answer_error"),
+    (RateLimited, 429, "rate_limit_exceeded", "rate_limited"),
+    (Overloaded, 503, "service_unavailable", "overloaded"),
+    (CircuitOpen, 503, "service_unavailable", "dependency_unavailable"),
 )
 
 
@@ -43,7 +57,11 @@ def _library_error_handler(
     status: int, kind: str, code: str
 ) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handle(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(status, str(exc), kind, code)
+        response = error_response(status, str(exc), kind, code)
+        retry_after = getattr(exc, "retry_after_s", None)  # load control's errors say when to come back
+        if isinstance(retry_after, int | float):
+            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        return response
 
     return handle
 

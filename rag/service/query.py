@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from rag.limits.admission import AdmissionController
+from rag.limits.rate import RateLimiter
 from rag.service.batcher import BatchedVectors
 from rag.service.holder import Served, StackHolder
 from rag.service.recent import RecentRequests
@@ -43,6 +45,9 @@ class QueryService:
             max_question_chars=settings.service.max_question_chars, max_top_k=settings.service.max_top_k
         )
         self._chains: dict[int, tuple[Served, Chain]] = {}
+        limits = settings.limits
+        self.limiter = RateLimiter(limits)
+        self.admission = AdmissionController(limits.max_concurrency, limits.max_queue, limits.queue_timeout_s)
 
     def chain_for(self, served: Served) -> Chain:
         """The chain of ``served`` (built once per served stack and index version)."""
@@ -52,7 +57,9 @@ class QueryService:
         recorder = ServiceRecorder(
             self._log, self._recent, stack_version=served.version, index_version=served.index_version
         )
-        chain = build_chain(served.engine, vectors=self._vectors, limits=self._limits, recorder=recorder)
+        chain = build_chain(
+            served.engine, vectors=self._vectors, limits=self._limits, recorder=recorder, limiter=self.limiter
+        )
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
         self._chains[id(served)] = (served, chain)
         return chain
@@ -66,17 +73,20 @@ class QueryService:
         top_k: int | None,
         principal: Principal = ANONYMOUS,
     ) -> AsyncIterator[tuple[Served, Chain, RequestContext]]:
-        """The stack, its chain and a fresh context for one question; the stack is held until the block ends."""
-        with self._holder.acquire() as served:
-            # question and filters come as the caller sent them: the validate stage checks and normalises them
-            ctx = RequestContext(
-                engine=served.engine,
-                question=question,  # type: ignore[arg-type]
-                filters=filters,  # type: ignore[arg-type]
-                top_k=top_k,
-                principal=principal,
-            )
-            yield served, self.chain_for(served), ctx
+        """The stack, its chain and a fresh context for one question; the stack and an admission slot are held
+        until the block ends (a stream's whole life). Past capacity, :class:`rag.errors.Overloaded` is raised here,
+        before any work or response."""
+        async with self.admission.slot():
+            with self._holder.acquire() as served:
+                # question and filters come as the caller sent them: the validate stage checks and normalises them
+                ctx = RequestContext(
+                    engine=served.engine,
+                    question=question,  # type: ignore[arg-type]
+                    filters=filters,  # type: ignore[arg-type]
+                    top_k=top_k,
+                    principal=principal,
+                )
+                yield served, self.chain_for(served), ctx
 
     async def answer(
         self, question: object, *, filters: object, top_k: int | None, principal: Principal = ANONYMOUS

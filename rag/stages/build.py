@@ -12,12 +12,14 @@ from rag.stages.answer import AnswerStage
 from rag.stages.chain import Chain, Stage
 from rag.stages.embed import EmbedStage
 from rag.stages.guard import InputPrepareStage, InputScreenStage, OutputGuardStage
+from rag.stages.limit import LimitStage, TokenChargeStage
 from rag.stages.record import Recorder, RecordStage
 from rag.stages.retrieve import RetrieveStage
 from rag.stages.validate import RequestLimits, ValidateStage
 
 if TYPE_CHECKING:
     from rag.engine import RagEngine
+    from rag.limits.rate import RateLimiter
     from rag.stages.ports import VectorPort
 
 
@@ -27,11 +29,18 @@ def build_chain(
     vectors: VectorPort,
     limits: RequestLimits | None = None,
     recorder: Recorder | None = None,
+    limiter: RateLimiter | None = None,
 ) -> Chain:
-    """The stages for ``engine``'s stack, in order: validate, check_input, embed, screen_input, retrieve, answer,
-    check_output, record (the guardrail stages only when the stack has guardrails)."""
+    """The stages for ``engine``'s stack, in order: limit, validate, check_input, embed, screen_input, retrieve,
+    answer, check_output, charge_tokens, record (the guardrail stages only when the stack has guardrails; the
+    limit stages only with a ``limiter`` with quotas: the service's, never evaluation's)."""
     guards = engine.guards
-    stages: list[Stage] = [ValidateStage(limits or RequestLimits())]
+    quotas = limiter is not None and limiter.enabled
+    stages: list[Stage] = []
+    if quotas:
+        assert limiter is not None
+        stages.append(LimitStage(limiter))
+    stages.append(ValidateStage(limits or RequestLimits()))
     if guards is not None:
         stages.append(InputPrepareStage(guards.input))
     stages.append(EmbedStage(vectors))
@@ -41,6 +50,9 @@ def build_chain(
     stages.append(AnswerStage())
     if guards is not None:
         stages.append(OutputGuardStage(guards.output))
+    if quotas:
+        assert limiter is not None
+        stages.append(TokenChargeStage(limiter))
     if recorder is not None:
         stages.append(RecordStage(recorder))
     return Chain(stages)

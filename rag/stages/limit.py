@@ -1,0 +1,52 @@
+"""The limit stage: per-key and per-tenant quotas, checked before any work is done for the request.
+
+It runs right after the caller is known (the principal names the key and the tenant) and before the question is
+checked, embedded or answered, so a caller over quota costs the service almost nothing: the request ends with
+:class:`rag.errors.RateLimited` (HTTP 429 with ``Retry-After``). Tokens are counted once the answer is known, by
+:class:`TokenChargeStage` at the end of the chain, so an expensive answer uses up the minute's token budget and the
+next request waits. Admission control (a bounded queue of concurrent requests) is not a stage: it has to hold a
+slot for the whole request, streams included, so the service takes it around the chain (``QueryService.request``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rag.errors import RateLimited
+from rag.stages.context import RequestContext
+
+if TYPE_CHECKING:
+    from rag.limits.rate import RateLimiter
+
+
+class LimitStage:
+    """Refuse a request whose key or tenant is over quota; count it otherwise."""
+
+    name = "limit"
+    always = False
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    async def run(self, ctx: RequestContext) -> None:
+        """Raise :class:`RateLimited` naming the quota that is used up."""
+        principal = ctx.principal
+        # tokens=1 asks "is there any room left in the token budget"; the real count follows the answer
+        decision = self.limiter.check(api_key=principal.name, tenant=principal.tenant, tokens=1)
+        if not decision.allowed:
+            raise RateLimited(decision.limit or "quota", decision.retry_after_s)
+
+
+class TokenChargeStage:
+    """Count the tokens the request used against the caller's token quotas (refused requests used none)."""
+
+    name = "charge_tokens"
+    always = True
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    async def run(self, ctx: RequestContext) -> None:
+        """Charge ``ctx.usage.total_tokens``."""
+        principal = ctx.principal
+        self.limiter.charge_tokens(api_key=principal.name, tenant=principal.tenant, tokens=ctx.usage.total_tokens)

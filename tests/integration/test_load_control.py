@@ -1,0 +1,130 @@
+"""Load control in the served request path: quotas answer 429 and a full admission queue 503, both with
+``Retry-After`` and before any work; token budgets are charged from the answer's real usage.
+
+A real service on loopback over the tiny corpus, with an LLM stack whose fake OpenAI-compatible server streams
+slowly, so a request can be held open while others arrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flows.settings import Settings
+from rag.limits.settings import LimitsSettings
+from tests.fixtures.corpus import write_corpus
+from tests.fixtures.fake_openai import FakeOpenAI
+from tests.fixtures.server import Running, serve, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+QUESTION = "When did Mount Kerrigan last erupt?"
+REPLY = "Mount Kerrigan last erupted in 1847 [1]. The ash covered the valley of Tesh [1]."
+
+
+@dataclass(frozen=True)
+class Home:
+    settings: Settings
+    llm: FakeOpenAI
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterator[Home]:
+    from pipelines.index import VectorIndex
+    from pipelines.ingest import run_ingest
+    from rag.stack import StackRegistry
+    from rag.types import StackConfig
+
+    root = tmp_path_factory.mktemp("load-control")
+    with pytest.MonkeyPatch.context() as patch, FakeOpenAI(reply=REPLY, chunk_delay_s=0.15) as llm:
+        for key in list(os.environ):
+            if key.startswith("RAGOPS_"):
+                patch.delenv(key)
+        settings = Settings(home=root / "home", cache=shared_cache)
+        settings.ensure_dirs()
+        report = run_ingest(settings, write_corpus(root / "corpus"))
+        assert report.published, report.to_json()
+        index = VectorIndex(settings).current()
+        assert index is not None
+        config = StackConfig.for_index(
+            index,
+            name="slow-llm",
+            answerer={"kind": "llm"},
+            llm={"base_url": llm.base_url, "model": llm.model, "timeout_s": 30},
+        )
+        registry = StackRegistry(settings)
+        registry.promote(registry.register(config, actor="tests"), actor="tests", reason="load control tests")
+        yield Home(settings, llm)
+
+
+def _with_limits(settings: Settings, **limits: object) -> Settings:
+    return settings.model_copy(update={"limits": LimitsSettings.model_validate(limits)})
+
+
+@contextlib.contextmanager
+def _served(settings: Settings) -> Iterator[tuple[Running, httpx.Client]]:
+    from rag.service.app import create_app
+
+    with serve(create_app(settings)) as service, httpx.Client(base_url=service.url, timeout=60) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
+        yield service, client
+
+
+def test_a_key_over_its_request_quota_gets_429_with_retry_after(home: Home) -> None:
+    with _served(_with_limits(home.settings, requests_per_minute=2)) as (_, client):
+        answered = [client.post("/v1/query", json={"question": QUESTION}) for _ in range(2)]
+        asked = len(home.llm.requests)
+        refused = client.post("/v1/query", json={"question": QUESTION})
+    assert [r.status_code for r in answered] == [200, 200]
+    assert "limit" in answered[0].json()["timings"]
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limited" and "requests_per_minute" in error["message"]
+    assert len(home.llm.requests) == asked  # refused before any work: the LLM was not called
+
+
+def test_the_token_budget_is_charged_with_the_answer_s_real_tokens(home: Home) -> None:
+    """One answer costs more tokens than the minute's budget: it is served, and the next request waits."""
+    with _served(_with_limits(home.settings, tokens_per_minute=50)) as (_, client):
+        first = client.post("/v1/query", json={"question": QUESTION})
+        second = client.post("/v1/query", json={"question": QUESTION})
+    assert first.status_code == 200 and first.json()["usage"]["total_tokens"] > 50
+    assert second.status_code == 429 and "tokens_per_minute" in second.json()["error"]["message"]
+    assert int(second.headers["Retry-After"]) >= 1
+
+
+def test_past_capacity_a_request_is_shed_with_503_and_retry_after(home: Home) -> None:
+    """One slot, no queue: while a slow stream holds the slot, the next request is refused at once."""
+    settings = _with_limits(home.settings, max_concurrency=1, max_queue=0)
+    with _served(settings) as (service, client):
+        started = threading.Event()
+        streamed: list[str] = []
+
+        def hold() -> None:
+            body = {"question": QUESTION, "stream": True}
+            with (
+                httpx.Client(base_url=service.url, timeout=60) as other,
+                other.stream("POST", "/v1/query", json=body) as r,
+            ):
+                for line in r.iter_lines():
+                    started.set()
+                    streamed.append(line)
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        assert started.wait(30)
+        shed = client.post("/v1/query", json={"question": QUESTION})
+        thread.join(60)
+        after = client.post("/v1/query", json={"question": QUESTION})
+    assert shed.status_code == 503 and shed.json()["error"]["code"] == "overloaded"
+    assert int(shed.headers["Retry-After"]) >= 1
+    assert any(line.startswith("event: done") for line in streamed)  # the held stream finished normally
+    assert after.status_code == 200  # the slot came back
