@@ -74,6 +74,7 @@ class ExampleResult:
     tokens: int
     scores: Mapping[str, float]
     problems: tuple[str, ...] = ()
+    cost_usd: float = 0.0
     blocked_by: str | None = None
     guardrails: tuple[Mapping[str, Any], ...] = ()
 
@@ -90,6 +91,7 @@ class ExampleResult:
             "top_docs": ",".join(self.retrieved_doc_ids[:10]),
             "cited_docs": ",".join(self.cited_doc_ids),
             "tokens": self.tokens,
+            "cost_usd": self.cost_usd,
             "blocked_by": self.blocked_by or "",
             "guardrails": "; ".join(f"{v['name']}={v['verdict']}" for v in self.guardrails),
             "problems": "; ".join(self.problems),
@@ -279,6 +281,7 @@ def evaluate(
                     cited_doc_ids=tuple(c.doc_id for c in answer.citations),
                     timings_ms=ctx.all_timings(),
                     tokens=ctx.usage.total_tokens,
+                    cost_usd=ctx.usage.cost_usd,
                     scores=scores,
                     problems=check.problems,
                     blocked_by=ctx.refusal.check if ctx.refusal else None,
@@ -324,10 +327,8 @@ def evaluate(
         metrics[f"latency_{stage}_p95_ms"] = summary.p95
         metrics[f"latency_{stage}_p99_ms"] = summary.p99
     metrics["tokens_per_request"] = sum(e.tokens for e in examples) / len(examples)
-    if engine.config.answerer.kind == "extractive":
-        metrics["cost_usd_per_request"] = 0.0  # no paid model is called
-    else:
-        skipped["cost_usd_per_request"] = "no price per token is configured for the stack's LLM"
+    # the LLM's reported tokens at the stack's prices (0 for extractive answers and local models)
+    metrics["cost_usd_per_request"] = sum(e.cost_usd for e in examples) / len(examples)
     if engine.guards is None:
         skipped["guardrail_trigger_rate"] = "the stack has no guardrails (registered before they existed)"
     else:

@@ -39,8 +39,8 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
@@ -48,7 +48,7 @@ import openai
 
 from rag.answer import ExtractiveAnswerer, split_sentences
 from rag.errors import AnswerError, BadQuery, StackError
-from rag.types import ABSTAIN_TEXT, Answer, Citation, LlmConfig, RetrievedChunk, StackConfig
+from rag.types import ABSTAIN_TEXT, Answer, Citation, LlmConfig, RetrievedChunk, StackConfig, TokenCount
 
 if TYPE_CHECKING:
     from llama_index.core.base.llms.types import ChatMessage
@@ -206,7 +206,7 @@ class LlmAnswerer:
         reply = (response.message.content or "").strip()
         if not reply:
             raise LlmError("the LLM returned an empty answer", public="failed (empty answer)")
-        return self.build_answer(reply, chunks)
+        return self.build_answer(reply, chunks, tokens=_reported(response.additional_kwargs))
 
     def stream(self, question: str, chunks: Sequence[RetrievedChunk]) -> Iterator[str]:
         """The model's token deltas as they arrive (they concatenate to the reply). Raises like :meth:`answer`."""
@@ -223,6 +223,7 @@ class LlmAnswerer:
             return
         llm = self._client()
         parts: list[str] = []
+        tokens: TokenCount | None = None
         try:
             responses = llm.stream_chat(self._messages(text, chunks))
         except Exception as exc:
@@ -235,6 +236,7 @@ class LlmAnswerer:
                     break
                 except Exception as exc:
                     raise self._error(exc) from exc
+                tokens = _reported(response.additional_kwargs) or tokens  # the last chunk carries the usage
                 if response.delta:
                     parts.append(response.delta)
                     yield StreamEvent("delta", response.delta)
@@ -245,13 +247,14 @@ class LlmAnswerer:
         reply = "".join(parts).strip()
         if not reply:
             raise LlmError("the LLM returned an empty answer", public="failed (empty answer)")
-        yield StreamEvent("done", answer=self.build_answer(reply, chunks))
+        yield StreamEvent("done", answer=self.build_answer(reply, chunks, tokens=tokens))
 
-    def build_answer(self, reply: str, chunks: Sequence[RetrievedChunk]) -> Answer:
-        """The :class:`Answer` for a model reply over ``chunks`` (citations, abstention, support)."""
+    def build_answer(self, reply: str, chunks: Sequence[RetrievedChunk], *, tokens: TokenCount | None = None) -> Answer:
+        """The :class:`Answer` for a model reply over ``chunks`` (citations, abstention, support); ``tokens`` is
+        the usage the model reported for the call."""
         cited = cited_numbers(reply, len(chunks))
         if says_not_found(reply, cited):
-            return abstention()
+            return replace(abstention(), tokens=tokens)
         numbers = cited or list(range(1, len(chunks) + 1))
         citations = tuple(
             Citation(
@@ -267,7 +270,9 @@ class LlmAnswerer:
         )
         support = max(_similarity(chunks[n - 1]) for n in numbers)
         sentences = tuple(s for block in split_sentences(reply) for s in block) or (reply,)
-        return Answer(text=reply, citations=citations, abstained=False, support=support, sentences=sentences)
+        return Answer(
+            text=reply, citations=citations, abstained=False, support=support, sentences=sentences, tokens=tokens
+        )
 
     # ---------------------------------------------------------------------------------------------- internals
     def _client(self) -> OpenAILike:
@@ -303,6 +308,8 @@ class LlmAnswerer:
             temperature=cfg.temperature,
             max_tokens=cfg.max_tokens,
             reuse_client=True,
+            # the usage of a stream comes in its last chunk (dropped by llama-index for calls that do not stream)
+            additional_kwargs={"stream_options": {"include_usage": True}},
             callback_manager=CallbackManager([]),  # never the global Settings' handlers (e.g. token counting)
         )
 
@@ -425,6 +432,14 @@ def _notice(exc: BaseException, *, mid_stream: bool) -> str:
     if mid_stream:
         return f"The LLM {public} mid-answer; the extractive answer follows."
     return f"The LLM {public}; this is the extractive answer."
+
+
+def _reported(counts: Mapping[str, Any]) -> TokenCount | None:
+    """The token usage llama-index copied from the OpenAI response (``prompt_tokens``, ``completion_tokens``)."""
+    prompt, completion = counts.get("prompt_tokens"), counts.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return TokenCount(prompt=prompt, completion=completion)
+    return None
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -140,6 +140,14 @@ class LlmConfig(BaseModel):
     api_key_env: str | None = Field(default=None, description="Name of the environment variable holding the key.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, ge=1)
+    input_usd_per_mtok: float = Field(
+        default=0.0, ge=0.0, description="Price of a million prompt tokens (0: a local or free model)."
+    )
+    output_usd_per_mtok: float = Field(default=0.0, ge=0.0, description="Price of a million completion tokens.")
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What a call with these token counts costs at the stack's prices."""
+        return (prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok) / 1e6
 
 
 class StackConfig(BaseModel):
@@ -265,6 +273,14 @@ class Citation:
 
 
 @dataclass(frozen=True)
+class TokenCount:
+    """Tokens of one LLM call as the model counted them (its own tokenizer: what it bills)."""
+
+    prompt: int
+    completion: int
+
+
+@dataclass(frozen=True)
 class Answer:
     """An answer with its citations; ``abstained`` answers carry no citations.
 
@@ -277,6 +293,8 @@ class Answer:
     abstained: bool
     support: float
     sentences: tuple[str, ...] = ()
+    tokens: TokenCount | None = None
+    """What the model reported it read and wrote (None: no model was called, or it reported nothing)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for APIs and the pyfunc output."""

@@ -3,7 +3,8 @@
 An extractive answer costs about 2 ms of CPU and is computed in the event loop (a thread hop would cost as much);
 an LLM answer blocks for up to ``llm.timeout_s`` and runs on a worker thread, its stream pulled token by token
 from the thread so the event loop never waits on the network. Token usage is counted here, once the answer is
-known.
+known: an LLM's own reported usage (what it bills, priced by the stack's ``llm`` prices into ``cost_usd``), else
+the embedder's word pieces of the question, the chunks and the answer (an extractive answer costs nothing).
 """
 
 from __future__ import annotations
@@ -85,5 +86,10 @@ class AnswerStage:
             raise AnswerError("the answer cited a chunk that was not retrieved")
         ctx.answer = answer
         ctx.notice = notice_of(answer)
-        prompt, completion = ctx.engine.token_usage(ctx.text, ctx.chunks, answer)
-        ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
+        if answer.tokens is not None:  # the model's own count: what it bills
+            prompt, completion = answer.tokens.prompt, answer.tokens.completion
+        else:
+            prompt, completion = ctx.engine.token_usage(ctx.text, ctx.chunks, answer)
+        llm = ctx.engine.config.llm
+        cost = llm.cost_usd(prompt, completion) if answer.tokens is not None else 0.0
+        ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=completion, cost_usd=round(cost, 8))

@@ -145,3 +145,26 @@ def test_a_stack_without_guardrails_serves_as_before(built_index: BuiltIndex) ->
         assert ctx.refusal is None and ctx.verdicts == []
     finally:
         engine.close()
+
+
+def test_usage_is_the_llm_s_own_count_priced_by_the_stack(built_index: BuiltIndex, fake: FakeOpenAI) -> None:
+    """Tokens come from the usage the model reports (streamed: its last chunk), so cost is what it bills."""
+    overrides = _llm(fake, grounding={"enabled": False})
+    overrides["llm"] = {**overrides["llm"], "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 4.0}
+    engine = _engine(built_index, **overrides)
+    try:
+        chain = build_chain(engine, vectors=DirectVectors())
+        question = "When did Mount Kerrigan last erupt?"
+        whole = RequestContext(engine=engine, question=question)
+        asyncio.run(chain.run(whole))
+        streamed = RequestContext(engine=engine, question=question)
+        _stream(chain, streamed)
+        assert fake.requests[-1].body.get("stream_options") == {"include_usage": True}
+        assert "stream_options" not in fake.requests[-2].body  # only streams ask for it
+        prompt_words = len(fake.requests[-1].prompt.split())
+        reply_words = len((GROUNDED + INVENTED).split())
+        for ctx in (whole, streamed):
+            assert (ctx.usage.prompt_tokens, ctx.usage.completion_tokens) == (prompt_words, reply_words)
+            assert ctx.usage.cost_usd == pytest.approx((prompt_words * 1.0 + reply_words * 4.0) / 1e6)
+    finally:
+        engine.close()
