@@ -156,6 +156,16 @@ class _Scored:
     has_number: bool
 
 
+@dataclass(frozen=True)
+class RankedSentence:
+    """One sentence of a retrieved chunk with the extractive scorer's score for a question."""
+
+    chunk_rank: int
+    index: int  # order within the chunk
+    text: str
+    score: float
+
+
 class Answerer(Protocol):
     """What the service and the pyfunc model need from any answerer."""
 
@@ -369,6 +379,12 @@ class ExtractiveAnswerer:
     def stream(self, question: str, chunks: Sequence[RetrievedChunk]) -> Iterator[str]:
         """Yield the answer's sentences one at a time (an abstention is one piece)."""
         yield from self.answer(question, chunks).sentences
+
+    def rank_sentences(self, question: str, chunks: Sequence[RetrievedChunk]) -> list[RankedSentence]:
+        """Every sentence of ``chunks``, best first, scored as the answer chooses them (what context fitting
+        keeps when the chunks alone do not fit a token budget)."""
+        scored, _ = self._score(question, chunks)
+        return [RankedSentence(s.chunk_rank, s.index, s.text, s.score) for s in scored]
 
     # ---------------------------------------------------------------------------------------------- internals
     def _score(self, question: str, chunks: Sequence[RetrievedChunk]) -> tuple[list[_Scored], float]:

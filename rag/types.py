@@ -139,7 +139,13 @@ class LlmConfig(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0.0)
     api_key_env: str | None = Field(default=None, description="Name of the environment variable holding the key.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=512, ge=1)
+    max_tokens: int = Field(default=512, ge=1, description="Most tokens the LLM may write per answer.")
+    max_input_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        description="Most context tokens the LLM reads per answer: lower-ranked chunks are dropped, then the rest "
+        "trimmed to their best sentences (None: every retrieved chunk, whole).",
+    )
     input_usd_per_mtok: float = Field(
         default=0.0, ge=0.0, description="Price of a million prompt tokens (0: a local or free model)."
     )

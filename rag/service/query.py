@@ -124,6 +124,7 @@ def usage(ctx: RequestContext) -> Usage:
         total_tokens=u.total_tokens,
         cost_usd=u.cost_usd,
         time_to_first_token_ms=ctx.first_token_ms,
+        context_tokens_saved=ctx.context_tokens_saved,
     )
 
 

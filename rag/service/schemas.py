@@ -41,7 +41,8 @@ class CitationOut(BaseModel):
 
 
 class Usage(BaseModel):
-    """Token counts in the embedder's word pieces, and the cost (zero for the extractive answerer)."""
+    """Token counts (an LLM's own reported usage, else the embedder's word pieces) and the cost at the stack's
+    LLM prices (zero for the extractive answerer and for unpriced models)."""
 
     prompt_tokens: int
     completion_tokens: int
@@ -49,6 +50,9 @@ class Usage(BaseModel):
     cost_usd: float = 0.0
     time_to_first_token_ms: float | None = Field(
         default=None, description="Streamed answers: milliseconds from the request to the first piece of text."
+    )
+    context_tokens_saved: int | None = Field(
+        default=None, description="Context tokens not sent to the LLM to fit the stack's input budget."
     )
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from rag.stages.answer import AnswerStage
 from rag.stages.chain import Chain, Stage
 from rag.stages.embed import EmbedStage
+from rag.stages.fit import FitContextStage
 from rag.stages.guard import InputPrepareStage, InputScreenStage, OutputGuardStage
 from rag.stages.limit import LimitStage, TokenChargeStage
 from rag.stages.record import Recorder, RecordStage
@@ -32,8 +33,9 @@ def build_chain(
     limiter: RateLimiter | None = None,
 ) -> Chain:
     """The stages for ``engine``'s stack, in order: limit, validate, check_input, embed, screen_input, retrieve,
-    answer, check_output, charge_tokens, record (the guardrail stages only when the stack has guardrails; the
-    limit stages only with a ``limiter`` with quotas: the service's, never evaluation's)."""
+    fit_context, answer, check_output, charge_tokens, record (the guardrail stages only when the stack has
+    guardrails; fit_context only for an LLM stack with ``llm.max_input_tokens``; the limit stages only with a
+    ``limiter`` with quotas: the service's, never evaluation's)."""
     guards = engine.guards
     quotas = limiter is not None and limiter.enabled
     stages: list[Stage] = []
@@ -47,6 +49,9 @@ def build_chain(
     if guards is not None:
         stages.append(InputScreenStage(guards.input))
     stages.append(RetrieveStage(vectors))
+    budget = engine.config.llm.max_input_tokens
+    if engine.config.answerer.kind == "llm" and budget is not None:
+        stages.append(FitContextStage(budget))
     stages.append(AnswerStage())
     if guards is not None:
         stages.append(OutputGuardStage(guards.output))

@@ -90,6 +90,7 @@ class RequestContext:
     usage: Usage = field(default_factory=Usage)
     timings: dict[str, float] = field(default_factory=dict)
     first_token_ms: float | None = None
+    context_tokens_saved: int | None = None
     notice: str | None = None
     started: float = field(default_factory=time.perf_counter)
 

@@ -168,3 +168,22 @@ def test_usage_is_the_llm_s_own_count_priced_by_the_stack(built_index: BuiltInde
             assert ctx.usage.cost_usd == pytest.approx((prompt_words * 1.0 + reply_words * 4.0) / 1e6)
     finally:
         engine.close()
+
+
+def test_an_llm_stack_with_an_input_budget_fits_its_context(built_index: BuiltIndex, fake: FakeOpenAI) -> None:
+    """llm.max_input_tokens: the lowest-ranked chunks are not sent, the answer's chunk is, and the saving is
+    reported; evaluation still scores the whole ranking."""
+    overrides = _llm(fake, grounding={"enabled": False})
+    overrides["llm"] = {**overrides["llm"], "max_input_tokens": 60}
+    engine = _engine(built_index, **overrides)
+    try:
+        chain = build_chain(engine, vectors=DirectVectors())
+        assert chain.names.index("fit_context") == chain.names.index("answer") - 1
+        ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?")
+        asyncio.run(chain.run(ctx))
+        assert ctx.context_tokens_saved is not None and ctx.context_tokens_saved > 0
+        assert len(ctx.chunks) < len(ctx.ranking)
+        prompt = fake.requests[-1].prompt
+        assert "1847" in prompt and "Copper Kettle" not in prompt
+    finally:
+        engine.close()
