@@ -158,6 +158,13 @@ class StackRegistry:
 
         mlflow = configure_mlflow(self.settings)
         client = self.client
+        prompts = None
+        if config.prompt is not None:  # the registered text is what the stack answers with
+            from rag.prompts import PromptRegistry
+
+            prompts = PromptRegistry(self.settings)
+            ref, template = prompts.resolve(config.prompt.name, config.prompt.version)
+            config = config.model_copy(update={"prompt": ref, "prompt_template": template})
         experiment_id = ensure_experiment(self.settings, EXPERIMENT)
         version_tags = {**self._describe(config), **dict(tags or {})}
         version_tags[CONFIG_TAG] = json.dumps(config.to_json(), sort_keys=True, separators=(",", ":"))
@@ -191,6 +198,8 @@ class StackRegistry:
             model_id=info.model_id,
         )
         number = int(created.version)
+        if prompts is not None and config.prompt is not None and info.model_id:
+            prompts.link(config.prompt, info.model_id)
         self._configs[number] = config
         logger.info("registered stack", extra={"stack": config.name, "version": number, "run_id": run.info.run_id})
         return number

@@ -156,6 +156,20 @@ class LlmConfig(BaseModel):
         return (prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok) / 1e6
 
 
+class PromptRef(BaseModel):
+    """A prompt template in MLflow's Prompt Registry (``prompts:/<name>/<version>``)."""
+
+    model_config = _FROZEN
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    version: int = Field(ge=1)
+
+    @property
+    def uri(self) -> str:
+        """MLflow's URI of the prompt version."""
+        return f"prompts:/{self.name}/{self.version}"
+
+
 class StackConfig(BaseModel):
     """Everything that decides an answer. Registered as one version of the MLflow model ``rag-stack``.
 
@@ -178,6 +192,10 @@ class StackConfig(BaseModel):
     answerer: AnswererConfig = Field(default_factory=AnswererConfig)
     llm: LlmConfig = Field(default_factory=LlmConfig)
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompt: PromptRef | None = Field(
+        default=None,
+        description="The registered prompt the template came from (rag.prompts); None: the template as written.",
+    )
     guardrails: GuardrailsConfig | None = Field(
         default=None, description="None: a stack registered before guardrails (no checks, serves as before)."
     )
@@ -227,6 +245,8 @@ class StackConfig(BaseModel):
         """SHA-256 of the canonical JSON minus the name: two stacks that answer identically share it."""
         data = self.to_json()
         data.pop("name", None)
+        if data.get("prompt") is None:  # stacks from before prompt references keep their fingerprint
+            data.pop("prompt", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def flat_params(self) -> dict[str, str]:

@@ -83,6 +83,17 @@ def stack_register(
     top_k: Annotated[int, typer.Option("--top-k", help="Chunks handed to the answerer.")] = 5,
     pin: Annotated[bool, typer.Option("--pin", help="Pin the current index version instead of following it.")] = False,
     description: Annotated[str, typer.Option("--description", help="Free text stored with the version.")] = "",
+    answerer: Annotated[
+        str, typer.Option("--answerer", help="extractive (no LLM) or llm (an OpenAI-compatible endpoint).")
+    ] = "extractive",
+    llm_url: Annotated[
+        str | None, typer.Option("--llm-url", help="The LLM's base URL, e.g. http://127.0.0.1:8081/v1.")
+    ] = None,
+    llm_model: Annotated[str | None, typer.Option("--llm-model", help="The LLM's model name.")] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", help="A registered prompt, NAME or NAME@VERSION (ragops prompt register)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a new stack version over the collection's published index (not served until promoted)."""
@@ -99,8 +110,21 @@ def stack_register(
         if current is None:
             raise StackError("the collection has no published index yet; run `ragops ingest` first")
         uri = model_uri_for(settings, current.embedder.weights_sha256)  # a shadow index of a fine-tuned model
+        extra: dict[str, Any] = {"answerer": {"kind": answerer}}
+        if llm_url or llm_model:
+            extra["llm"] = {"base_url": llm_url, "model": llm_model}
+        if prompt:
+            from rag.prompts import parse_ref
+
+            prompt_name, prompt_version = parse_ref(prompt)
+            if prompt_version is None:
+                from rag.prompts import PromptRegistry
+
+                ref, _ = PromptRegistry(settings).resolve(prompt_name)
+                prompt_version = ref.version
+            extra["prompt"] = {"name": prompt_name, "version": prompt_version}
         config = StackConfig.for_index(
-            current, name=name, pin=pin, model_uri=uri, retrieval={"mode": mode, "top_k": top_k}
+            current, name=name, pin=pin, model_uri=uri, retrieval={"mode": mode, "top_k": top_k}, **extra
         )
         return StackRegistry(settings).register(config, description=description, actor=actor())
 

@@ -284,3 +284,62 @@ def test_llm_judge_grades_through_the_openai_protocol(home: Home, champion: int)
             result = evaluate(engine, testset, home.settings.eval, judge=judge)
     assert "judge_relevance" not in result.metrics
     assert result.skipped["judge_failures"].startswith("2 of 2 judgements failed")
+
+
+# ----------------------------------------------------------------------------------------------------- prompts
+def test_a_prompt_change_is_a_new_stack_version_through_the_gate(home: Home, champion: int) -> None:
+    """Prompts live in MLflow's Prompt Registry; a stack references one by name and version and carries its text,
+    so a new prompt version means a new stack version, evaluated and gated before it can be served."""
+    from pipelines.index import VectorIndex
+    from rag.prompts import PromptRegistry
+    from tests.fixtures.fake_openai import FakeOpenAI
+
+    prompts = PromptRegistry(home.settings)
+    first = prompts.register("answer", "Context:\n{context}\n\nQuestion: {question}", message="first")
+    brief = prompts.register("answer", "Be brief; cite [n].\nContext:\n{context}\n\nQuestion: {question}")
+    assert brief.version == first.version + 1
+    assert prompts.resolve("answer")[0] == brief  # the latest by default
+    current = VectorIndex(home.settings).current()
+    assert current is not None
+    registry = StackRegistry(home.settings)
+    with FakeOpenAI(reply="It erupted in 1847 [1].") as llm:
+        shared: dict[str, Any] = {
+            "answerer": {"kind": "llm"},
+            "llm": {"base_url": llm.base_url, "model": llm.model},
+            "retrieval": {"top_k": 3},
+        }
+        one = registry.register(StackConfig.for_index(current, name="p1", prompt=first.model_dump(), **shared))
+        two = registry.register(StackConfig.for_index(current, name="p2", prompt=brief.model_dump(), **shared))
+        old, new = registry.get(one).config, registry.get(two).config
+        assert old.prompt == first and old.prompt_template.startswith("Context:")
+        assert new.prompt == brief and new.prompt_template.startswith("Be brief")
+        assert old.fingerprint() != new.fingerprint()
+        outcome = evaluate_stack(home.settings, registry, two, gate=True)
+    assert llm.requests and all(r.prompt.startswith("Be brief") for r in llm.requests)
+    assert outcome.gate is not None and not outcome.gate.passed  # one canned reply for every question
+    with pytest.raises(PromotionRefused):
+        promote_gated(home.settings, registry, two, actor="test", reason="new prompt")
+    assert registry.champion_version() == champion
+
+
+def test_cli_registers_a_prompt_and_a_stack_that_uses_it(home: Home, tmp_path: Path) -> None:
+    from flows.cli import app
+
+    runner = CliRunner()
+    template = tmp_path / "prompt.txt"
+    template.write_text("Use {{question}} literally? No: {{context}} then {{question}}", encoding="utf-8")
+    made = runner.invoke(app, ["prompt", "register", "cli-prompt", "-f", str(template), "-m", "v1", "--json"])
+    assert made.exit_code == 0, made.output
+    ref = json.loads(made.stdout)
+    assert ref["version"] == 1 and ref["uri"] == "prompts:/cli-prompt/1"
+    shown = json.loads(runner.invoke(app, ["prompt", "show", "cli-prompt@1", "--json"]).stdout)
+    assert shown["template"] == "Use {question} literally? No: {context} then {question}"
+    options = ["--answerer", "llm", "--llm-url", "http://127.0.0.1:9/v1", "--llm-model", "m", "--json"]
+    stack = runner.invoke(app, ["stack", "register", "--name", "cli-llm", "--prompt", "cli-prompt", *options])
+    assert stack.exit_code == 0, stack.output
+    version = json.loads(stack.stdout)["version"]
+    config = json.loads(runner.invoke(app, ["stack", "show", str(version), "--json"]).stdout)["config"]
+    assert config["prompt"] == {"name": "cli-prompt", "version": 1}
+    assert config["prompt_template"] == shown["template"]
+    missing = runner.invoke(app, ["stack", "register", "--prompt", "no-such-prompt@2", *options])
+    assert missing.exit_code != 0 and "not in the prompt registry" in missing.output
