@@ -70,10 +70,22 @@ class LocalLlmSettings(BaseModel):
     )
 
 
+class AnswerCacheSettings(BaseModel):
+    """The answer cache (rag/cache.py): off by default; per served stack and index version, per access scope."""
+
+    enabled: bool = Field(default=False, description="Answer repeats and paraphrases from the cache.")
+    threshold: float = Field(
+        default=0.95, gt=0.0, le=1.0, description="Cosine between question embeddings that counts as the same."
+    )
+    ttl_s: float = Field(default=86_400.0, gt=0, description="Seconds an answer stays usable.")
+    max_entries: int = Field(default=10_000, ge=1, description="Answers kept per served stack (least recent go).")
+
+
 class RagSettings(PipelineSettings):
     """The pipeline settings plus the query side's groups (``RAGOPS_SERVICE__*``, ``RAGOPS_LOCAL_LLM__*``,
-    ``RAGOPS_LIMITS__*``)."""
+    ``RAGOPS_LIMITS__*``, ``RAGOPS_ANSWER_CACHE__*``)."""
 
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     local_llm: LocalLlmSettings = Field(default_factory=LocalLlmSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    answer_cache: AnswerCacheSettings = Field(default_factory=AnswerCacheSettings)

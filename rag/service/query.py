@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from rag.cache import AnswerCache
 from rag.limits.admission import AdmissionController
 from rag.limits.rate import RateLimiter
 from rag.service.batcher import BatchedVectors
@@ -46,6 +47,7 @@ class QueryService:
         )
         self._chains: dict[int, tuple[Served, Chain]] = {}
         limits = settings.limits
+        self._cache_settings = settings.answer_cache
         self.limiter = RateLimiter(limits)
         self.admission = AdmissionController(limits.max_concurrency, limits.max_queue, limits.queue_timeout_s)
 
@@ -57,8 +59,17 @@ class QueryService:
         recorder = ServiceRecorder(
             self._log, self._recent, stack_version=served.version, index_version=served.index_version
         )
+        cache = None
+        if self._cache_settings.enabled:  # one cache per served stack and index version: a switch empties it
+            cfg = self._cache_settings
+            cache = AnswerCache(threshold=cfg.threshold, ttl_s=cfg.ttl_s, max_entries=cfg.max_entries)
         chain = build_chain(
-            served.engine, vectors=self._vectors, limits=self._limits, recorder=recorder, limiter=self.limiter
+            served.engine,
+            vectors=self._vectors,
+            limits=self._limits,
+            recorder=recorder,
+            limiter=self.limiter,
+            cache=cache,
         )
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
         self._chains[id(served)] = (served, chain)
@@ -146,6 +157,7 @@ def query_response(served: Served, ctx: RequestContext) -> QueryResponse:
         blocked=refused,
         blocked_by=ctx.refusal.check if ctx.refusal else None,
         guardrails=guardrails(ctx),
+        cached=ctx.cache_hit,  # type: ignore[arg-type]
         stack_version=served.version,
         stack_name=served.config.name,
         index_version=served.index_version,

@@ -79,6 +79,9 @@ class QueryResponse(BaseModel):
     blocked: bool = Field(default=False, description="A guardrail refused the request (no retrieved text is returned).")
     blocked_by: str | None = Field(default=None, description="The check that refused it.")
     guardrails: list[GuardrailOut] = Field(default_factory=list, description="Every check's verdict.")
+    cached: Literal["exact", "semantic"] | None = Field(
+        default=None, description="Answered from the answer cache (no retrieval, no generation), and by which layer."
+    )
     stack_version: int
     stack_name: str
     index_version: int

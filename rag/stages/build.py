@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rag.stages.answer import AnswerStage
+from rag.stages.cache import CacheStoreStage, ExactCacheStage, SemanticCacheStage
 from rag.stages.chain import Chain, Stage
 from rag.stages.embed import EmbedStage
 from rag.stages.fit import FitContextStage
@@ -19,6 +20,7 @@ from rag.stages.retrieve import RetrieveStage
 from rag.stages.validate import RequestLimits, ValidateStage
 
 if TYPE_CHECKING:
+    from rag.cache import AnswerCache
     from rag.engine import RagEngine
     from rag.limits.rate import RateLimiter
     from rag.stages.ports import VectorPort
@@ -31,11 +33,13 @@ def build_chain(
     limits: RequestLimits | None = None,
     recorder: Recorder | None = None,
     limiter: RateLimiter | None = None,
+    cache: AnswerCache | None = None,
 ) -> Chain:
-    """The stages for ``engine``'s stack, in order: limit, validate, check_input, embed, screen_input, retrieve,
-    fit_context, answer, check_output, charge_tokens, record (the guardrail stages only when the stack has
-    guardrails; fit_context only for an LLM stack with ``llm.max_input_tokens``; the limit stages only with a
-    ``limiter`` with quotas: the service's, never evaluation's)."""
+    """The stages for ``engine``'s stack, in order: limit, validate, check_input, cache_exact, embed,
+    screen_input, cache, retrieve, fit_context, answer, check_output, cache_store, charge_tokens, record (the
+    guardrail stages only when the stack has guardrails; fit_context only for an LLM stack with
+    ``llm.max_input_tokens``; the limit stages only with a ``limiter`` with quotas and the cache stages only with a
+    ``cache``: the service's, never evaluation's)."""
     guards = engine.guards
     quotas = limiter is not None and limiter.enabled
     stages: list[Stage] = []
@@ -45,9 +49,13 @@ def build_chain(
     stages.append(ValidateStage(limits or RequestLimits()))
     if guards is not None:
         stages.append(InputPrepareStage(guards.input))
+    if cache is not None:
+        stages.append(ExactCacheStage(cache))
     stages.append(EmbedStage(vectors))
     if guards is not None:
         stages.append(InputScreenStage(guards.input))
+    if cache is not None:
+        stages.append(SemanticCacheStage(cache))
     stages.append(RetrieveStage(vectors))
     budget = engine.config.llm.max_input_tokens
     if engine.config.answerer.kind == "llm" and budget is not None:
@@ -55,6 +63,8 @@ def build_chain(
     stages.append(AnswerStage())
     if guards is not None:
         stages.append(OutputGuardStage(guards.output))
+    if cache is not None:
+        stages.append(CacheStoreStage(cache))
     if quotas:
         assert limiter is not None
         stages.append(TokenChargeStage(limiter))

@@ -126,7 +126,10 @@ class Chain:
             return
         await self._run(ctx, self.stages[:at])
         rest = self.stages[at + 1 :]
-        if ctx.refusal is None:
+        if ctx.cache_hit is not None and ctx.answer is not None:  # answered before the answer stage: replay it
+            for i, sentence in enumerate(ctx.answer.sentences or (ctx.answer.text,)):
+                yield StreamEvent("delta", sentence if i == 0 else " " + sentence)
+        elif ctx.refusal is None:
             source = self.stages[at]
             assert isinstance(source, StreamingStage)
             events: AsyncIterator[StreamEvent] = source.stream(ctx)

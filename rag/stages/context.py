@@ -91,6 +91,7 @@ class RequestContext:
     timings: dict[str, float] = field(default_factory=dict)
     first_token_ms: float | None = None
     context_tokens_saved: int | None = None
+    cache_hit: str | None = None
     notice: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -100,8 +101,9 @@ class RequestContext:
 
     @property
     def ended(self) -> bool:
-        """A stage refused the request: the remaining stages that do not always run are skipped."""
-        return self.refusal is not None
+        """A stage refused the request or answered it from the cache: the remaining stages that do not always
+        run are skipped."""
+        return self.refusal is not None or self.cache_hit is not None
 
     @property
     def k(self) -> int:

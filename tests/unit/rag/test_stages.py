@@ -187,3 +187,42 @@ def test_an_llm_stack_with_an_input_budget_fits_its_context(built_index: BuiltIn
         assert "1847" in prompt and "Copper Kettle" not in prompt
     finally:
         engine.close()
+
+
+def test_the_cache_answers_repeats_and_paraphrases_within_a_scope(built_index: BuiltIndex, fake: FakeOpenAI) -> None:
+    from rag.cache import AnswerCache
+    from rag.stages.context import Principal
+
+    engine = _engine(built_index, **_llm(fake, grounding={"enabled": False}))
+    try:
+        cache = AnswerCache(threshold=0.9, ttl_s=60, max_entries=100)
+        chain = build_chain(engine, vectors=DirectVectors(), cache=cache)
+        acme = Principal(name="k1", tenant="acme")
+
+        def ask(question: str, principal: Principal = acme) -> RequestContext:
+            ctx = RequestContext(engine=engine, question=question, principal=principal)
+            asyncio.run(chain.run(ctx))
+            return ctx
+
+        first = ask("When did Mount Kerrigan last erupt?")
+        calls = len(fake.requests)
+        assert first.cache_hit is None and "retrieve" in first.timings and len(cache) == 1
+        repeat = ask("when did mount kerrigan last erupt")
+        assert repeat.cache_hit == "exact" and "embed" not in repeat.timings and "retrieve" not in repeat.timings
+        assert repeat.answer == first.answer and [c.chunk_id for c in repeat.chunks] == [
+            c.chunk_id for c in first.chunks
+        ]
+        paraphrase = ask("When did Mount Kerrigan erupt for the last time?")
+        assert paraphrase.cache_hit == "semantic" and "retrieve" not in paraphrase.timings
+        assert len(fake.requests) == calls  # no generation for either hit
+        other = ask("When did Mount Kerrigan last erupt?", Principal(name="k2", tenant="globex"))
+        assert other.cache_hit is None and len(fake.requests) == calls + 1
+        refused = ask(INJECTION)
+        assert refused.refusal is not None and refused.cache_hit is None
+        assert ask(INJECTION).refusal is not None  # refusals are never stored, so never replayed as answers
+        streamed = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=acme)
+        events = _stream(chain, streamed)
+        assert streamed.cache_hit == "exact" and [e.kind for e in events][-1] == "done"
+        assert "".join(e.text for e in events if e.kind == "delta") == " ".join(first.answer.sentences)
+    finally:
+        engine.close()

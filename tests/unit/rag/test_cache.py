@@ -1,0 +1,74 @@
+"""The answer cache: exact and semantic layers, scopes that never share, expiry and size bounds (the cache stages
+in a real chain are tested in test_stages.py)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from rag.cache import AnswerCache, CachedAnswer, normalise, scope_key
+from rag.types import Answer
+
+ANSWER = Answer(text="In 1847 [1].", citations=(), abstained=False, support=0.9, sentences=("In 1847 [1].",))
+
+
+def _entry(question: str = "When did it erupt?") -> CachedAnswer:
+    return CachedAnswer(question, ANSWER, (), time.monotonic())
+
+
+def _unit(*values: float) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+SCOPE = scope_key("acme", ("staff",), None, 5)
+
+
+def test_exact_layer_matches_the_normalised_text() -> None:
+    cache = AnswerCache(threshold=0.95, ttl_s=60, max_entries=10)
+    cache.put(SCOPE, "When did Mount Kerrigan erupt?", None, _entry())
+    assert normalise("  when did MOUNT kerrigan   erupt ") == normalise("When did Mount Kerrigan erupt?")
+    assert cache.exact(SCOPE, "when did mount kerrigan erupt") is not None
+    assert cache.exact(SCOPE, "When did Mount Kerrigan form?") is None
+
+
+def test_semantic_layer_needs_the_threshold() -> None:
+    cache = AnswerCache(threshold=0.95, ttl_s=60, max_entries=10)
+    cache.put(SCOPE, "q", _unit(1, 0, 0), _entry())
+    hit = cache.similar(SCOPE, _unit(1, 0.1, 0))  # cosine 0.995
+    assert hit is not None and hit[1] == pytest.approx(0.995, abs=1e-3)
+    assert cache.similar(SCOPE, _unit(1, 0.5, 0)) is None  # cosine 0.894
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        scope_key("beta", ("staff",), None, 5),  # another tenant
+        scope_key("acme", ("staff", "hr"), None, 5),  # another access scope
+        scope_key("acme", ("staff",), {"doc_id": ["a.md"]}, 5),  # the request narrowed what it may see
+        scope_key("acme", ("staff",), None, 3),  # another top_k
+    ],
+)
+def test_nothing_is_shared_across_scopes(other: str) -> None:
+    cache = AnswerCache(threshold=0.5, ttl_s=60, max_entries=10)
+    cache.put(SCOPE, "q", _unit(1, 0, 0), _entry())
+    assert cache.exact(other, "q") is None and cache.similar(other, _unit(1, 0, 0)) is None
+
+
+def test_scope_key_ignores_the_order_of_groups_and_filter_values() -> None:
+    a = scope_key("t", ("b", "a"), {"doc_id": ["y", "x"], "source": ["s"]}, 5)
+    b = scope_key("t", ("a", "b"), {"source": ["s"], "doc_id": ["x", "y"]}, 5)
+    assert a == b
+
+
+def test_entries_expire_and_the_size_is_bounded() -> None:
+    cache = AnswerCache(threshold=0.9, ttl_s=0.05, max_entries=10)
+    cache.put(SCOPE, "q", _unit(1, 0, 0), _entry())
+    time.sleep(0.1)
+    assert cache.exact(SCOPE, "q") is None and cache.similar(SCOPE, _unit(1, 0, 0)) is None and len(cache) == 0
+    small = AnswerCache(threshold=0.9, ttl_s=60, max_entries=2)
+    for i in range(3):
+        small.put(SCOPE, f"q{i}", None, _entry())
+    assert len(small) == 2 and small.exact(SCOPE, "q0") is None and small.exact(SCOPE, "q2") is not None
