@@ -1,7 +1,8 @@
 """The service's side of the request chain: which stack answers, with which chain, and the HTTP shapes.
 
 Each served stack gets its chain once (built on the first request after a switch, with the service's batched
-vector port and recorder); a request holds the stack it started with until it ends, streams included.
+vector port and a :class:`rag.stages.record.StoreRecorder` for the request store and the metrics); a request holds
+the stack it started with until it ends, streams included.
 """
 
 from __future__ import annotations
@@ -11,51 +12,70 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from rag.service.batcher import BatchedVectors
+from rag.service.errors import error_kind
 from rag.service.holder import Served, StackHolder
-from rag.service.recent import RecentRequests
-from rag.service.recording import RequestLog, ServiceRecorder
 from rag.service.schemas import CitationOut, GuardrailOut, QueryResponse, Usage
 from rag.stages.build import build_chain
 from rag.stages.chain import Chain
 from rag.stages.context import ANONYMOUS, Principal, RequestContext
+from rag.stages.record import RecordSink, StoreRecorder
 from rag.stages.validate import RequestLimits
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings
+    from rag.monitoring.metrics import ServiceMetrics
+
+ABANDONED = (499, "client_disconnected")
+"""How a stream the client left is recorded (nginx's 499: the client closed the request)."""
 
 
 class QueryService:
-    """Runs questions through the champion stack's chain."""
+    """Runs questions through the champion stack's chain; every request ends up in the request store.
+
+    Args:
+        store: The request store (the record stage's sink).
+        metrics: The service's Prometheus metrics (None: the store only).
+    """
 
     def __init__(
         self,
         settings: Settings,
         holder: StackHolder,
         vectors: BatchedVectors,
-        log: RequestLog,
-        recent: RecentRequests | None = None,
+        store: RecordSink,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._holder = holder
         self._vectors = vectors
-        self._log = log
-        self._recent = recent
+        self._store = store
+        self._metrics = metrics
         self._limits = RequestLimits(
             max_question_chars=settings.service.max_question_chars, max_top_k=settings.service.max_top_k
         )
-        self._chains: dict[int, tuple[Served, Chain]] = {}
+        self._chains: dict[int, tuple[Served, Chain, StoreRecorder]] = {}
 
-    def chain_for(self, served: Served) -> Chain:
-        """The chain of ``served`` (built once per served stack and index version)."""
+    def _chain_and_recorder(self, served: Served) -> tuple[Chain, StoreRecorder]:
         known = self._chains.get(id(served))
         if known is not None and known[0] is served:
-            return known[1]
-        recorder = ServiceRecorder(
-            self._log, self._recent, stack_version=served.version, index_version=served.index_version
+            return known[1], known[2]
+        recorder = StoreRecorder(
+            self._store, self._metrics, stack_version=served.version, index_version=served.index_version
         )
         chain = build_chain(served.engine, vectors=self._vectors, limits=self._limits, recorder=recorder)
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
-        self._chains[id(served)] = (served, chain)
-        return chain
+        self._chains[id(served)] = (served, chain, recorder)
+        if self._metrics is not None:
+            self._metrics.set_stack(
+                stack_name=served.config.name,
+                stack_version=served.version,
+                index_version=served.index_version,
+                embedder=served.config.embedder.weights_sha256[:12],
+            )
+        return chain, recorder
+
+    def chain_for(self, served: Served) -> Chain:
+        """The chain of ``served`` (built once per served stack and index version)."""
+        return self._chain_and_recorder(served)[0]
 
     @asynccontextmanager
     async def request(
@@ -65,9 +85,15 @@ class QueryService:
         filters: object,
         top_k: int | None,
         principal: Principal = ANONYMOUS,
+        route: str = "/v1/query",
     ) -> AsyncIterator[tuple[Served, Chain, RequestContext]]:
-        """The stack, its chain and a fresh context for one question; the stack is held until the block ends."""
+        """The stack, its chain and a fresh context for one question; the stack is held until the block ends.
+
+        A request whose chain did not reach the record stage (an error, or a stream the client left) is recorded
+        here on the way out, with the error's status and kind.
+        """
         with self._holder.acquire() as served:
+            chain, recorder = self._chain_and_recorder(served)
             # question and filters come as the caller sent them: the validate stage checks and normalises them
             ctx = RequestContext(
                 engine=served.engine,
@@ -75,14 +101,33 @@ class QueryService:
                 filters=filters,  # type: ignore[arg-type]
                 top_k=top_k,
                 principal=principal,
+                route=route,
             )
-            yield served, self.chain_for(served), ctx
+            status, error = ABANDONED
+            try:
+                yield served, chain, ctx
+            except Exception as exc:
+                status, error = error_kind(exc)
+                raise
+            finally:
+                if "record" not in ctx.timings:  # the record stage did not run
+                    recorder.record_unfinished(ctx, status=status, error=error)
 
     async def answer(
-        self, question: object, *, filters: object, top_k: int | None, principal: Principal = ANONYMOUS
+        self,
+        question: object,
+        *,
+        filters: object,
+        top_k: int | None,
+        principal: Principal = ANONYMOUS,
+        route: str = "/v1/query",
     ) -> tuple[Served, RequestContext]:
         """Run the whole chain for one question."""
-        async with self.request(question, filters=filters, top_k=top_k, principal=principal) as (served, chain, ctx):
+        async with self.request(question, filters=filters, top_k=top_k, principal=principal, route=route) as (
+            served,
+            chain,
+            ctx,
+        ):
             await chain.run(ctx)
             return served, ctx
 

@@ -1,7 +1,7 @@
 """The request store against a real database: migrations, the background writer, reads, feedback, retention.
 
-Every test runs on each backend in ``BACKENDS``. SQLite is always there; PostgreSQL joins with one line once the
-``postgres_url`` fixture exists (``"postgres"`` in ``BACKENDS``, resolved by ``store_url`` below).
+Every test runs on each backend in ``BACKENDS``: SQLite, and a real PostgreSQL (the session's server from
+``tests/fixtures/datastores.py``; each test gets a database of its own, created by ``store_url`` below).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,15 +24,29 @@ from rag.store import RequestRecord, RequestStore, StoreSettings
 from rag.store.migrate import current_revision, head_revision
 from rag.store.tables import METADATA, VERSION_TABLE
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database URL per test."""
     if request.param == "postgres":
-        return str(request.getfixturevalue("postgres_url"))
+        return fresh_postgres_database(request.getfixturevalue("postgres_url"))
     return f"sqlite:///{tmp_path / 'home' / 'requests.db'}"
+
+
+def fresh_postgres_database(url: str) -> str:
+    """A new empty database on the server of ``url``; returns its URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    name = f"store_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(
+        host=parsed.host, port=parsed.port, user=parsed.username, dbname="postgres", autocommit=True
+    ) as connection:
+        connection.execute(f"CREATE DATABASE {name}")  # a generated name: no quoting needed
+    return parsed.set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture
