@@ -87,3 +87,9 @@ def open_request_store(settings: Settings) -> RequestStore:
     return RequestStore(
         config.resolve_url(settings.home), retention_days=config.retention_days, queue_size=config.queue_size
     )
+
+
+def app_from_environment() -> FastAPI:
+    """The service built from ``RAGOPS_*`` alone: the factory each worker process calls when ``ragops serve
+    --workers N`` runs several (the multi-process metrics folder is prepared by the parent)."""
+    return create_app(Settings())

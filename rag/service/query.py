@@ -7,8 +7,8 @@ the stack it started with until it ends, streams included.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 from rag.service.batcher import BatchedVectors
@@ -77,6 +77,19 @@ class QueryService:
         """The chain of ``served`` (built once per served stack and index version)."""
         return self._chain_and_recorder(served)[0]
 
+    @contextmanager
+    def _acquire(self, route: str) -> Iterator[Served]:
+        """The served stack; a request refused for want of one is counted in the metrics (it has no record)."""
+        with ExitStack() as stack:
+            try:
+                served = stack.enter_context(self._holder.acquire())
+            except Exception as exc:
+                if self._metrics is not None:
+                    status, kind = error_kind(exc)
+                    self._metrics.observe_unserved(route, status=status, kind=kind)
+                raise
+            yield served
+
     @asynccontextmanager
     async def request(
         self,
@@ -92,7 +105,7 @@ class QueryService:
         A request whose chain did not reach the record stage (an error, or a stream the client left) is recorded
         here on the way out, with the error's status and kind.
         """
-        with self._holder.acquire() as served:
+        with self._acquire(route) as served:
             chain, recorder = self._chain_and_recorder(served)
             # question and filters come as the caller sent them: the validate stage checks and normalises them
             ctx = RequestContext(

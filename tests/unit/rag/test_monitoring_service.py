@@ -245,3 +245,16 @@ def scrape_registry(metrics: Any) -> Samples:
         for family in text_string_to_metric_families(body.decode())
         for s in family.samples
     }
+
+
+def test_infra_queries_name_series_a_real_scrape_has(service: Service) -> None:
+    """Every PromQL name in infra/prometheus's rules and infra/grafana's dashboard is exported by the running
+    service (tests/unit/test_monitoring_infra.py checks the same against an in-process render, without a service)."""
+    from rag.monitoring.metrics import series_names
+    from tests.unit.test_monitoring_infra import PROMETHEUS_OWN, dashboard_exprs, metric_names, rules
+
+    exported = set(series_names(scrape(service)[2]))
+    known = exported | {r["record"] for r in rules() if "record" in r} | PROMETHEUS_OWN
+    used = {name for r in rules() for name in metric_names(r["expr"])}
+    used |= {name for _, expr in dashboard_exprs() for name in metric_names(expr)}
+    assert used and not used - known, f"not exported by the service: {sorted(used - known)}"
