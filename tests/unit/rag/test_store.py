@@ -237,11 +237,40 @@ class TestWindow:
         assert (stats.feedback_up, stats.feedback_down, stats.thumbs_down_share) == (1, 1, 0.5)
         assert stats.mean_total_ms == pytest.approx((6.0 + 30.0 + 6.0) / 3)
         assert stats.error_share == pytest.approx(1 / 3)
+        assert (stats.guardrail_triggered, stats.guardrail_trigger_share) == (1, pytest.approx(1 / 3))  # the block
+        assert (stats.p50_ms, stats.p99_ms) == (6.0, pytest.approx(29.52))
         assert [r.request_id for r in store.rows(100.0, 200.0)] == [make(n, 0).request_id for n in (2, 3, 4)]
 
     def test_an_empty_window(self, store: RequestStore) -> None:
         stats = store.window(0.0, 10.0)
         assert (stats.requests, stats.cost_usd, stats.mean_total_ms, stats.error_share) == (0, 0.0, None, 0.0)
+        assert (stats.p50_ms, stats.p95_ms, stats.guardrail_trigger_share) == (None, None, 0.0)
+
+    def test_a_redaction_counts_as_a_guardrail_trigger(self, store: RequestStore) -> None:
+        store.record(make(1, 10.0, verdicts={"injection": "allow", "pii_input": "redact"}))
+        store.record(make(2, 11.0, verdicts={"injection": "allow"}))
+        store.flush()
+        assert store.window(0.0, 20.0).guardrail_triggered == 1
+
+    def test_a_database_at_the_first_revision_is_upgraded_in_place(self, store_url: str) -> None:
+        from alembic import command
+
+        from rag.store.migrate import alembic_config
+
+        if store_url.startswith("sqlite:///"):
+            Path(store_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(store_url)
+        config = alembic_config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0001")
+            connection.execute(METADATA.tables["requests"].insert().values(
+                **{k: v for k, v in make(1, 5.0).to_row().items() if k != "guardrail_triggered"}
+            ))  # fmt: skip
+        engine.dispose()
+        with RequestStore(store_url) as store:
+            assert store.revision == head_revision() == "0002"
+            assert store.window(0.0, 10.0).requests == 1 and store.get(make(1, 0).request_id) is not None
 
     def test_a_backwards_window_is_refused(self, store: RequestStore) -> None:
         with pytest.raises(BadQuery, match="before it starts"):
