@@ -5,10 +5,8 @@ Alertmanager-shaped alerts posted (and retried) to a real loopback receiver, and
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import numpy as np
@@ -27,6 +25,7 @@ from evaluation.monitor import (
 from pipelines.embed import Embedder
 from pipelines.settings import MonitorSettings, Settings
 from rag.store import RequestRecord, RequestStore
+from tests.fixtures.webhook import Receiver
 
 NOW = 1_800_000_000.0
 
@@ -184,39 +183,8 @@ def test_drift_through_the_window(settings: Settings, store: RequestStore, embed
 
 
 # ------------------------------------------------------------------------------------------------------ alerts
-class _Receiver(BaseHTTPRequestHandler):
-    bodies: list[Any] = []
-    fail_first = 0
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        cls = type(self)
-        if cls.fail_first > 0:
-            cls.fail_first -= 1
-            self.send_response(503)
-        else:
-            cls.bodies.append(body)
-            self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[str, type[_Receiver]]]:
-    handler = type("Receiver", (_Receiver,), {"bodies": [], "fail_first": 1})
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/api/v2/alerts", handler
-    finally:
-        server.shutdown()
-
-
 def test_breaches_are_posted_as_alertmanager_alerts_with_retries(
-    settings: Settings, store: RequestStore, receiver: tuple[str, type[_Receiver]]
+    settings: Settings, store: RequestStore, receiver: tuple[str, type[Receiver]]
 ) -> None:
     url, handler = receiver
     steady(store)
