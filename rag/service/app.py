@@ -42,7 +42,11 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(stack_holder.check)
         requests = await anyio.to_thread.run_sync(open_request_store, settings)
-        store = await anyio.to_thread.run_sync(FeedbackStore, settings)
+        try:
+            store = await anyio.to_thread.run_sync(FeedbackStore, settings)
+        except BaseException:
+            requests.close()
+            raise
         app.state.requests = requests
         app.state.queries = QueryService(settings, stack_holder, vectors, requests, service_metrics)
         app.state.feedback = FeedbackIntake(store, requests, stack_holder, service_metrics)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect
 
+from pipelines.settings import Settings
 from rag.errors import BadQuery, StoreError
 from rag.feedback import CitedChunk, UnknownRequest
 from rag.store import RequestRecord, RequestStore, StoreSettings
@@ -315,6 +316,22 @@ class TestRetention:
                 time.sleep(0.05)
             assert store.get(make(1, 0).request_id) is None
             assert store.get(make(2, 0).request_id) is not None
+
+    def test_the_service_store_follows_the_retention_setting(
+        self, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from rag.service.app import open_request_store
+
+        with open_request_store(settings) as writer:  # the default: 90 days
+            assert writer.retention_days == 90.0
+            writer.record(make(1, time.time() - 3 * 86400.0))
+            writer.record(make(2, time.time()))
+        monkeypatch.setenv("RAGOPS_STORE__RETENTION_DAYS", "2")
+        with open_request_store(Settings()) as store:  # the writer purges right after opening
+            deadline = time.monotonic() + 10
+            while store.count() != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert store.get(make(1, 0).request_id) is None and store.get(make(2, 0).request_id) is not None
 
     def test_no_retention_keeps_everything(self, store_url: str) -> None:
         with RequestStore(store_url, retention_days=None) as store:
