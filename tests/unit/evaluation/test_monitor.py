@@ -219,6 +219,8 @@ def test_cli_run_fails_on_a_breach_and_status_lists_it(settings: Settings, store
         store.record(record(i, now - 60 + i, status=500, error="internal"))
     store.flush()
     runner = CliRunner()
+    before = runner.invoke(app, ["monitor", "status"])
+    assert before.exit_code == 1 and "no monitor run yet" in before.output
     result = runner.invoke(app, ["monitor", "run", "--no-drift", "--json", "--window", "5"])
     assert result.exit_code == 4, result.output
     report = json.loads(result.stdout.splitlines()[0])
