@@ -258,3 +258,45 @@ def test_infra_queries_name_series_a_real_scrape_has(service: Service) -> None:
     used = {name for r in rules() for name in metric_names(r["expr"])}
     used |= {name for _, expr in dashboard_exprs() for name in metric_names(expr)}
     assert used and not used - known, f"not exported by the service: {sorted(used - known)}"
+
+
+def test_a_stream_the_client_leaves_is_recorded_and_counted(service: Service) -> None:
+    """A slow LLM streams word by word; the client reads the first delta and goes away."""
+    from rag.service.app import create_app
+    from rag.service.holder import StackHolder
+    from rag.types import StackConfig
+    from tests.fixtures.fake_openai import FakeOpenAI
+
+    index = VectorIndex(service.settings).current()
+    assert index is not None
+    reply = "Mount Kerrigan last erupted in 1847 [1]. " + "It has been quiet ever since. " * 30
+    with FakeOpenAI(reply=reply, chunk_delay_s=0.05) as fake:
+        config = StackConfig.for_index(
+            index, name="slow-llm", answerer={"kind": "llm"}, llm={"base_url": fake.base_url, "model": fake.model}
+        )
+        holder = StackHolder(service.settings, champion=lambda: (STACK_VERSION + 1, config))
+        with (
+            serve(create_app(service.settings, holder=holder)) as running,
+            httpx.Client(base_url=running.url, timeout=60) as client,
+        ):
+            wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
+            with client.stream("POST", "/v1/query", json={"question": QUESTION, "stream": True}) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("event: delta"):
+                        break  # leave mid-answer
+            store = running.app.state.requests
+
+            def left() -> list[RequestRecord]:
+                store.flush()
+                return [r for r in store.rows(time.time() - 60, time.time() + 1) if r.stack_name == "slow-llm"]
+
+            (record,), _ = wait_for(left, timeout=30)
+            metrics = client.get("/metrics").text
+    assert (record.status, record.error, record.route) == (499, "client_disconnected", "/v1/query")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
+    assert value(samples, "ragops_stream_abandoned_total", route="/v1/query") == 1
+    assert value(samples, "ragops_requests_total", route="/v1/query", status="499") == 1
