@@ -65,6 +65,19 @@ def verdicts_by_check(ctx: RequestContext) -> dict[str, str]:
     return out
 
 
+MAX_STORED_CHARS = 20_000
+"""A refused request's question is stored as sent, up to this many characters (validation refused longer ones)."""
+
+
+def storable(text: object) -> str:
+    """``text`` as the store can keep it: a string, valid UTF-8 (a lone surrogate the validate stage refused
+    becomes ``?``), at most :data:`MAX_STORED_CHARS`."""
+    if not isinstance(text, str):
+        return ""
+    clipped = text[:MAX_STORED_CHARS]
+    return clipped.encode("utf-8", errors="replace").decode("utf-8")
+
+
 def request_record(
     ctx: RequestContext,
     *,
@@ -88,7 +101,7 @@ def request_record(
         at=time.time() if at is None else at,
         principal=ctx.principal.name,
         tenant=ctx.principal.tenant,
-        question=ctx.text if isinstance(ctx.text, str) else "",
+        question=storable(ctx.text),
         route=ctx.route,
         status=status,
         error=error,

@@ -308,6 +308,12 @@ class RequestStore:
             try:
                 if batch:
                     self._insert(batch)
+            except Exception:  # a record the driver cannot take must never stop the writer (and every later write)
+                with self._lock:
+                    self._failed += len(batch)
+                    for r in batch:
+                        self._pending.pop(r.request_id, None)
+                logger.exception("request store could not write a batch", extra={"records": len(batch)})
             finally:
                 for _ in range(taken):
                     self._queue.task_done()
@@ -322,19 +328,19 @@ class RequestStore:
 
     def _insert_rows(self, rows: list[dict[str, Any]]) -> int:
         """Insert ``rows`` in one transaction, retrying a busy database; returns how many were written."""
-        error: SQLAlchemyError | None = None
+        error: Exception | None = None
         for attempt in range(1, _RETRIES + 1):
             try:
                 with self._engine.begin() as db:
                     db.execute(requests.insert(), rows)
                 return len(rows)
-            except IntegrityError as exc:  # a duplicate request id: retrying the batch cannot help
-                error = exc
+            except (IntegrityError, ValueError) as exc:  # a duplicate id, text the driver cannot encode: retrying
+                error = exc  # the batch cannot help
                 break
             except SQLAlchemyError as exc:
                 error = exc
                 time.sleep(0.2 * attempt)
-        if isinstance(error, IntegrityError) and len(rows) > 1:
+        if isinstance(error, IntegrityError | ValueError) and len(rows) > 1:
             # One bad row must not take its batch with it: write the others one by one.
             return sum(self._insert_rows([row]) for row in rows)
         with self._lock:

@@ -355,3 +355,22 @@ class TestSettings:
     def test_a_url_without_scheme_is_refused(self) -> None:
         with pytest.raises(ValueError, match="not a database URL"):
             StoreSettings(url="/var/lib/requests.db")
+
+
+def test_a_record_the_driver_rejects_does_not_stop_the_writer(store: RequestStore) -> None:
+    store.record(make(1, 1.0, question="a lone surrogate \udc00"))  # the driver cannot encode it
+    store.record(make(2, 2.0))
+    store.flush()
+    store.record(make(3, 3.0))  # written: the writer is still running
+    store.flush()
+    assert store.get(make(1, 0).request_id) is None
+    assert store.get(make(2, 0).request_id) is not None  # its batch neighbour is written alone
+    assert store.get(make(3, 0).request_id) is not None
+    assert store.stats().failed == 1
+
+
+def test_the_record_stage_stores_unencodable_text_replaced() -> None:
+    from rag.stages.record import MAX_STORED_CHARS, storable
+
+    assert storable("bad \udc00 text") == "bad ? text"
+    assert storable(None) == "" and len(storable("x" * (MAX_STORED_CHARS + 5))) == MAX_STORED_CHARS
