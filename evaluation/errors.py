@@ -6,7 +6,8 @@ RagopsError
       ├── BadTrainingSet     training data that cannot be used (malformed, empty, or leaking test questions)
       ├── RetrainError       the retraining cycle could not run (no champion, nothing to train on)
       ├── GateFailed         a candidate missed a quality gate
-      └── PromotionRefused   a promotion was refused (gate not passed, or not significantly better)
+      ├── PromotionRefused   a promotion was refused (gate not passed, or not significantly better)
+      └── MonitorBreach      a monitored figure of the served traffic crossed its threshold
 
 ``EvaluationError`` derives from :class:`pipelines.errors.RagopsError`, the base every ragops error shares, so the CLI's
 one ``except RagopsError`` turns these into a message and an exit code instead of a traceback.
@@ -39,3 +40,7 @@ class GateFailed(EvaluationError):
 
 class PromotionRefused(EvaluationError):
     """The promotion was refused; the message says why (failed gate, no significant improvement)."""
+
+
+class MonitorBreach(EvaluationError):
+    """A monitor window breached one or more rules; the message lists them (the flow run fails with it)."""

@@ -110,8 +110,45 @@ class FinetuneSettings(BaseModel):
     schedule_cron: str = Field(default="0 3 * * 0", description="When the worker retrains (weekly, Sunday 03:00).")
 
 
+class MonitorSettings(BaseModel):
+    """The ``monitor`` flow: the window it evaluates, the rules' thresholds, query drift and where alerts go.
+
+    A rule only fires on a window with at least ``min_requests`` requests (``min_ratings`` ratings for the
+    thumbs-down share, ``drift_min_questions`` questions for drift): a quiet night must not page anyone.
+    """
+
+    interval_minutes: float = Field(default=15.0, gt=0, description="How often the deployment runs the monitor.")
+    window_minutes: float = Field(default=15.0, gt=0, description="The window each run evaluates (ending now).")
+    min_requests: int = Field(default=20, ge=1, description="Fewer requests in the window: no rate rule fires.")
+    min_ratings: int = Field(default=10, ge=1, description="Fewer ratings: the thumbs-down rule does not fire.")
+    p99_ms_max: float = Field(default=1000.0, gt=0, description="Latency p99 above this (ms) is a breach (SLO).")
+    p95_ms_max: float = Field(default=800.0, gt=0, description="Latency p95 above this (ms) is a breach.")
+    error_rate_max: float = Field(default=0.02, ge=0, le=1, description="Share of 5xx answers above this.")
+    cost_per_request_max_usd: float = Field(default=0.01, ge=0, description="Mean cost per request above this.")
+    guardrail_trigger_rate_max: float = Field(
+        default=0.2, ge=0, le=1, description="Share of requests a guardrail flagged, redacted or blocked."
+    )
+    abstention_rate_max: float = Field(default=0.3, ge=0, le=1, description="Share of abstentions above this.")
+    thumbs_down_share_max: float = Field(default=0.3, ge=0, le=1, description="Share of ratings that are down.")
+    drift_alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Query drift when the MMD permutation test's p-value is below this."
+    )
+    drift_min_questions: int = Field(default=20, ge=5, description="Fewer questions in the window: no drift test.")
+    drift_max_questions: int = Field(default=300, ge=5, description="Recent questions sampled for the drift test.")
+    drift_permutations: int = Field(default=500, ge=50, description="Permutations of the MMD test.")
+    drift_reference_size: int = Field(
+        default=300, ge=10, description="Evaluation-set questions (the reference distribution) used at most."
+    )
+    webhook_url: str | None = Field(
+        default=None, description="Alertmanager-compatible receiver POSTed each breach (JSON list of alerts)."
+    )
+    experiment: str = Field(default="monitoring", description="MLflow experiment: one run per evaluated window.")
+
+
 class EvaluationSettings(RagSettings):
-    """The query side's settings plus the gate (``RAGOPS_EVAL__*``) and fine-tuning (``RAGOPS_FINETUNE__*``)."""
+    """The query side's settings plus the gate (``RAGOPS_EVAL__*``), fine-tuning (``RAGOPS_FINETUNE__*``) and the
+    monitor (``RAGOPS_MONITOR__*``)."""
 
     eval: EvalSettings = Field(default_factory=EvalSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)

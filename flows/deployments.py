@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 EVALUATE_DEPLOYMENT = "nightly-champion"
 INGEST_DEPLOYMENT = "hourly"
 RETRAIN_DEPLOYMENT = "weekly"
+MONITOR_DEPLOYMENT = "every-15-min"
 
 
 def ingest_sources(settings: Settings) -> list[str]:
@@ -55,8 +56,25 @@ def all_deployments(settings: Settings) -> list[RunnerDeployment]:
         *ingest_deployments(settings),
         evaluation_deployment(settings),
         retrain_deployment(settings),
+        monitor_deployment(settings),
         *promotion_deployments(),
     ]
+
+
+def monitor_deployment(settings: Settings) -> RunnerDeployment:
+    """``monitor/every-15-min``: the last window against the monitor's rules, every
+    ``RAGOPS_MONITOR__INTERVAL_MINUTES`` (the name keeps the default's wording)."""
+    from flows.monitor import monitor_flow
+
+    deployment = monitor_flow.to_deployment(
+        name=MONITOR_DEPLOYMENT,
+        interval=settings.monitor.interval_minutes * 60.0,
+        parameters={"window_minutes": None, "drift": True},
+        description="Latency percentiles, error rate, cost, guardrail triggers, abstentions, thumbs-down share and "
+        "query drift of the last window; alert (Alertmanager webhook) and fail on a breach.",
+        tags=["ragops", "monitoring"],
+    )
+    return _sync(deployment)
 
 
 def retrain_deployment(settings: Settings) -> RunnerDeployment:

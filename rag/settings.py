@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from pipelines.settings import PipelineSettings
 from rag.limits.settings import LimitsSettings
@@ -26,11 +26,6 @@ class ServiceSettings(BaseModel):
     max_question_chars: int = Field(default=2000, ge=1, description="Longer questions are refused with 422.")
     max_top_k: int = Field(default=50, ge=1, description="Largest top_k a request may ask for.")
     max_batch: int = Field(default=16, ge=1, description="Concurrent questions embedded in one forward pass.")
-    recent_requests: int = Field(
-        default=2048,
-        ge=1,
-        description="Answered requests kept in memory for cheap feedback; older ones are looked up in the request log.",
-    )
 
 
 class LocalLlmSettings(BaseModel):
@@ -70,6 +65,45 @@ class LocalLlmSettings(BaseModel):
     )
 
 
+STORE_DB_NAME = "requests.db"
+
+
+class StoreSettings(BaseModel):
+    """The request store (``rag.store``): one record per answered or refused request, feedback joined later.
+
+    ``url`` unset means SQLite at ``<home>/requests.db``: resolved against ``home`` by :meth:`resolve_url` rather
+    than stored, so it cannot drift from the home folder.
+    """
+
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the request store (e.g. postgresql+psycopg://user@host/ragops); unset means "
+        "SQLite at <home>/requests.db.",
+    )
+    retention_days: float | None = Field(
+        default=90.0,
+        gt=0,
+        description="Records older than this many days are purged (feedback included); unset keeps everything.",
+    )
+    queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Records waiting for the background writer; beyond it new records are dropped (and counted) "
+        "rather than stalling requests.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(f"not a database URL (expected e.g. sqlite:///path or postgresql://...): {value!r}")
+        return value
+
+    def resolve_url(self, home: Path) -> str:
+        """The configured URL, or SQLite under ``home``."""
+        return self.url or f"sqlite:///{Path(home).expanduser().resolve() / STORE_DB_NAME}"
+
+
 class AnswerCacheSettings(BaseModel):
     """The answer cache (rag/cache.py): off by default; per served stack and index version, per access scope."""
 
@@ -83,9 +117,10 @@ class AnswerCacheSettings(BaseModel):
 
 class RagSettings(PipelineSettings):
     """The pipeline settings plus the query side's groups (``RAGOPS_SERVICE__*``, ``RAGOPS_LOCAL_LLM__*``,
-    ``RAGOPS_LIMITS__*``, ``RAGOPS_ANSWER_CACHE__*``)."""
+    ``RAGOPS_LIMITS__*``, ``RAGOPS_ANSWER_CACHE__*``, ``RAGOPS_STORE__*``)."""
 
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     local_llm: LocalLlmSettings = Field(default_factory=LocalLlmSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     answer_cache: AnswerCacheSettings = Field(default_factory=AnswerCacheSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)

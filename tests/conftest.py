@@ -15,8 +15,9 @@ from pipelines.embed import Embedder
 from pipelines.env import OFFLINE_ENV
 from pipelines.settings import EmbedderSettings
 
-# Real Redis and PostgreSQL for every test that asks: redis_url, postgres_url (see tests/fixtures/datastores.py).
-pytest_plugins = ["tests.fixtures.datastores"]
+# Real Redis and PostgreSQL for every test that asks: redis_url, postgres_url (see tests/fixtures/datastores.py);
+# a loopback webhook receiver: receiver (tests/fixtures/webhook.py).
+pytest_plugins = ["tests.fixtures.datastores", "tests.fixtures.webhook"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

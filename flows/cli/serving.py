@@ -22,6 +22,12 @@ from flows.settings import Settings
 def serve(
     host: Annotated[str | None, typer.Option("--host", help="Interface (default RAGOPS_SERVICE__HOST).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_SERVICE__PORT).")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=1, help="Worker processes; with more than one, /metrics merges every worker's samples."
+        ),
+    ] = 1,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve the champion stack over HTTP: /v1/query, /v1/chat/completions (OpenAI), /healthz, /readyz, /v1/stack.
@@ -36,7 +42,25 @@ def serve(
     bind_host = host or settings.service.host
     bind_port = port or settings.service.port
     typer.echo(f"serving on http://{bind_host}:{bind_port} (docs at /docs)", err=True)
-    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="info" if verbose else "warning")
+    log_level = "info" if verbose else "warning"
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level=log_level)
+        return
+    import os
+
+    from rag.monitoring.metrics import prepare_multiprocess_dir
+
+    # Each worker rebuilds its settings from the environment and must find the same home and metrics folder.
+    os.environ["RAGOPS_HOME"] = str(settings.home)
+    prepare_multiprocess_dir(settings.home / "metrics-multiproc")
+    uvicorn.run(
+        "rag.service.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=bind_host,
+        port=bind_port,
+        log_level=log_level,
+    )
 
 
 @app.command()

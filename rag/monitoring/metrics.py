@@ -181,6 +181,12 @@ class ServiceMetrics:
         if record.error:
             self.errors.labels(record.error).inc()
 
+    def observe_unserved(self, route: str, *, status: int, kind: str) -> None:
+        """A request refused before it had a stack to run on (no champion yet, the stack cannot load): it has no
+        record, but it is a request and an error all the same."""
+        self.requests.labels(route, str(status)).inc()
+        self.errors.labels(kind).inc()
+
     def observe_model_call(
         self, duration_s: float, *, model: str, provider: str, error_type: str | None = None
     ) -> None:
@@ -252,6 +258,18 @@ class ServiceMetrics:
         return encoder(merged), content_type
 
 
+def prepare_multiprocess_dir(folder: Path) -> Path:
+    """Create ``folder`` empty (stale files of an earlier run would be added in) and point
+    ``PROMETHEUS_MULTIPROC_DIR`` at it, for the worker processes started after this call."""
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(folder)
+    return folder
+
+
 def mark_process_dead(pid: int, multiprocess_dir: Path | None = None) -> None:
     """Drop an exited worker's live gauges (queue depth, stack info) from the merged exposition."""
     from prometheus_client import multiprocess
@@ -273,11 +291,16 @@ def exported_metric_names(metrics: ServiceMetrics) -> Mapping[str, str]:
     (``ragops_requests_total``, ``..._bucket``/``_sum``/``_count`` of histograms), read from a rendered exposition,
     so that a name only counts when the service really exports it. Families that have no labelled child yet are
     listed too (their names come from the exposition's ``TYPE`` lines)."""
+    body, _ = metrics.render()
+    return series_names(body.decode("utf-8"))
+
+
+def series_names(exposition: str) -> Mapping[str, str]:
+    """Series name -> metric type of a Prometheus text exposition (what ``GET /metrics`` returned)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    body, _ = metrics.render()
     names: dict[str, str] = {}
-    for family in text_string_to_metric_families(body.decode("utf-8")):
+    for family in text_string_to_metric_families(exposition):
         for suffix in SERIES_SUFFIXES.get(family.type, ("",)):
             names[family.name + suffix] = family.type
     return names

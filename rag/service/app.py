@@ -1,8 +1,10 @@
 """The FastAPI app: ``/v1/query``, OpenAI-compatible ``/v1/chat/completions``, feedback, sources, health,
-readiness, the stack, the playground page at ``/`` and the API docs at ``/docs``.
+readiness, the stack, ``/metrics``, the playground page at ``/`` and the API docs at ``/docs``.
 
 Every question runs the served stack's chain of stages (:mod:`rag.stages`), the same chain evaluation runs;
-the routes live in :mod:`rag.service.routers`, errors are answered by :mod:`rag.service.errors`.
+the routes live in :mod:`rag.service.routers`, errors are answered by :mod:`rag.service.errors`. Every request's
+record goes to the request store (:mod:`rag.store`, opened at start-up and drained at shutdown, so a clean stop
+loses no record) and to the Prometheus metrics (:mod:`rag.monitoring.metrics`).
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ import anyio
 from fastapi import FastAPI
 
 from rag.feedback import FeedbackStore
+from rag.monitoring.metrics import ServiceMetrics
 from rag.service.batcher import BatchedVectors
 from rag.service.errors import install_error_handlers
 from rag.service.feedback import FeedbackIntake
 from rag.service.holder import StackHolder
 from rag.service.query import QueryService
-from rag.service.recent import RecentRequests
-from rag.service.recording import RequestLog
-from rag.service.routers import feedback, health, query
+from rag.service.routers import feedback, health, metrics, query
 from rag.service.routers.pages import mount_pages
 from rag.settings import RagSettings
+from rag.store import RequestStore
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +36,20 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
     """Build the service. ``holder`` defaults to one following the MLflow ``champion`` alias."""
     stack_holder = holder or StackHolder(settings)
     vectors = BatchedVectors(max_batch=settings.service.max_batch)
+    service_metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(stack_holder.check)
-        log = RequestLog(settings)
-        feedback_log = RequestLog(settings, "feedback.jsonl")
-        recent = RecentRequests(settings.service.recent_requests, log.path)
-        store = await anyio.to_thread.run_sync(FeedbackStore, settings)
-        app.state.queries = QueryService(settings, stack_holder, vectors, log, recent)
-        app.state.feedback = FeedbackIntake(store, recent, stack_holder, feedback_log)
+        requests = await anyio.to_thread.run_sync(open_request_store, settings)
+        try:
+            store = await anyio.to_thread.run_sync(FeedbackStore, settings)
+        except BaseException:
+            requests.close()
+            raise
+        app.state.requests = requests
+        app.state.queries = QueryService(settings, stack_holder, vectors, requests, service_metrics)
+        app.state.feedback = FeedbackIntake(store, requests, stack_holder, service_metrics)
 
         async def follow() -> None:
             while True:
@@ -58,8 +64,7 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
             yield
         finally:
             task.cancel()
-            log.close()
-            feedback_log.close()
+            await anyio.to_thread.run_sync(requests.close)  # drains the queue: nothing recorded is lost
             stack_holder.close()
 
     app = FastAPI(
@@ -72,8 +77,23 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
     )
     app.state.holder = stack_holder
     app.state.vectors = vectors
+    app.state.metrics = service_metrics
     install_error_handlers(app)
     mount_pages(app)
-    for router in (health.router, query.router, feedback.router):
+    for router in (health.router, query.router, feedback.router, metrics.router):
         app.include_router(router)
     return app
+
+
+def open_request_store(settings: RagSettings) -> RequestStore:
+    """The request store of ``settings`` (``RAGOPS_STORE__*``), migrated to the newest schema."""
+    config = settings.store
+    return RequestStore(
+        config.resolve_url(settings.home), retention_days=config.retention_days, queue_size=config.queue_size
+    )
+
+
+def app_from_environment() -> FastAPI:
+    """The service built from ``RAGOPS_*`` alone: the factory each worker process calls when ``ragops serve
+    --workers N`` runs several (the multi-process metrics folder is prepared by the parent)."""
+    return create_app(RagSettings())

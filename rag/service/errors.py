@@ -48,6 +48,15 @@ ERROR_MAP: tuple[tuple[type[Exception], int, str, str], ...] = (
 )
 
 
+def error_kind(exc: BaseException) -> tuple[int, str]:
+    """The status a library error is answered with and its low-cardinality kind (the ``code``); 500/``internal``
+    for anything unexpected. What the request store and the ``ragops_errors_total`` metric record."""
+    for error_type, status, _, code in ERROR_MAP:
+        if isinstance(exc, error_type):
+            return status, code
+    return 500, "internal"
+
+
 def error_response(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
     """One error in OpenAI's envelope."""
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": code}})

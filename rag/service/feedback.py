@@ -1,9 +1,10 @@
-"""``POST /v1/feedback``: find the rated request, store the rating with it, and log it for monitoring.
+"""``POST /v1/feedback``: find the rated request in the request store, keep the rating with it, count it.
 
-Kept apart from the route so the steps read in order: look the request up (memory, then the request log), fill in
-cited texts an old log record lacks (from the served index: a chunk id names exactly one text), store it in the
-:class:`rag.feedback.FeedbackStore`, append a line to ``<home>/logs/feedback.jsonl``. The line goes to its own file
-rather than ``requests.jsonl`` so that every line of the request log stays one answered request.
+Kept apart from the route so the steps read in order: look the request up in the :class:`rag.store.RequestStore`
+(which also sees records its writer has not written yet, so a rating seconds after its answer is found), fill in
+cited texts a record lacks (from the served index: a chunk id names exactly one text), keep the snapshot and the
+rating in the :class:`rag.feedback.FeedbackStore` (the training pairs retraining reads), join the rating to the
+request's row in the request store (what monitoring's thumbs-down share reads) and count it in the metrics.
 """
 
 from __future__ import annotations
@@ -11,50 +12,52 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from rag.errors import RagError
 from rag.feedback import FeedbackStore, RequestSnapshot, UnknownRequest
 from rag.service.holder import StackHolder
-from rag.service.recent import RecentRequests
 from rag.service.schemas import FeedbackRequest, FeedbackResponse
 from rag.service.sources import fetch_chunk
 
+if TYPE_CHECKING:
+    from rag.monitoring.metrics import ServiceMetrics
+    from rag.store import RequestStore
+
 logger = logging.getLogger(__name__)
-
-
-class JsonlWriter(Protocol):
-    """The service's append-only log (``rag.service.app.RequestLog``)."""
-
-    def write(self, record: dict[str, object]) -> None:
-        """Append one record."""
-        ...
 
 
 class FeedbackIntake:
     """Records ratings of answered requests.
 
     Args:
-        store: Where ratings are kept.
-        recent: Snapshots of answered requests.
-        holder: The served stack (to fill in chunk texts that an old request log record lacks).
-        log: ``feedback.jsonl``.
+        store: Where ratings and what they judge are kept for training.
+        requests: The request store (lookups, and the rating joined to its request).
+        holder: The served stack (to fill in chunk texts that a record lacks).
+        metrics: The service's metrics (``ragops_feedback_total``); None counts nothing.
     """
 
-    def __init__(self, store: FeedbackStore, recent: RecentRequests, holder: StackHolder, log: JsonlWriter) -> None:
+    def __init__(
+        self,
+        store: FeedbackStore,
+        requests: RequestStore,
+        holder: StackHolder,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self.store = store
-        self.recent = recent
+        self.requests = requests
         self._holder = holder
-        self._log = log
+        self._metrics = metrics
 
     def rate(self, body: FeedbackRequest) -> FeedbackResponse:
-        """Store the rating in ``body``. Blocking (SQLite, maybe the request log): run it in a worker thread.
+        """Store the rating in ``body``. Blocking (database reads and writes): run it in a worker thread.
 
         Raises:
-            UnknownRequest: The service has no record of ``body.request_id``.
+            UnknownRequest: The service has no record of ``body.request_id``, or it was not an answer.
             BadQuery: The comment is not valid text.
         """
-        snapshot = self.recent.get(body.request_id)
+        found = self.requests.get(body.request_id)
+        snapshot = found.to_snapshot() if found is not None and found.status < 400 and not found.blocked else None
         if snapshot is None:
             raise UnknownRequest(
                 f"unknown request_id {body.request_id!r}: feedback needs the request_id of an answer this service "
@@ -63,21 +66,16 @@ class FeedbackIntake:
         snapshot = self._with_texts(snapshot)
         result = self.store.record(snapshot, body.rating, body.comment)
         record = result.record
-        self._log.write(
-            {
-                "request_id": record.request_id,
-                "at": record.updated_at,
-                "rating": record.rating,
-                "comment": record.comment,
-                "replaced": result.replaced,
-                "previous_rating": result.previous_rating,
-                "stack_version": snapshot.stack_version,
-                "index_version": snapshot.index_version,
-                "abstained": snapshot.abstained,
-                "cited_chunk_ids": [c.chunk_id for c in snapshot.citations],
-            }
+        try:
+            self.requests.set_feedback(record.request_id, record.rating, record.comment, at=record.updated_at)
+        except UnknownRequest:  # purged by retention between the lookup and now: the training copy is kept
+            logger.warning("rated request left the request store", extra={"request_id": record.request_id})
+        if self._metrics is not None:
+            self._metrics.observe_feedback(record.rating)
+        logger.info(
+            "feedback recorded",
+            extra={"request_id": record.request_id, "rating": record.rating, "replaced": result.replaced},
         )
-        logger.info("feedback %s on request %s (replaced: %s)", record.rating, record.request_id, result.replaced)
         if result.replaced:
             message = f"feedback recorded; it replaces the earlier rating ({result.previous_rating}) of this answer"
         else:
@@ -94,7 +92,7 @@ class FeedbackIntake:
         )
 
     def _with_texts(self, snapshot: RequestSnapshot) -> RequestSnapshot:
-        """Fill in cited texts missing from a request log record written before the log carried them."""
+        """Fill in cited texts a record lacks (the store keeps them; this covers records written without them)."""
         if all(c.text is not None for c in snapshot.citations):
             return snapshot
         filled = []
@@ -106,6 +104,6 @@ class FeedbackIntake:
                         with contextlib.suppress(RagError):
                             cited = dataclasses.replace(cited, text=fetch_chunk(served, cited.chunk_id).text)
                     filled.append(cited)
-        except RagError:  # no stack served right now; store what the log had
+        except RagError:  # no stack served right now; store what the record had
             return snapshot
         return dataclasses.replace(snapshot, citations=tuple(filled))

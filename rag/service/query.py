@@ -1,63 +1,73 @@
 """The service's side of the request chain: which stack answers, with which chain, and the HTTP shapes.
 
 Each served stack gets its chain once (built on the first request after a switch, with the service's batched
-vector port and recorder); a request holds the stack it started with until it ends, streams included.
+vector port and a :class:`rag.stages.record.StoreRecorder` for the request store and the metrics); a request holds
+the stack it started with until it ends, streams included.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 from rag.cache import AnswerCache
+from rag.errors import Overloaded
 from rag.limits.admission import AdmissionController
 from rag.limits.rate import RateLimiter
 from rag.service.batcher import BatchedVectors
+from rag.service.errors import error_kind
 from rag.service.holder import Served, StackHolder
-from rag.service.recent import RecentRequests
-from rag.service.recording import RequestLog, ServiceRecorder
 from rag.service.schemas import CitationOut, GuardrailOut, QueryResponse, Usage
 from rag.stages.build import build_chain
 from rag.stages.chain import Chain
 from rag.stages.context import ANONYMOUS, Principal, RequestContext
+from rag.stages.record import RecordSink, StoreRecorder
 from rag.stages.validate import RequestLimits
 
 if TYPE_CHECKING:
+    from rag.monitoring.metrics import ServiceMetrics
     from rag.settings import RagSettings
+
+ABANDONED = (499, "client_disconnected")
+"""How a stream the client left is recorded (nginx's 499: the client closed the request)."""
 
 
 class QueryService:
-    """Runs questions through the champion stack's chain."""
+    """Runs questions through the champion stack's chain; every request ends up in the request store.
+
+    Args:
+        store: The request store (the record stage's sink).
+        metrics: The service's Prometheus metrics (None: the store only).
+    """
 
     def __init__(
         self,
         settings: RagSettings,
         holder: StackHolder,
         vectors: BatchedVectors,
-        log: RequestLog,
-        recent: RecentRequests | None = None,
+        store: RecordSink,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._holder = holder
         self._vectors = vectors
-        self._log = log
-        self._recent = recent
+        self._store = store
+        self._metrics = metrics
         self._limits = RequestLimits(
             max_question_chars=settings.service.max_question_chars, max_top_k=settings.service.max_top_k
         )
-        self._chains: dict[int, tuple[Served, Chain]] = {}
+        self._chains: dict[int, tuple[Served, Chain, StoreRecorder]] = {}
         limits = settings.limits
         self._cache_settings = settings.answer_cache
         self.limiter = RateLimiter(limits)
         self.admission = AdmissionController(limits.max_concurrency, limits.max_queue, limits.queue_timeout_s)
 
-    def chain_for(self, served: Served) -> Chain:
-        """The chain of ``served`` (built once per served stack and index version)."""
+    def _chain_and_recorder(self, served: Served) -> tuple[Chain, StoreRecorder]:
         known = self._chains.get(id(served))
         if known is not None and known[0] is served:
-            return known[1]
-        recorder = ServiceRecorder(
-            self._log, self._recent, stack_version=served.version, index_version=served.index_version
+            return known[1], known[2]
+        recorder = StoreRecorder(
+            self._store, self._metrics, stack_version=served.version, index_version=served.index_version
         )
         cache = None
         if self._cache_settings.enabled:  # one cache per served stack and index version: a switch empties it
@@ -72,8 +82,44 @@ class QueryService:
             cache=cache,
         )
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
-        self._chains[id(served)] = (served, chain)
-        return chain
+        self._chains[id(served)] = (served, chain, recorder)
+        if self._metrics is not None:
+            self._metrics.set_stack(
+                stack_name=served.config.name,
+                stack_version=served.version,
+                index_version=served.index_version,
+                embedder=served.config.embedder.weights_sha256[:12],
+            )
+        return chain, recorder
+
+    def chain_for(self, served: Served) -> Chain:
+        """The chain of ``served`` (built once per served stack and index version)."""
+        return self._chain_and_recorder(served)[0]
+
+    @contextmanager
+    def _acquire(self, route: str) -> Iterator[Served]:
+        """The served stack; a request refused for want of one is counted in the metrics (it has no record)."""
+        with ExitStack() as stack:
+            try:
+                served = stack.enter_context(self._holder.acquire())
+            except Exception as exc:
+                if self._metrics is not None:
+                    status, kind = error_kind(exc)
+                    self._metrics.observe_unserved(route, status=status, kind=kind)
+                raise
+            yield served
+
+    @asynccontextmanager
+    async def _admitted(self, route: str) -> AsyncIterator[None]:
+        """An admission slot for the request's whole life; a request shed past capacity is counted (no record)."""
+        try:
+            async with self.admission.slot():
+                yield
+        except Overloaded as exc:
+            if self._metrics is not None:
+                status, kind = error_kind(exc)
+                self._metrics.observe_unserved(route, status=status, kind=kind)
+            raise
 
     @asynccontextmanager
     async def request(
@@ -83,12 +129,18 @@ class QueryService:
         filters: object,
         top_k: int | None,
         principal: Principal = ANONYMOUS,
+        route: str = "/v1/query",
     ) -> AsyncIterator[tuple[Served, Chain, RequestContext]]:
         """The stack, its chain and a fresh context for one question; the stack and an admission slot are held
         until the block ends (a stream's whole life). Past capacity, :class:`rag.errors.Overloaded` is raised here,
-        before any work or response."""
-        async with self.admission.slot():
-            with self._holder.acquire() as served:
+        before any work or response.
+
+        A request whose chain did not reach the record stage (an error, or a stream the client left) is recorded
+        here on the way out, with the error's status and kind.
+        """
+        async with self._admitted(route):
+            with self._acquire(route) as served:
+                chain, recorder = self._chain_and_recorder(served)
                 # question and filters come as the caller sent them: the validate stage checks and normalises them
                 ctx = RequestContext(
                     engine=served.engine,
@@ -96,14 +148,33 @@ class QueryService:
                     filters=filters,  # type: ignore[arg-type]
                     top_k=top_k,
                     principal=principal,
+                    route=route,
                 )
-                yield served, self.chain_for(served), ctx
+                status, error = ABANDONED
+                try:
+                    yield served, chain, ctx
+                except Exception as exc:
+                    status, error = error_kind(exc)
+                    raise
+                finally:
+                    if "record" not in ctx.timings:  # the record stage did not run
+                        recorder.record_unfinished(ctx, status=status, error=error)
 
     async def answer(
-        self, question: object, *, filters: object, top_k: int | None, principal: Principal = ANONYMOUS
+        self,
+        question: object,
+        *,
+        filters: object,
+        top_k: int | None,
+        principal: Principal = ANONYMOUS,
+        route: str = "/v1/query",
     ) -> tuple[Served, RequestContext]:
         """Run the whole chain for one question."""
-        async with self.request(question, filters=filters, top_k=top_k, principal=principal) as (served, chain, ctx):
+        async with self.request(question, filters=filters, top_k=top_k, principal=principal, route=route) as (
+            served,
+            chain,
+            ctx,
+        ):
             await chain.run(ctx)
             return served, ctx
 

@@ -66,10 +66,11 @@ class Refusal:
 class RequestContext:
     """One request on its way through the chain.
 
-    ``question`` is what the caller sent (validated); ``text`` is what every later stage works on: the question
-    after the input guard normalised it and redacted what must not travel further (retrieval, the LLM, the logs
-    and feedback all see ``text``). ``ranking`` is the whole retrieved list (evaluation asks for a deeper one than
-    the answerer gets: ``depth``); ``chunks`` are the ``top_k`` handed to the answerer.
+        ``question`` is what the caller sent (validated); ``text`` is what every later stage works on: the question
+        after the input guard normalised it and redacted what must not travel further (retrieval, the LLM, the logs
+        and feedback all see ``text``). ``ranking`` is the whole retrieved list (evaluation asks for a deeper one than
+        the answerer gets: ``depth``); ``chunks`` are the ``top_k`` handed to the answerer. ``route`` is the HTTP route
+    template the request came in on (a metrics label and a column of the request store).
     """
 
     engine: RagEngine
@@ -78,6 +79,7 @@ class RequestContext:
     top_k: int | None = None
     depth: int | None = None
     principal: Principal = ANONYMOUS
+    route: str = "/v1/query"
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     text: str = ""
     prepared: PreparedInput | None = None

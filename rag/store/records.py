@@ -14,6 +14,9 @@ from typing import Any
 
 from rag.feedback import CitedChunk, Rating, RequestSnapshot
 
+PASSING = frozenset({"allow", "pass"})
+"""Guardrail verdicts that mean the check let the request through untouched."""
+
 
 @dataclass(frozen=True)
 class Feedback:
@@ -56,6 +59,11 @@ class RequestRecord:
     verdicts: Mapping[str, str] = field(default_factory=dict)
     citations: tuple[CitedChunk, ...] = ()
     feedback: Feedback | None = None
+
+    @property
+    def guardrail_triggered(self) -> bool:
+        """A guardrail check did something (flagged, redacted or blocked) rather than allow the request."""
+        return self.blocked or any(v not in PASSING for v in self.verdicts.values())
 
     @property
     def cited_chunk_ids(self) -> tuple[str, ...]:
@@ -108,6 +116,7 @@ class RequestRecord:
             "cost_usd": self.cost_usd,
             "verdicts": dict(self.verdicts),
             "citations": [c.to_json() for c in self.citations],
+            "guardrail_triggered": self.guardrail_triggered,
         }
 
     @classmethod
@@ -158,8 +167,9 @@ class RequestRecord:
 class WindowStats:
     """Aggregates over the requests of ``[since, until)``: what the monitor compares against its thresholds.
 
-    Shares are of ``requests`` (0.0 for an empty window); ``mean_total_ms`` is None when no request in the window
-    recorded a total. Percentiles come from Prometheus histograms, not from here.
+    Shares are of ``requests`` (0.0 for an empty window); ``mean_total_ms`` and the latency percentiles
+    (``p50_ms``/``p95_ms``/``p99_ms``, exact, of the requests' ``total``) are None when no request in the window
+    recorded a total.
     """
 
     since: float
@@ -174,6 +184,15 @@ class WindowStats:
     feedback_up: int
     feedback_down: int
     mean_total_ms: float | None
+    guardrail_triggered: int = 0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+
+    @property
+    def guardrail_trigger_share(self) -> float:
+        """Requests on which a guardrail check flagged, redacted or blocked something."""
+        return self.guardrail_triggered / self.requests if self.requests else 0.0
 
     @property
     def error_share(self) -> float:

@@ -16,11 +16,13 @@ Why the columns look the way they do:
 - The cited chunks are stored *with their text* (JSON): feedback turns a rating into training pairs, and the index
   the chunks came from may be gone by the time someone rates an old answer.
 - Feedback lives in the same row (``feedback_*``), written later by :meth:`RequestStore.set_feedback`.
+- ``guardrail_triggered`` (any check's verdict other than allow) repeats what ``verdicts`` says, for the same reason
+  as ``total_ms``: the monitor's trigger rate is read from the covering index.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, false
 from sqlalchemy.dialects.postgresql import JSONB
 
 VERSION_TABLE = "ragops_store_version"
@@ -58,6 +60,7 @@ requests = Table(
     Column("feedback_rating", String(8), nullable=True),
     Column("feedback_comment", Text, nullable=True),
     Column("feedback_at", Float, nullable=True),
+    Column("guardrail_triggered", Boolean, nullable=False, server_default=false()),
     Index(
         "requests_window",
         "at",
@@ -69,5 +72,6 @@ requests = Table(
         "cost_usd",
         "total_ms",
         "feedback_rating",
+        "guardrail_triggered",
     ),
 )

@@ -116,6 +116,9 @@ def test_prefect_lists_the_deployments_with_their_schedules(platform: tuple[Up, 
     assert found["evaluate/nightly-champion"] == ["0 2 * * *"]
     assert found["retrain/weekly"] == ["0 3 * * 0"]
     assert found["promote/manual"] == [] and found["rollback/manual"] == []
+    (monitor,) = [d for d in response.json() if flows[d["flow_id"]] == "monitor"]
+    assert monitor["name"] == "every-15-min"
+    assert [s["schedule"].get("interval") for s in monitor["schedules"]] == [900.0]
     runs = httpx.post(f"http://127.0.0.1:{up.prefect}/api/flow_runs/filter", json={}, timeout=30).json()
     assert any(flows.get(r["flow_id"]) == "ingest" and r["state_type"] == "COMPLETED" for r in runs)
 

@@ -31,7 +31,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 RELOAD_S = 0.2
 MAX_QUESTION_CHARS = 500  # below the page's maxlength (2000), so the 422 for a long question is reachable
-RECENT = 3  # requests kept in memory: small, so a test can push one out and find it in the request log
 QUESTION = "Who founded Northwind Robotics?"
 FOUNDERS = "Amara Okafor"
 FOUNDED_IN = "company/company-overview.md"
@@ -88,9 +87,7 @@ def _settings(home: Path, cache: Path) -> Settings:
             if key.startswith("RAGOPS_"):
                 patch.delenv(key)
         built = Settings(home=home, cache=cache)
-    service = built.service.model_copy(
-        update={"reload_interval_s": RELOAD_S, "recent_requests": RECENT, "max_question_chars": MAX_QUESTION_CHARS}
-    )
+    service = built.service.model_copy(update={"reload_interval_s": RELOAD_S, "max_question_chars": MAX_QUESTION_CHARS})
     built = built.model_copy(update={"service": service})
     built.ensure_dirs()
     return built
@@ -141,9 +138,9 @@ def no_stack(env: Env) -> Iterator[Running]:
         yield service
 
 
-def _log(env: Env, name: str) -> list[dict[str, Any]]:
-    path = env.settings.logs_dir / name
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+def _recorded(env: Env, request_id: str) -> Any:
+    """The request store's record of ``request_id`` (None when it has none)."""
+    return env.service.app.state.requests.get(request_id)
 
 
 # ------------------------------------------------------------------------------------------- feedback: the API
@@ -179,11 +176,10 @@ def test_thumbs_up_is_stored_with_the_request_and_becomes_positive_pairs(env: En
     assert [(p.question, p.chunk_id, p.text, p.label) for p in pairs] == [
         (QUESTION, c["chunk_id"], texts[c["chunk_id"]], "positive") for c in answer["citations"]
     ]
-    # Monitoring: the request log carries the cited texts, the feedback log the rating.
-    logged = [r for r in _log(env, "requests.jsonl") if r["request_id"] == answer["request_id"]]
-    assert len(logged) == 1 and [c["text"] for c in logged[0]["citations"]] == list(texts.values())
-    rated = [r for r in _log(env, "feedback.jsonl") if r["request_id"] == answer["request_id"]]
-    assert len(rated) == 1 and rated[0]["rating"] == "up" and rated[0]["replaced"] is False
+    # Monitoring: the request store carries the cited texts, and the rating joined to the request.
+    logged = _recorded(env, answer["request_id"])
+    assert [c.text for c in logged.citations] == list(texts.values())
+    assert logged.feedback is not None and logged.feedback.rating == "up" and logged.feedback.comment == "spot on"
 
 
 def test_rating_again_replaces_the_earlier_rating(env: Env) -> None:
@@ -201,44 +197,46 @@ def test_rating_again_replaces_the_earlier_rating(env: Env) -> None:
     assert {p.label for p in env.store().training_pairs() if p.request_id == request_id} == {"negative"}
 
 
-def test_feedback_on_a_request_no_longer_in_memory_is_found_in_the_request_log(env: Env) -> None:
-    intake = env.service.app.state.feedback
+def test_feedback_finds_a_request_already_written_to_the_store(env: Env) -> None:
+    requests = env.service.app.state.requests
     with env.client() as client:
         old = env.ask(client)
-        for _ in range(RECENT):  # push it out of the in-memory map
-            env.ask(client, KEYBOARD_QUESTION)
-        lookups = intake.recent.log_lookups
+        requests.flush()  # the writer has written it: the lookup reads the database, not the queue
         response = client.post("/v1/feedback", json={"request_id": old["request_id"], "rating": "down"})
     assert response.status_code == 200, response.text
-    assert intake.recent.log_lookups == lookups + 1
     stored = env.store().get(old["request_id"])
     assert stored is not None and stored.request.question == QUESTION
     assert all(c.text for c in stored.request.citations)
+    assert _recorded(env, old["request_id"]).feedback.rating == "down"
 
 
-def test_an_old_log_record_without_chunk_texts_gets_them_from_the_served_index(env: Env) -> None:
+def test_a_record_without_chunk_texts_gets_them_from_the_served_index(env: Env) -> None:
+    from rag.feedback import CitedChunk
+    from rag.store import RequestRecord
+
     with env.client() as client:
         answer = env.ask(client)
         expected = [client.get(f"/v1/sources/{c['chunk_id']}").json()["text"] for c in answer["citations"]]
-        legacy_id = uuid.uuid4().hex
-        legacy = {  # the request log's format before this release: citations without n, title, source or text
-            "request_id": legacy_id,
-            "at": time.time() - 86400,
-            "principal": "anonymous",
-            "question": QUESTION,
-            "filters": None,
-            "stack_version": env.stack_version,
-            "index_version": answer["index_version"],
-            "abstained": False,
-            "citations": [{"doc_id": c["doc_id"], "chunk_id": c["chunk_id"]} for c in answer["citations"]],
-            "answer": answer["answer"],
-            "notice": None,
-        }
-        with (env.settings.logs_dir / "requests.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(legacy) + "\n")
-        response = client.post("/v1/feedback", json={"request_id": legacy_id, "rating": "up"})
+        textless_id = uuid.uuid4().hex
+        env.service.app.state.requests.record(
+            RequestRecord(
+                request_id=textless_id,
+                at=time.time() - 86400,
+                principal="anonymous",
+                question=QUESTION,
+                answer=answer["answer"],
+                stack_name="playground-dense",
+                stack_version=env.stack_version,
+                index_version=answer["index_version"],
+                citations=tuple(
+                    CitedChunk(c["n"], c["chunk_id"], c["doc_id"], c["title"], c["source"], None)
+                    for c in answer["citations"]
+                ),
+            )
+        )
+        response = client.post("/v1/feedback", json={"request_id": textless_id, "rating": "up"})
     assert response.status_code == 200, response.text
-    pairs = [p for p in env.store().training_pairs() if p.request_id == legacy_id]
+    pairs = [p for p in env.store().training_pairs() if p.request_id == textless_id]
     assert [p.text for p in pairs] == expected
 
 
@@ -299,8 +297,8 @@ def test_source_of_a_citation(env: Env) -> None:
     assert source["position"] == cited["position"]
     assert source["index_version"] == answer["index_version"] and source["stack_version"] == env.stack_version
     # Exactly the text the answer was made from (recorded with the request), without llama-index's metadata.
-    logged = [r for r in _log(env, "requests.jsonl") if r["request_id"] == answer["request_id"]][0]
-    assert source["text"] == logged["citations"][0]["text"] and "doc_hash" not in source["text"]
+    logged = _recorded(env, answer["request_id"])
+    assert source["text"] == logged.citations[0].text and "doc_hash" not in source["text"]
     with env.client() as client:
         texts = [client.get(f"/v1/sources/{c['chunk_id']}").json()["text"] for c in answer["citations"]]
     assert any(FOUNDERS in text for text in texts)
@@ -427,10 +425,10 @@ def test_playground_asks_streams_cites_and_takes_feedback(browser: Browser, env:
     request_id = page.locator("#result").get_attribute("data-request-id")
     assert request_id and len(request_id) == 32
     with env.client() as client:  # the page shows what the API answered for this request
-        logged = [r for r in _log(env, "requests.jsonl") if r["request_id"] == request_id]
-        assert len(logged) == 1 and answer.inner_text().strip() == logged[0]["answer"]
-        cited = logged[0]["citations"]
-        source_text = client.get(f"/v1/sources/{cited[0]['chunk_id']}").json()["text"]
+        logged = _recorded(env, request_id)
+        assert logged is not None and answer.inner_text().strip() == logged.answer
+        cited = logged.citations
+        source_text = client.get(f"/v1/sources/{cited[0].chunk_id}").json()["text"]
 
     items = page.locator("#citations > li")
     expect(items).to_have_count(len(cited))

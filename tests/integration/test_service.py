@@ -341,10 +341,9 @@ def test_query_answers_with_citations_usage_and_timings(env: Env, question: str)
     assert 0.0 <= body["support"] <= 1.0
 
     # Every answered request is recorded for monitoring.
-    log = (env.settings.logs_dir / "requests.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in log]
-    mine = [r for r in records if r["request_id"] == body["request_id"]]
-    assert len(mine) == 1 and mine[0]["stack_version"] == env.v1 and mine[0]["question"] == question
+    mine = env.service.app.state.requests.get(body["request_id"])
+    assert mine is not None and mine.stack_version == env.v1 and mine.question == question
+    assert mine.timings_ms["total"] > 0 and mine.prompt_tokens == usage["prompt_tokens"]
 
 
 def test_query_abstains_on_unanswerable_question(env: Env) -> None:

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from evaluation.settings import EvalSettings
+from evaluation.settings import EvalSettings, MonitorSettings
 from flows.settings import Settings
 from pipelines.env import OFFLINE_ENV
 
@@ -72,6 +72,7 @@ EXPECTED_DEPLOYMENTS: dict[str, tuple[str, str | None]] = {
     "flows/ingest.py:ingest_flow": ("hourly", "hourly"),
     "flows/evaluate.py:evaluate_flow": ("nightly-champion", "daily"),
     "flows/retrain.py:retrain_flow": ("weekly", "weekly"),
+    "flows/monitor.py:monitor_flow": ("every-15-min", "every-15-min"),
     "flows/evaluate.py:promote_flow": ("manual", None),
     "flows/evaluate.py:rollback_flow": ("manual", None),
 }
@@ -136,6 +137,8 @@ def cron_cadence(cron: str) -> str:
     fixed = re.compile(r"^\d+$")
     if fixed.match(minute) and hour == dom == month == dow == "*":
         return "hourly"
+    if re.match(r"^\*/\d+$", minute) and hour == dom == month == dow == "*":
+        return f"every-{minute[2:]}-min"
     if fixed.match(minute) and fixed.match(hour) and dom == month == "*":
         if dow == "*":
             return "daily"
@@ -912,6 +915,13 @@ def test_prefect_yaml_nightly_matches_the_served_deployment() -> None:
     nightly = prefect_deployments()["flows/evaluate.py:evaluate_flow"]
     assert nightly["name"] == module_constant(REPO / "flows" / "deployments.py", "EVALUATE_DEPLOYMENT")
     assert nightly["schedules"][0]["cron"] == EvalSettings.model_fields["schedule_cron"].default
+
+
+def test_prefect_yaml_monitor_matches_the_served_deployment() -> None:
+    monitor = prefect_deployments()["flows/monitor.py:monitor_flow"]
+    assert monitor["name"] == module_constant(REPO / "flows" / "deployments.py", "MONITOR_DEPLOYMENT")
+    minutes = MonitorSettings.model_fields["interval_minutes"].default
+    assert monitor["schedules"][0]["cron"] == f"*/{minutes:.0f} * * * *"
 
 
 def test_prefect_yaml_runs_in_the_images_source_folder() -> None:

@@ -28,6 +28,10 @@ router = APIRouter()
 
 SSE_HEADERS = {"Cache-Control": "no-store"}
 
+QUERY = "/v1/query"
+CHAT = "/v1/chat/completions"
+"""Route templates: paths and the ``route`` the request store and the metrics record."""
+
 
 def _service(request: Request) -> QueryService:
     service: QueryService = request.app.state.queries
@@ -39,12 +43,14 @@ def _sse(event: str, data: Any) -> str:
 
 
 async def _primed(
-    service: QueryService, question: object, *, filters: object, top_k: int | None
+    service: QueryService, question: object, *, filters: object, top_k: int | None, route: str
 ) -> tuple[Served, RequestContext, AsyncIterator[StreamEvent], StreamEvent, AsyncExitStack]:
     """Start a streamed request and compute its first event (errors surface before the response starts)."""
     stack = AsyncExitStack()
     try:
-        served, chain, ctx = await stack.enter_async_context(service.request(question, filters=filters, top_k=top_k))
+        served, chain, ctx = await stack.enter_async_context(
+            service.request(question, filters=filters, top_k=top_k, route=route)
+        )
         events = chain.stream(ctx)
         stack.push_async_callback(_aclose, events)
         first = await events.__anext__()
@@ -77,13 +83,13 @@ def _streaming(
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-@router.post("/v1/query", response_model=QueryResponse, summary="Answer a question with citations")
+@router.post(QUERY, response_model=QueryResponse, summary="Answer a question with citations")
 async def query(body: QueryRequest, request: Request) -> Any:
     """Server-sent events with ``"stream": true``: ``delta`` (text to append), ``notice``, then ``citations`` and
     ``done`` (the whole response), or ``blocked`` (the refusal, with ``blocked_by``) when a check stops it."""
     service = _service(request)
     if not body.stream:
-        served, ctx = await service.answer(body.question, filters=body.filters, top_k=body.top_k)
+        served, ctx = await service.answer(body.question, filters=body.filters, top_k=body.top_k, route=QUERY)
         return query_response(served, ctx)
 
     def render(served: Served, ctx: RequestContext, event: StreamEvent) -> list[str]:
@@ -98,7 +104,7 @@ async def query(body: QueryRequest, request: Request) -> Any:
             _sse("done", query_response(served, ctx).model_dump()),
         ]
 
-    primed = await _primed(service, body.question, filters=body.filters, top_k=body.top_k)
+    primed = await _primed(service, body.question, filters=body.filters, top_k=body.top_k, route=QUERY)
     return _streaming(primed, render)
 
 
@@ -136,14 +142,14 @@ def _chat_usage(ctx: RequestContext) -> dict[str, Any]:
     return usage(ctx).model_dump(exclude={"cost_usd"}, exclude_none=True)
 
 
-@router.post("/v1/chat/completions", summary="OpenAI-compatible chat completions over the champion stack")
+@router.post(CHAT, summary="OpenAI-compatible chat completions over the champion stack")
 async def chat(body: ChatRequest, request: Request) -> Any:
     """OpenAI's chat completion (``finish_reason`` ``content_filter`` when a guardrail refused the request)."""
     service = _service(request)
     question = _last_user_message(body)
     created = int(time.time())
     if not body.stream:
-        served, ctx = await service.answer(question, filters=body.filters, top_k=body.top_k)
+        served, ctx = await service.answer(question, filters=body.filters, top_k=body.top_k, route=CHAT)
         text = ctx.refusal.text if ctx.refusal else (ctx.answer.text if ctx.answer else "")
         return {
             "id": f"chatcmpl-{ctx.request_id}",
@@ -187,5 +193,5 @@ async def chat(body: ChatRequest, request: Request) -> Any:
             out.append("data: [DONE]\n\n")
         return out
 
-    primed = await _primed(service, question, filters=body.filters, top_k=body.top_k)
+    primed = await _primed(service, question, filters=body.filters, top_k=body.top_k, route=CHAT)
     return _streaming(primed, render)

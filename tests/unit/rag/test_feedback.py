@@ -1,13 +1,11 @@
-"""FeedbackStore (ratings kept with the request they judge, turned into training pairs) and the service's lookup of
-recent requests (memory first, then the request log read backwards)."""
+"""FeedbackStore: ratings kept with the request they judge, turned into training pairs. (The service finds the rated
+request in the request store: tests/unit/rag/test_record.py.)"""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +20,6 @@ from rag.feedback import (
     RequestSnapshot,
     normalise_rating,
 )
-from rag.service.recent import RecentRequests, find_in_log
 
 
 def snapshot(
@@ -191,54 +188,3 @@ def test_a_newer_schema_is_refused(settings: Settings) -> None:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(FeedbackError, match="schema version 99"):
         FeedbackStore(settings)
-
-
-# ------------------------------------------------------------------------------------------ recent requests
-def write_log(path: Path, records: list[dict[str, object]], *, tail: str = "") -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail, encoding="utf-8")
-
-
-def test_recent_requests_are_bounded_and_fall_back_to_the_log(tmp_path: Path) -> None:
-    log = tmp_path / "requests.jsonl"
-    snaps = [snapshot(f"question {i}?") for i in range(5)]
-    write_log(log, [s.to_json() for s in snaps])
-    recent = RecentRequests(2, log)
-    for snap in snaps:
-        recent.add(snap)
-    assert len(recent) == 2
-
-    assert recent.get(snaps[4].request_id) == snaps[4]
-    assert recent.log_lookups == 0
-    assert recent.get(snaps[0].request_id) == snaps[0]  # evicted from memory, found in the log
-    assert recent.log_lookups == 1
-    assert recent.get(uuid.uuid4().hex) is None
-    assert recent.get("not-an-id") is None and recent.log_lookups == 2  # a malformed id never reads the log
-
-
-def test_log_lookup_finds_old_and_legacy_records_and_skips_torn_lines(tmp_path: Path) -> None:
-    log = tmp_path / "requests.jsonl"
-    legacy_id = uuid.uuid4().hex
-    legacy = {  # written before the log carried n, title, source, text and stack_name
-        "request_id": legacy_id,
-        "at": 5.0,
-        "principal": "anonymous",
-        "question": "Old question?",
-        "filters": None,
-        "stack_version": 1,
-        "index_version": 2,
-        "abstained": False,
-        "citations": [{"doc_id": "a.md", "chunk_id": "c1"}, {"doc_id": "b.md", "chunk_id": "c2"}],
-        "answer": "Old answer.",
-        "notice": None,
-    }
-    filler = [snapshot(f"filler {i} " + "x" * 300).to_json() for i in range(600)]  # > one 64 KiB block
-    wanted = snapshot("Wanted?")
-    write_log(log, [wanted.to_json(), legacy, *filler], tail='{"request_id": "' + wanted.request_id)
-
-    assert find_in_log(log, wanted.request_id) == wanted
-    found = find_in_log(log, legacy_id)
-    assert found is not None and found.question == "Old question?" and found.stack_name == ""
-    assert [(c.n, c.chunk_id, c.text) for c in found.citations] == [(1, "c1", None), (2, "c2", None)]
-    # Only the end of a huge log is searched.
-    assert find_in_log(log, wanted.request_id, max_bytes=64 * 1024) is None
-    assert find_in_log(tmp_path / "missing.jsonl", wanted.request_id) is None

@@ -1,7 +1,7 @@
 """The request store against a real database: migrations, the background writer, reads, feedback, retention.
 
-Every test runs on each backend in ``BACKENDS``. SQLite is always there; PostgreSQL joins with one line once the
-``postgres_url`` fixture exists (``"postgres"`` in ``BACKENDS``, resolved by ``store_url`` below).
+Every test runs on each backend in ``BACKENDS``: SQLite, and a real PostgreSQL (the session's server from
+``tests/fixtures/datastores.py``; each test gets a database of its own, created by ``store_url`` below).
 """
 
 from __future__ import annotations
@@ -11,27 +11,43 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect
 
+from flows.settings import Settings
 from rag.errors import BadQuery, StoreError
 from rag.feedback import CitedChunk, UnknownRequest
 from rag.store import RequestRecord, RequestStore, StoreSettings
 from rag.store.migrate import current_revision, head_revision
 from rag.store.tables import METADATA, VERSION_TABLE
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database URL per test."""
     if request.param == "postgres":
-        return str(request.getfixturevalue("postgres_url"))
+        return fresh_postgres_database(request.getfixturevalue("postgres_url"))
     return f"sqlite:///{tmp_path / 'home' / 'requests.db'}"
+
+
+def fresh_postgres_database(url: str) -> str:
+    """A new empty database on the server of ``url``; returns its URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    name = f"store_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(
+        host=parsed.host, port=parsed.port, user=parsed.username, dbname="postgres", autocommit=True
+    ) as connection:
+        connection.execute(f"CREATE DATABASE {name}")  # a generated name: no quoting needed
+    return parsed.set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -222,11 +238,40 @@ class TestWindow:
         assert (stats.feedback_up, stats.feedback_down, stats.thumbs_down_share) == (1, 1, 0.5)
         assert stats.mean_total_ms == pytest.approx((6.0 + 30.0 + 6.0) / 3)
         assert stats.error_share == pytest.approx(1 / 3)
+        assert (stats.guardrail_triggered, stats.guardrail_trigger_share) == (1, pytest.approx(1 / 3))  # the block
+        assert (stats.p50_ms, stats.p99_ms) == (6.0, pytest.approx(29.52))
         assert [r.request_id for r in store.rows(100.0, 200.0)] == [make(n, 0).request_id for n in (2, 3, 4)]
 
     def test_an_empty_window(self, store: RequestStore) -> None:
         stats = store.window(0.0, 10.0)
         assert (stats.requests, stats.cost_usd, stats.mean_total_ms, stats.error_share) == (0, 0.0, None, 0.0)
+        assert (stats.p50_ms, stats.p95_ms, stats.guardrail_trigger_share) == (None, None, 0.0)
+
+    def test_a_redaction_counts_as_a_guardrail_trigger(self, store: RequestStore) -> None:
+        store.record(make(1, 10.0, verdicts={"injection": "allow", "pii_input": "redact"}))
+        store.record(make(2, 11.0, verdicts={"injection": "allow"}))
+        store.flush()
+        assert store.window(0.0, 20.0).guardrail_triggered == 1
+
+    def test_a_database_at_the_first_revision_is_upgraded_in_place(self, store_url: str) -> None:
+        from alembic import command
+
+        from rag.store.migrate import alembic_config
+
+        if store_url.startswith("sqlite:///"):
+            Path(store_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(store_url)
+        config = alembic_config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0001")
+            connection.execute(METADATA.tables["requests"].insert().values(
+                **{k: v for k, v in make(1, 5.0).to_row().items() if k != "guardrail_triggered"}
+            ))  # fmt: skip
+        engine.dispose()
+        with RequestStore(store_url) as store:
+            assert store.revision == head_revision() == "0002"
+            assert store.window(0.0, 10.0).requests == 1 and store.get(make(1, 0).request_id) is not None
 
     def test_a_backwards_window_is_refused(self, store: RequestStore) -> None:
         with pytest.raises(BadQuery, match="before it starts"):
@@ -272,6 +317,22 @@ class TestRetention:
             assert store.get(make(1, 0).request_id) is None
             assert store.get(make(2, 0).request_id) is not None
 
+    def test_the_service_store_follows_the_retention_setting(
+        self, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from rag.service.app import open_request_store
+
+        with open_request_store(settings) as writer:  # the default: 90 days
+            assert writer.retention_days == 90.0
+            writer.record(make(1, time.time() - 3 * 86400.0))
+            writer.record(make(2, time.time()))
+        monkeypatch.setenv("RAGOPS_STORE__RETENTION_DAYS", "2")
+        with open_request_store(Settings()) as store:  # the writer purges right after opening
+            deadline = time.monotonic() + 10
+            while store.count() != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert store.get(make(1, 0).request_id) is None and store.get(make(2, 0).request_id) is not None
+
     def test_no_retention_keeps_everything(self, store_url: str) -> None:
         with RequestStore(store_url, retention_days=None) as store:
             store.record(make(1, 0.0))
@@ -294,3 +355,22 @@ class TestSettings:
     def test_a_url_without_scheme_is_refused(self) -> None:
         with pytest.raises(ValueError, match="not a database URL"):
             StoreSettings(url="/var/lib/requests.db")
+
+
+def test_a_record_the_driver_rejects_does_not_stop_the_writer(store: RequestStore) -> None:
+    store.record(make(1, 1.0, question="a lone surrogate \udc00"))  # the driver cannot encode it
+    store.record(make(2, 2.0))
+    store.flush()
+    store.record(make(3, 3.0))  # written: the writer is still running
+    store.flush()
+    assert store.get(make(1, 0).request_id) is None
+    assert store.get(make(2, 0).request_id) is not None  # its batch neighbour is written alone
+    assert store.get(make(3, 0).request_id) is not None
+    assert store.stats().failed == 1
+
+
+def test_the_record_stage_stores_unencodable_text_replaced() -> None:
+    from rag.stages.record import MAX_STORED_CHARS, storable
+
+    assert storable("bad \udc00 text") == "bad ? text"
+    assert storable(None) == "" and len(storable("x" * (MAX_STORED_CHARS + 5))) == MAX_STORED_CHARS

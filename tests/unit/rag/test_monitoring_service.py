@@ -1,0 +1,302 @@
+"""The served app's monitoring, end to end on loopback: the record stage writes every request to the request store
+(answered, refused, failed, streamed), ``GET /metrics`` exports what the records say (names and types from a real
+scrape), and feedback is joined to its request in the store and counted.
+
+One module-scoped service over the tiny corpus (real ingestion, embedded Qdrant, uvicorn on a free port); the
+champion comes from a function, so no MLflow registry is involved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from flows.settings import Settings
+from pipelines.index import VectorIndex
+from rag.store import RequestRecord
+from tests.fixtures.server import Running, serve, wait_for
+from tests.unit.rag.conftest import BuiltIndex
+
+STACK_VERSION = 4
+QUESTION = "When did Mount Kerrigan last erupt?"
+MAX_QUESTION_CHARS = 300
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@dataclass
+class Service:
+    running: Running
+    settings: Settings
+    index_version: int
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.running.url, timeout=60)
+
+    def record(self, request_id: str) -> RequestRecord | None:
+        found: RequestRecord | None = self.running.app.state.requests.get(request_id)
+        return found
+
+
+@pytest.fixture(scope="module")
+def service(built_index: BuiltIndex) -> Iterator[Service]:
+    from rag.service.app import create_app
+    from rag.service.holder import StackHolder
+    from rag.types import StackConfig
+
+    base = built_index.settings
+    settings = base.model_copy(
+        update={"service": base.service.model_copy(update={"max_question_chars": MAX_QUESTION_CHARS})}
+    )
+    index = VectorIndex(settings).current()
+    assert index is not None
+    config = StackConfig.for_index(index, name="monitored")
+    holder = StackHolder(settings, champion=lambda: (STACK_VERSION, config))
+    with serve(create_app(settings, holder=holder)) as running:
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
+        yield Service(running, settings, index.version)
+
+
+def scrape(service: Service) -> tuple[dict[str, str], Samples, str]:
+    """Family name -> type, (sample name, labels) -> value, and the raw text of one real scrape."""
+    with service.client() as client:
+        response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    types: dict[str, str] = {}
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        types[family.name] = family.type
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return types, samples, response.text
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def ask(client: httpx.Client, **body: Any) -> dict[str, Any]:
+    response = client.post("/v1/query", json={"question": QUESTION, **body})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_an_answered_request_is_recorded_whole(service: Service) -> None:
+    with service.client() as client:
+        body = ask(client)
+    record = service.record(body["request_id"])
+    assert record is not None
+    assert (record.route, record.status, record.error, record.blocked) == ("/v1/query", 200, None, False)
+    assert (record.principal, record.tenant) == ("anonymous", None)
+    assert (record.stack_name, record.stack_version, record.index_version) == (
+        "monitored",
+        STACK_VERSION,
+        service.index_version,
+    )
+    assert record.question == QUESTION and record.answer == body["answer"]
+    assert record.abstained is body["abstained"]
+    assert {"validate", "embed", "retrieve", "answer", "total"} <= set(record.timings_ms)
+    assert record.timings_ms["total"] >= record.timings_ms["retrieve"] > 0
+    usage = body["usage"]
+    assert (record.prompt_tokens, record.completion_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert record.cited_chunk_ids == tuple(c["chunk_id"] for c in body["citations"])
+    assert all(c.text for c in record.citations)  # the cited texts travel with the record (feedback needs them)
+
+
+def test_a_bad_request_and_a_chat_stream_are_recorded(service: Service) -> None:
+    with service.client() as client:
+        bad = client.post("/v1/query", json={"question": "x" * (MAX_QUESTION_CHARS + 1)})
+        assert bad.status_code == 422, bad.text
+        with client.stream(
+            "POST", "/v1/chat/completions", json={"messages": [{"role": "user", "content": QUESTION}], "stream": True}
+        ) as stream:
+            chunks = [line for line in stream.iter_lines() if line.startswith("data: {")]
+    request_id = chunks[0].split('"id": "chatcmpl-', 1)[1].split('"', 1)[0]
+    streamed = service.record(request_id)
+    assert streamed is not None and streamed.route == "/v1/chat/completions" and streamed.status == 200
+    store = service.running.app.state.requests
+    store.flush()
+    refused = [
+        r for r in store.rows(time.time() - 60, time.time() + 1) if r.status == 422 and r.error == "invalid_request"
+    ]
+    assert refused and refused[-1].route == "/v1/query" and refused[-1].answer == ""
+
+
+def test_feedback_is_joined_to_its_request_and_counted(service: Service) -> None:
+    with service.client() as client:
+        up, down = ask(client), ask(client)
+        before = value(scrape(service)[1], "ragops_feedback_total", rating="down")
+        for request_id, rating in ((up["request_id"], "up"), (down["request_id"], "down")):
+            response = client.post("/v1/feedback", json={"request_id": request_id, "rating": rating})
+            assert response.status_code == 200, response.text
+        unknown = client.post("/v1/feedback", json={"request_id": "f" * 32, "rating": "up"})
+    assert unknown.status_code == 404
+    rated_up, rated_down = service.record(up["request_id"]), service.record(down["request_id"])
+    assert rated_up is not None and rated_up.feedback is not None and rated_up.feedback.rating == "up"
+    assert rated_down is not None and rated_down.feedback is not None and rated_down.feedback.rating == "down"
+    window = service.running.app.state.requests.window(time.time() - 60, time.time() + 1)
+    assert window.feedback_up >= 1 and window.feedback_down >= 1
+    assert value(scrape(service)[1], "ragops_feedback_total", rating="down") == before + 1
+
+
+EXPECTED_TYPES = {
+    "ragops_requests": "counter",
+    "ragops_request_duration_seconds": "histogram",
+    "ragops_stage_duration_seconds": "histogram",
+    "ragops_time_to_first_token_seconds": "histogram",
+    "ragops_stream_output_tokens_per_second": "histogram",
+    "gen_ai_client_token_usage": "histogram",
+    "ragops_cost_usd": "counter",
+    "ragops_guardrail_verdicts": "counter",
+    "ragops_abstentions": "counter",
+    "ragops_feedback": "counter",
+    "ragops_stream_abandoned": "counter",
+    "ragops_errors": "counter",
+    "ragops_records_dropped": "counter",
+    "ragops_batcher_queue_depth": "gauge",
+    "ragops_stack_info": "gauge",
+}
+
+
+def test_a_real_scrape_has_the_names_types_and_counts(service: Service) -> None:
+    with service.client() as client:
+        before = scrape(service)[1]
+        ask(client)
+        bad = client.post("/v1/query", json={"question": "   "})
+        assert bad.status_code == 422
+        with client.stream("POST", "/v1/query", json={"question": QUESTION, "stream": True}) as stream:
+            assert any(line.startswith("event: done") for line in stream.iter_lines())
+    types, after, text = scrape(service)
+    assert {name: types.get(name) for name in EXPECTED_TYPES} == EXPECTED_TYPES
+
+    def grew(name: str, by: float = 1, **labels: str) -> bool:
+        return value(after, name, **labels) - value(before, name, **labels) >= by
+
+    assert grew("ragops_requests_total", 2, route="/v1/query", status="200")
+    assert grew("ragops_requests_total", route="/v1/query", status="422")
+    assert grew("ragops_errors_total", kind="invalid_request")
+    assert grew("ragops_request_duration_seconds_count", 2, route="/v1/query")
+    for stage in ("validate", "embed", "retrieve", "answer"):
+        assert grew("ragops_stage_duration_seconds_count", 2, stage=stage), stage
+    assert grew("ragops_time_to_first_token_seconds_count", route="/v1/query")
+    assert grew("gen_ai_client_token_usage_count", 2, gen_ai_token_type="input")
+    assert value(after, "ragops_stack_info", stack_name="monitored", stack_version=str(STACK_VERSION)) == 1
+    # Low cardinality: no question text and no request id in any label.
+    assert QUESTION not in text and "chatcmpl" not in text
+    for (_, labels), _ in after.items():
+        assert all(len(v) < 64 for _, v in labels), labels
+
+
+def test_openmetrics_when_asked(service: Service) -> None:
+    with service.client() as client:
+        response = client.get("/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.rstrip().endswith("# EOF")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_record_stage_writes_to_either_database(
+    service: Service, backend: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    import asyncio
+
+    from rag.monitoring.metrics import ServiceMetrics
+    from rag.stages.build import build_chain
+    from rag.stages.context import Principal, RequestContext
+    from rag.stages.ports import DirectVectors
+    from rag.stages.record import StoreRecorder
+    from rag.store import RequestStore
+    from tests.unit.rag.test_store import fresh_postgres_database
+
+    if backend == "postgres":
+        url = fresh_postgres_database(request.getfixturevalue("postgres_url"))
+    else:
+        url = f"sqlite:///{tmp_path / 'requests.db'}"
+    metrics = ServiceMetrics()
+    holder = service.running.app.state.holder
+    with RequestStore(url) as store, holder.acquire() as served:
+        recorder = StoreRecorder(store, metrics, stack_version=served.version, index_version=served.index_version)
+        chain = build_chain(served.engine, vectors=DirectVectors(), recorder=recorder)
+        ctx = RequestContext(engine=served.engine, question=QUESTION, principal=Principal("bob", tenant="acme"))
+        asyncio.run(chain.run(ctx))
+        store.flush()
+        # rows() reads the database (get() would also see the copy waiting for the writer)
+        (record,) = [r for r in store.rows(0, time.time() + 1) if r.request_id == ctx.request_id]
+    assert (record.principal, record.tenant, record.stack_version) == ("bob", "acme", STACK_VERSION)
+    assert record.cited_chunk_ids == tuple(c.chunk_id for c in ctx.answer.citations)  # type: ignore[union-attr]
+    assert set(ctx.timings) - {"record"} <= set(record.timings_ms)
+    assert value(scrape_registry(metrics), "ragops_requests_total", route="/v1/query", status="200") == 1
+
+
+def scrape_registry(metrics: Any) -> Samples:
+    body, _ = metrics.render()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def test_infra_queries_name_series_a_real_scrape_has(service: Service) -> None:
+    """Every PromQL name in infra/prometheus's rules and infra/grafana's dashboard is exported by the running
+    service (tests/unit/test_monitoring_infra.py checks the same against an in-process render, without a service)."""
+    from rag.monitoring.metrics import series_names
+    from tests.unit.test_monitoring_infra import PROMETHEUS_OWN, dashboard_exprs, metric_names, rules
+
+    exported = set(series_names(scrape(service)[2]))
+    known = exported | {r["record"] for r in rules() if "record" in r} | PROMETHEUS_OWN
+    used = {name for r in rules() for name in metric_names(r["expr"])}
+    used |= {name for _, expr in dashboard_exprs() for name in metric_names(expr)}
+    assert used and not used - known, f"not exported by the service: {sorted(used - known)}"
+
+
+def test_a_stream_the_client_leaves_is_recorded_and_counted(service: Service) -> None:
+    """A slow LLM streams word by word; the client reads the first delta and goes away."""
+    from rag.service.app import create_app
+    from rag.service.holder import StackHolder
+    from rag.types import StackConfig
+    from tests.fixtures.fake_openai import FakeOpenAI
+
+    index = VectorIndex(service.settings).current()
+    assert index is not None
+    reply = "Mount Kerrigan last erupted in 1847 [1]. " + "It has been quiet ever since. " * 30
+    with FakeOpenAI(reply=reply, chunk_delay_s=0.05) as fake:
+        config = StackConfig.for_index(
+            index, name="slow-llm", answerer={"kind": "llm"}, llm={"base_url": fake.base_url, "model": fake.model}
+        )
+        holder = StackHolder(service.settings, champion=lambda: (STACK_VERSION + 1, config))
+        with (
+            serve(create_app(service.settings, holder=holder)) as running,
+            httpx.Client(base_url=running.url, timeout=60) as client,
+        ):
+            wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
+            with client.stream("POST", "/v1/query", json={"question": QUESTION, "stream": True}) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("event: delta"):
+                        break  # leave mid-answer
+            store = running.app.state.requests
+
+            def left() -> list[RequestRecord]:
+                store.flush()
+                return [r for r in store.rows(time.time() - 60, time.time() + 1) if r.stack_name == "slow-llm"]
+
+            (record,), _ = wait_for(left, timeout=30)
+            metrics = client.get("/metrics").text
+    assert (record.status, record.error, record.route) == (499, "client_disconnected", "/v1/query")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
+    assert value(samples, "ragops_stream_abandoned_total", route="/v1/query") == 1
+    assert value(samples, "ragops_requests_total", route="/v1/query", status="499") == 1
