@@ -36,7 +36,9 @@ class Principal:
     groups: tuple[str, ...] = ()
 
 
-ANONYMOUS = Principal()
+ANONYMOUS = Principal(role="admin")
+"""The caller when nothing authenticates it (no identity layer, evaluation, the CLI): the deployment's own operator,
+so by :mod:`rag.access` it sees every tenant. An authenticated principal replaces it for every real caller."""
 
 
 @dataclass(frozen=True)
