@@ -30,7 +30,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +39,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.index import p50_ms  # noqa: E402  (the same timing as the index benchmark)
+
 logger = logging.getLogger("bench.tenancy")
 
 TENANTS = {"acme": ("Reno", 120), "beta": ("Lyon", 95), "gamma": ("Porto", 80)}
 TOPICS = ("hotel budget", "train travel", "laptop refresh", "parental leave", "badge access", "security training")
 GROUP = "board"
-
-
-def p50_ms(fn: Callable[[int], object], n: int) -> float:
-    """Median wall time of ``fn(i)`` over ``i < n`` in milliseconds (one warm-up call first)."""
-    fn(0)
-    times = []
-    for i in range(n):
-        started = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - started)
-    return round(float(np.median(times)) * 1000, 3)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

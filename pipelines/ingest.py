@@ -4,6 +4,10 @@ publish -> report.
 Each step is a function over frozen values so the Prefect flow (``flows/ingest.py``) can run every step as a task
 with retries, and ``run_ingest`` can chain the same steps in-process when no orchestration server is configured.
 
+Documents are keyed by id within a collection, and an id names one source's document: an item whose id the
+manifest records for another source is quarantined by ``plan`` (reason names the owner), never written over it
+(tenants' folders get distinct ids from discovery, see :mod:`pipelines.sources`).
+
 Incremental by construction: discovery hashes every item, ``plan`` compares the hashes with the published
 version's manifest, and only new or changed documents are read, chunked and embedded. Within a changed document,
 chunks whose deterministic id already exists keep their vector (only the payload is rewritten). An unchanged source
