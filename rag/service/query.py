@@ -17,7 +17,7 @@ from rag.service.recording import RequestLog, ServiceRecorder
 from rag.service.schemas import CitationOut, GuardrailOut, QueryResponse, Usage
 from rag.stages.build import build_chain
 from rag.stages.chain import Chain
-from rag.stages.context import ANONYMOUS, Principal, RequestContext
+from rag.stages.context import OPERATOR, Principal, RequestContext
 from rag.stages.validate import RequestLimits
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class QueryService:
         *,
         filters: object,
         top_k: int | None,
-        principal: Principal = ANONYMOUS,
+        principal: Principal = OPERATOR,
     ) -> AsyncIterator[tuple[Served, Chain, RequestContext]]:
         """The stack, its chain and a fresh context for one question; the stack is held until the block ends."""
         with self._holder.acquire() as served:
@@ -79,7 +79,7 @@ class QueryService:
             yield served, self.chain_for(served), ctx
 
     async def answer(
-        self, question: object, *, filters: object, top_k: int | None, principal: Principal = ANONYMOUS
+        self, question: object, *, filters: object, top_k: int | None, principal: Principal = OPERATOR
     ) -> tuple[Served, RequestContext]:
         """Run the whole chain for one question."""
         async with self.request(question, filters=filters, top_k=top_k, principal=principal) as (served, chain, ctx):

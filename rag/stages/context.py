@@ -36,9 +36,10 @@ class Principal:
     groups: tuple[str, ...] = ()
 
 
-ANONYMOUS = Principal(role="admin")
-"""The caller when nothing authenticates it (no identity layer, evaluation, the CLI): the deployment's own operator,
-so by :mod:`rag.access` it sees every tenant. An authenticated principal replaces it for every real caller."""
+ANONYMOUS = Principal()
+OPERATOR = Principal(name="operator", role="admin")
+"""The deployment's operator acting without a request (evaluation, the CLI, a service with no authentication): by
+:mod:`rag.access` it sees every tenant. ``ANONYMOUS`` (a reader without tenant) sees only untenanted documents."""
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,16 @@ from rag.service.feedback import FeedbackIntake
 from rag.service.holder import StackHolder
 from rag.service.schemas import FeedbackRequest, FeedbackResponse, SourceOut
 from rag.service.sources import fetch_chunk
-from rag.stages.context import ANONYMOUS, Principal
+from rag.stages.context import OPERATOR, Principal
 
 router = APIRouter()
 
 
 def _principal(request: Request) -> Principal:
-    """Who asks: what authentication put on ``request.state.principal``, else the unauthenticated operator."""
+    """Who asks: what authentication put on ``request.state.principal``; without an identity layer, the operator
+    (as :class:`rag.service.query.QueryService` assumes for queries)."""
     principal = getattr(request.state, "principal", None)
-    return principal if isinstance(principal, Principal) else ANONYMOUS
+    return principal if isinstance(principal, Principal) else OPERATOR
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, summary="Rate an answer (up or down)")

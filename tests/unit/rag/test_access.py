@@ -13,7 +13,7 @@ import pytest
 from pipelines.sparse import SparseVector
 from pipelines.store import EdgeStore, HybridRequest, PointFilter, StoredPoint, StoreSchema
 from rag.access import UNRESTRICTED, AccessScope, scope_of
-from rag.stages.context import ANONYMOUS, Principal
+from rag.stages.context import ANONYMOUS, OPERATOR, Principal
 
 TENANTS = ("acme", "beta", None)
 ACLS: tuple[list[str] | None, ...] = (None, ["board"], ["hr", "board"])
@@ -88,7 +88,8 @@ def test_principal_rules() -> None:
     assert scope_of(Principal(tenant="acme", groups=("hr",))) == AccessScope(tenant="acme", groups=("hr",))
     assert scope_of(Principal()) == AccessScope()  # a reader without tenant: single-tenant documents only
     assert scope_of(Principal(role="admin")).narrow(None) is None  # admin without tenant: no restriction
-    assert scope_of(ANONYMOUS) == scope_of(Principal(role="admin"))  # unauthenticated = the operator
+    assert scope_of(ANONYMOUS) == AccessScope()  # a public route's caller: untenanted, public documents only
+    assert scope_of(OPERATOR) == UNRESTRICTED  # evaluation, the CLI, a service without authentication
     assert not AccessScope(tenant="acme").permits({"tenant": "beta"})
     assert not AccessScope().permits({"tenant": "beta"})
     assert AccessScope(tenant="acme", groups=("hr",)).permits({"tenant": "acme", "acl": "hr"})
