@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,3 +197,45 @@ def test_sources_answer_only_chunks_in_scope(engine: RagEngine) -> None:
     ):
         with pytest.raises(UnknownChunk, match="no chunk"):
             fetch_chunk(served, chunk_id, scope=scope_of(principal))
+
+
+def test_sources_route_answers_404_outside_the_principal_scope(engine: RagEngine) -> None:
+    """The real route and error handlers; the principal arrives on ``request.state`` as authentication leaves it."""
+    from contextlib import contextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.testclient import TestClient
+
+    from rag.service.errors import install_error_handlers
+    from rag.service.routers.feedback import router
+
+    served = Served(
+        version=1, config=engine.config, engine=engine, index_version=engine.reader.version.version, loaded_at=0.0
+    )
+
+    class OneStack:
+        @contextmanager
+        def acquire(self) -> Iterator[Served]:
+            yield served
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.state.holder = OneStack()
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Any:
+        tenant = request.headers.get("x-test-tenant")
+        if tenant is not None:
+            request.state.principal = Principal(name=tenant, tenant=tenant)
+        return await call_next(request)
+
+    admin_view = _ask(engine, "Where is the head office?", Principal(role="admin"), top_k=10, depth=20)
+    beta = next(c.chunk_id for c in admin_view if c.doc_id == "beta:policy.md")
+    with TestClient(app) as client:
+        assert client.get(f"/v1/sources/{beta}", headers={"x-test-tenant": "beta"}).json()["doc_id"] == "beta:policy.md"
+        foreign = client.get(f"/v1/sources/{beta}", headers={"x-test-tenant": "acme"})
+        unknown = client.get("/v1/sources/00000000-0000-0000-0000-000000000001", headers={"x-test-tenant": "acme"})
+        assert foreign.status_code == unknown.status_code == 404
+        assert "beta" not in foreign.text
+        assert client.get(f"/v1/sources/{beta}").status_code == 200  # no identity layer: the operator
