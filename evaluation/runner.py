@@ -33,7 +33,7 @@ from evaluation.metrics import (
 )
 from evaluation.testsets import EvalItem, TestSet
 from rag.stages.build import build_chain
-from rag.stages.context import RequestContext
+from rag.stages.context import OPERATOR, RequestContext
 from rag.stages.ports import DirectVectors
 from rag.types import ABSTAIN_TEXT, Answer
 
@@ -257,7 +257,9 @@ def evaluate(
     safe: dict[str, bool] = {}
     with asyncio.Runner() as runner:
         for n, item in enumerate(testset.items, 1):
-            ctx = runner.run(chain.run(RequestContext(engine=engine, question=item.question, depth=depth)))
+            ctx = runner.run(
+                chain.run(RequestContext(engine=engine, question=item.question, depth=depth, principal=OPERATOR))
+            )
             context = ctx.chunks
             answer = ctx.answer if ctx.refusal is None and ctx.answer is not None else _refused(ctx)
             ranked, doc_ids = _doc_ranking(ctx.ranking)

@@ -4,6 +4,10 @@ publish -> report.
 Each step is a function over frozen values so the Prefect flow (``flows/ingest.py``) can run every step as a task
 with retries, and ``run_ingest`` can chain the same steps in-process when no orchestration server is configured.
 
+Documents are keyed by id within a collection, and an id names one source's document: an item whose id the
+manifest records for another source is quarantined by ``plan`` (reason names the owner), never written over it
+(tenants' folders get distinct ids from discovery, see :mod:`pipelines.sources`).
+
 Incremental by construction: discovery hashes every item, ``plan`` compares the hashes with the published
 version's manifest, and only new or changed documents are read, chunked and embedded. Within a changed document,
 chunks whose deterministic id already exists keep their vector (only the payload is rewritten). An unchanged source
@@ -93,6 +97,8 @@ class Plan:
     todo: tuple[SourceItem, ...]
     unchanged: tuple[str, ...]
     deleted: tuple[DocEntry, ...]
+    conflicts: tuple[QuarantineRecord, ...] = ()
+    """Items whose id already belongs to another source: refused, so no ingestion overwrites another's documents."""
 
     @property
     def nothing_to_do(self) -> bool:
@@ -221,17 +227,38 @@ def plan_step(ctx: IngestContext, discovery: Discovery) -> Plan:
         known = dict(base.docs) if base else {}
         todo: list[SourceItem] = []
         unchanged: list[str] = []
+        conflicts: list[QuarantineRecord] = []
         for item in discovery.items:
             entry = known.get(item.doc_id)
-            if entry is not None and entry.content_hash == item.content_hash:
+            if entry is not None and entry.source_key != discovery.source_key:
+                conflicts.append(_conflict(item, entry))
+            elif entry is not None and entry.content_hash == item.content_hash:
                 unchanged.append(item.doc_id)
             else:
                 todo.append(item)
         present = {i.doc_id for i in discovery.items} | {r.doc_id for r in discovery.rejected}
         deleted = [e for e in known.values() if e.source_key == discovery.source_key and e.doc_id not in present]
         return Plan(
-            discovery=discovery, base=base, todo=tuple(todo), unchanged=tuple(unchanged), deleted=tuple(deleted)
+            discovery=discovery,
+            base=base,
+            todo=tuple(todo),
+            unchanged=tuple(unchanged),
+            deleted=tuple(deleted),
+            conflicts=tuple(conflicts),
         )
+
+
+def _conflict(item: SourceItem, owner: DocEntry) -> QuarantineRecord:
+    return QuarantineRecord(
+        doc_id=item.doc_id,
+        source=item.source,
+        stage="plan",
+        reason=(
+            f"document id {item.doc_id!r} already belongs to source {owner.source_key!r} in this collection; "
+            "ingest this source with its own --tenant (ids are then prefixed with it) or into another collection"
+        ),
+        content_hash=item.content_hash,
+    )
 
 
 def read_step(ctx: IngestContext, items: Sequence[SourceItem]) -> tuple[list[Document], list[QuarantineRecord]]:
@@ -550,7 +577,7 @@ def run_ingest(
     plan = steps.plan(ctx, discovery)
     batches = [list(plan.todo[i : i + READ_BATCH]) for i in range(0, len(plan.todo), READ_BATCH)]
     docs: list[Document] = []
-    rejected: list[QuarantineRecord] = list(discovery.rejected)
+    rejected: list[QuarantineRecord] = [*discovery.rejected, *plan.conflicts]
     files = sum(1 for item in plan.todo if item.kind == "file")
     if files:
         ctx.progress.start("partition", files)

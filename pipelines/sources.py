@@ -4,7 +4,12 @@ Discovery hashes every item (raw bytes or record, plus its metadata) so that the
 unchanged documents apart before doing any expensive work. Items that cannot even be looked at (a dangling symlink,
 an over-large file, a malformed JSONL line) come back as quarantine records; discovery never stops on one bad item.
 
-Document ids are stable: the POSIX path relative to the source root for files, the record's ``_id``/``id`` for JSONL.
+Document ids are stable: the POSIX path relative to the source root for files, the record's ``_id``/``id`` for JSONL,
+prefixed with ``<tenant>:`` when the source is ingested for a tenant (``--tenant``). Why the prefix: two tenants'
+folders commonly share relative paths (``acme/policy.md`` and ``beta/policy.md`` are both ``policy.md``), and one
+collection keys documents by id, so without it the second tenant's ingest replaced the first one's document. Sources
+ingested without a tenant keep the bare path (the single-tenant case, and test sets' qrels, are unchanged). Any
+remaining clash (two untenanted sources sharing a path) is refused by the ingestion plan, never overwritten.
 Metadata (tenant, ACL, ...) comes from, in increasing priority: the flow parameter, ``_meta.json`` in any folder
 between the root and the file, and a ``<file>.ragops.json`` sidecar next to the file.
 """
@@ -17,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +37,7 @@ logger = logging.getLogger(__name__)
 FOLDER_SIDECAR = "_meta.json"
 DOC_SIDECAR_SUFFIX = ".ragops.json"
 _HASH_CHUNK = 1 << 20
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -111,26 +118,43 @@ def discover(
         SourceError: The source does not exist or cannot be listed.
     """
     base: dict[str, MetadataValue] = dict(extra_metadata or {})
+    prefix = ""
     if tenant:
-        base["tenant"] = tenant
+        base["tenant"] = check_tenant(tenant)
+        prefix = f"{tenant}:"
     source = source.expanduser()
     if not source.exists():
         raise SourceError(f"source {source} does not exist")
     if source.is_file():
         if _is_jsonl(source):
-            return _discover_jsonl(source, base)
+            return _discover_jsonl(source, base, prefix)
         raise SourceError(f"source {source} is a file; give a folder, a .jsonl or a .jsonl.gz file")
     for name in ("corpus.jsonl", "corpus.jsonl.gz"):
         if (source / name).is_file():
-            return _discover_jsonl(source / name, base)
-    return _discover_tree(source, settings, base)
+            return _discover_jsonl(source / name, base, prefix)
+    return _discover_tree(source, settings, base, prefix)
+
+
+def check_tenant(tenant: str) -> str:
+    """A tenant name usable in document ids and payload filters: letters, digits, ``.``, ``_`` and ``-``.
+
+    Raises:
+        SourceError: The name is empty or has other characters (``:`` would make ids ambiguous).
+    """
+    if not _TENANT_RE.fullmatch(tenant):
+        raise SourceError(
+            f"tenant {tenant!r} is not valid: use 1-64 letters, digits, '.', '_' or '-' (first a letter or digit)"
+        )
+    return tenant
 
 
 def _is_jsonl(path: Path) -> bool:
     return path.name.endswith((".jsonl", ".jsonl.gz"))
 
 
-def _discover_tree(root: Path, settings: IngestSettings, base: Mapping[str, MetadataValue]) -> Discovery:
+def _discover_tree(
+    root: Path, settings: IngestSettings, base: Mapping[str, MetadataValue], prefix: str = ""
+) -> Discovery:
     root = root.resolve()
     items: list[SourceItem] = []
     rejected: list[QuarantineRecord] = []
@@ -139,16 +163,17 @@ def _discover_tree(root: Path, settings: IngestSettings, base: Mapping[str, Meta
         rel = path.relative_to(root).as_posix()
         if not _glob_match(rel, settings.include) or _glob_match(rel, settings.exclude):
             continue
+        doc_id = prefix + rel
         try:
             metadata = _metadata_for(path, root, base, folder_meta)
         except SourceError as exc:
-            rejected.append(QuarantineRecord(doc_id=rel, source=str(path), stage="discover", reason=str(exc)))
+            rejected.append(QuarantineRecord(doc_id=doc_id, source=str(path), stage="discover", reason=str(exc)))
             continue
         try:
             stat = path.stat()
         except OSError as exc:
             reason = "dangling symlink" if path.is_symlink() else f"unreadable path: {exc.strerror or exc}"
-            rejected.append(QuarantineRecord(doc_id=rel, source=str(path), stage="read", reason=reason))
+            rejected.append(QuarantineRecord(doc_id=doc_id, source=str(path), stage="read", reason=reason))
             continue
         if stat.st_size > settings.max_file_bytes:
             # Too big to read at all: hash the identity, not the bytes, so an unchanged big file costs nothing.
@@ -159,13 +184,13 @@ def _discover_tree(root: Path, settings: IngestSettings, base: Mapping[str, Meta
             except OSError as exc:
                 rejected.append(
                     QuarantineRecord(
-                        doc_id=rel, source=str(path), stage="read", reason=f"unreadable path: {exc.strerror or exc}"
+                        doc_id=doc_id, source=str(path), stage="read", reason=f"unreadable path: {exc.strerror or exc}"
                     )
                 )
                 continue
         items.append(
             SourceItem(
-                doc_id=rel,
+                doc_id=doc_id,
                 source=str(path),
                 kind="file",
                 content_hash=content_hash,
@@ -218,7 +243,7 @@ def _open_text(path: Path) -> Iterator[str]:
         raise SourceError(f"cannot read {path}: {exc}") from exc
 
 
-def _discover_jsonl(path: Path, base: Mapping[str, MetadataValue]) -> Discovery:
+def _discover_jsonl(path: Path, base: Mapping[str, MetadataValue], prefix: str = "") -> Discovery:
     """Records with ``_id`` or ``id``, ``text``, optional ``title`` and optional ``metadata`` object."""
     path = path.resolve()
     items: list[SourceItem] = []
@@ -247,7 +272,8 @@ def _discover_jsonl(path: Path, base: Mapping[str, MetadataValue]) -> Discovery:
                 QuarantineRecord(doc_id=f"line-{lineno}", source=where, stage="read", reason="record has no _id or id")
             )
             continue
-        doc_id = str(raw_id)
+        record_id = str(raw_id)
+        doc_id = prefix + record_id
         if doc_id in seen:
             # Keyed by line, not by id: the first record with this id lands and must not release this entry.
             rejected.append(
@@ -255,7 +281,7 @@ def _discover_jsonl(path: Path, base: Mapping[str, MetadataValue]) -> Discovery:
             )
             continue
         seen.add(doc_id)
-        where = f"{path}#{doc_id}"  # keyed like a landed record, so a fixed record releases its entry
+        where = f"{path}#{record_id}"  # keyed like a landed record, so a fixed record releases its entry
         if not isinstance(text, str):
             rejected.append(
                 QuarantineRecord(doc_id=doc_id, source=where, stage="read", reason="record has no string 'text'")
@@ -279,7 +305,7 @@ def _discover_jsonl(path: Path, base: Mapping[str, MetadataValue]) -> Discovery:
         items.append(
             SourceItem(
                 doc_id=doc_id,
-                source=f"{path}#{doc_id}",
+                source=f"{path}#{record_id}",
                 kind="record",
                 content_hash=digest.hexdigest(),
                 size=len(text),

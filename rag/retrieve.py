@@ -8,8 +8,9 @@
   hit's dense cosine similarity, which an engine-fused list does not carry, and the fusion costs microseconds.
 
 Filters (``tenant``, ``source``, ``doc_id``, ``acl``; any-of per key, AND across keys; ``acl`` also admits chunks
-that carry no acl) become a :class:`pipelines.store.PointFilter` applied inside the engine's search, so top-k is
-filled with permitted chunks only. Hits become llama-index ``TextNode``s through llama-index's own
+that carry no acl), ANDed with the asking principal's :class:`rag.access.AccessScope`, become a
+:class:`pipelines.store.PointFilter` applied inside the engine's search, so top-k is filled with permitted chunks
+only. Hits become llama-index ``TextNode``s through llama-index's own
 ``metadata_dict_to_node`` (the payload is llama-index's node layout), then :class:`RetrievedChunk`s. We call the
 store directly instead of through a llama-index ``VectorStore``: llama-index's ``QdrantVectorStore`` needs a
 qdrant-client (the embedded engine is not one), and an adapter layer would only copy the same lists around.
@@ -30,6 +31,7 @@ from pipelines.embed import EmbedderIdentity
 from pipelines.errors import EmbedderMismatchError, IndexError_
 from pipelines.sparse import Bm25Encoder
 from pipelines.store import Hit, PointFilter
+from rag.access import UNRESTRICTED, AccessScope
 from rag.errors import BadQuery, RetrievalError, StackMismatch
 from rag.types import FILTER_KEYS, Filters, RetrievalConfig, RetrievedChunk, StackConfig
 
@@ -277,17 +279,24 @@ class Retriever:
         return [self._search(t, v, f, k) for t, v, f in zip(texts, matrix, per_query, strict=True)]
 
     def search(
-        self, question: str, vector: np.ndarray, *, top_k: int, filters: Filters | None = None
+        self,
+        question: str,
+        vector: np.ndarray,
+        *,
+        top_k: int,
+        filters: Filters | None = None,
+        scope: AccessScope = UNRESTRICTED,
     ) -> list[RetrievedChunk]:
         """Search with a query vector the caller already computed (evaluation times embedding and search apart).
 
         ``top_k`` may go up to 1000 here (ranking metrics read deep lists). In hybrid mode the dense and sparse
         lists are ``max(candidates, top_k)`` deep, so ask for ``candidates`` to keep the stack's own fusion.
+        ``scope`` is what the asking principal may see (:mod:`rag.access`), applied inside the engine's search.
         """
         text = validate_question(question)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 1000:
             raise BadQuery(f"top_k must be an integer between 1 and 1000, got {top_k!r}")
-        return self._search(text, vector, validate_filters(filters), top_k)
+        return self._search(text, vector, validate_filters(filters), top_k, scope)
 
     def _validate(
         self, questions: Sequence[str], filters: Filters | Sequence[Filters | None] | None, top_k: int | None
@@ -313,11 +322,16 @@ class Retriever:
         return [validate_filters(f) for f in items]
 
     def _search(
-        self, question: str, vector: np.ndarray, filters: dict[str, list[str]], top_k: int
+        self,
+        question: str,
+        vector: np.ndarray,
+        filters: dict[str, list[str]],
+        top_k: int,
+        scope: AccessScope = UNRESTRICTED,
     ) -> list[RetrievedChunk]:
         cfg = self.config
         hybrid = cfg.mode == "hybrid" and bool(self.bm25.terms(question))  # all stop words: dense only
-        flt = to_point_filter(filters)
+        flt = scope.narrow(to_point_filter(filters))
         try:
             if hybrid:
                 hits, dense = self._hybrid(question, vector, flt, top_k)

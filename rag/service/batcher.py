@@ -21,6 +21,7 @@ import anyio
 if TYPE_CHECKING:
     import numpy as np
 
+    from rag.access import AccessScope
     from rag.engine import RagEngine
     from rag.types import RetrievedChunk
 
@@ -107,6 +108,7 @@ class _Search:
     text: str
     vector: np.ndarray
     filters: dict[str, list[str]] | None
+    scope: AccessScope
 
 
 class BatchedVectors:
@@ -135,7 +137,7 @@ class BatchedVectors:
     def _search(self, key: Hashable, items: Sequence[_Search]) -> Sequence[list[RetrievedChunk]]:
         retriever = self._engine(key).retriever
         top_k = key[1]  # type: ignore[index]
-        return [retriever.search(i.text, i.vector, top_k=top_k, filters=i.filters) for i in items]
+        return [retriever.search(i.text, i.vector, top_k=top_k, filters=i.filters, scope=i.scope) for i in items]
 
     async def embed(self, engine: RagEngine, text: str) -> np.ndarray:
         """The question's vector, from a forward pass shared with concurrent requests."""
@@ -150,7 +152,9 @@ class BatchedVectors:
         *,
         filters: dict[str, list[str]] | None,
         top_k: int,
+        scope: AccessScope,
     ) -> list[RetrievedChunk]:
-        """The best ``top_k`` chunks, searched in one thread hop with concurrent requests."""
+        """The best ``top_k`` chunks ``scope`` permits, searched in one thread hop with concurrent requests (each
+        item keeps its own scope: requests of different principals may share a batch, never a filter)."""
         self._engines[id(engine)] = engine
-        return await self.searches.submit((id(engine), top_k), _Search(text, vector, filters))
+        return await self.searches.submit((id(engine), top_k), _Search(text, vector, filters, scope))

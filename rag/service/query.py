@@ -21,7 +21,7 @@ from rag.service.holder import Served, StackHolder
 from rag.service.schemas import CitationOut, GuardrailOut, QueryResponse, Usage
 from rag.stages.build import build_chain
 from rag.stages.chain import Chain
-from rag.stages.context import ANONYMOUS, Principal, RequestContext
+from rag.stages.context import OPERATOR, Principal, RequestContext
 from rag.stages.record import RecordSink, StoreRecorder
 from rag.stages.validate import RequestLimits
 
@@ -128,7 +128,7 @@ class QueryService:
         *,
         filters: object,
         top_k: int | None,
-        principal: Principal = ANONYMOUS,
+        principal: Principal = OPERATOR,
         route: str = "/v1/query",
     ) -> AsyncIterator[tuple[Served, Chain, RequestContext]]:
         """The stack, its chain and a fresh context for one question; the stack and an admission slot are held
@@ -166,7 +166,7 @@ class QueryService:
         *,
         filters: object,
         top_k: int | None,
-        principal: Principal = ANONYMOUS,
+        principal: Principal = OPERATOR,
         route: str = "/v1/query",
     ) -> tuple[Served, RequestContext]:
         """Run the whole chain for one question."""

@@ -3,6 +3,9 @@
 Chunk ids are UUIDs derived from (document id, position, chunk text), so an id names exactly one text: a chunk
 found under a cited id is the text that was cited, even if the index has moved on since. The payload is
 llama-index's node layout (see :func:`pipelines.index.point_payload`), read back with llama-index's own decoder.
+
+A chunk outside the asking principal's scope (another tenant's, or an ACL it is not in: :mod:`rag.access`) is
+answered exactly like a chunk that does not exist, so an id reveals nothing about other tenants' documents.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from rag.access import UNRESTRICTED, AccessScope
 from rag.errors import RagError, RetrievalError
 from rag.service.holder import Served
 
@@ -32,11 +36,13 @@ class SourceChunk:
     index_version: int
 
 
-def fetch_chunk(served: Served, chunk_id: str) -> SourceChunk:
-    """The chunk ``chunk_id`` of the index version ``served`` reads. Blocking: call from a worker thread.
+def fetch_chunk(served: Served, chunk_id: str, *, scope: AccessScope = UNRESTRICTED) -> SourceChunk:
+    """The chunk ``chunk_id`` of the index version ``served`` reads, if ``scope`` permits it. Blocking: call from a
+    worker thread.
 
     Raises:
-        UnknownChunk: No such chunk (including ids that are not UUIDs, which no chunk can have).
+        UnknownChunk: No such chunk (including ids that are not UUIDs, which no chunk can have), or one the scope
+            does not permit (the same answer, so existence is not revealed).
         RetrievalError: Qdrant failed.
     """
     try:
@@ -48,7 +54,7 @@ def fetch_chunk(served: Served, chunk_id: str) -> SourceChunk:
         points = reader.retrieve([point_id])
     except Exception as exc:  # the engine and qdrant-client raise their own errors
         raise RetrievalError(f"reading chunk {chunk_id} failed: {type(exc).__name__}: {exc}") from exc
-    if not points or not points[0].payload:
+    if not points or not points[0].payload or not scope.permits(points[0].payload):
         raise UnknownChunk(
             f"no chunk {chunk_id!r} in index v{served.index_version} of {reader.collection!r} "
             "(it may have been replaced by a later ingestion; ask again to get current citations)"

@@ -37,6 +37,9 @@ class Principal:
 
 
 ANONYMOUS = Principal()
+OPERATOR = Principal(name="operator", role="admin")
+"""The deployment's operator acting without a request (evaluation, the CLI, a service with no authentication): by
+:mod:`rag.access` it sees every tenant. ``ANONYMOUS`` (a reader without tenant) sees only untenanted documents."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
+    from rag.access import AccessScope
     from rag.engine import RagEngine
     from rag.types import RetrievedChunk
 
@@ -31,8 +32,9 @@ class VectorPort(Protocol):
         *,
         filters: dict[str, list[str]] | None,
         top_k: int,
+        scope: AccessScope,
     ) -> list[RetrievedChunk]:
-        """The best ``top_k`` chunks for the question, best first."""
+        """The best ``top_k`` chunks the principal's ``scope`` permits (inside the search), best first."""
         ...
 
 
@@ -52,6 +54,7 @@ class DirectVectors:
         *,
         filters: dict[str, list[str]] | None,
         top_k: int,
+        scope: AccessScope,
     ) -> list[RetrievedChunk]:
         """One search with the vector given."""
-        return engine.retriever.search(text, vector, top_k=top_k, filters=filters)
+        return engine.retriever.search(text, vector, top_k=top_k, filters=filters, scope=scope)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from rag.access import scope_of
 from rag.stages.context import RequestContext
 from rag.stages.ports import VectorPort
 
 
 class RetrieveStage:
     """Search the stack's index (dense or hybrid, with the request's filters) for ``ctx.vector``.
+
+    What the search may return is bounded by ``ctx.principal`` (its tenant and groups, :mod:`rag.access`), inside
+    the engine's search; the request's filters can only narrow it.
 
     ``ctx.depth`` asks for a deeper ranking than the answerer needs (evaluation's ranking metrics); the answerer
     still gets the first ``top_k`` chunks of that same ranking.
@@ -25,6 +29,11 @@ class RetrieveStage:
             raise RuntimeError("the retrieve stage needs the embed stage before it")
         k = ctx.k
         ctx.ranking = await self.vectors.search(
-            ctx.engine, ctx.text, ctx.vector, filters=ctx.filters, top_k=max(k, ctx.depth or k)
+            ctx.engine,
+            ctx.text,
+            ctx.vector,
+            filters=ctx.filters,
+            top_k=max(k, ctx.depth or k),
+            scope=scope_of(ctx.principal),
         )
         ctx.chunks = ctx.ranking[:k]

@@ -39,8 +39,8 @@ def test_flow_ingests_logs_to_mlflow_and_publishes_summary(
     assert result["documents_failed"] >= 8
     assert result["points_total"] >= 5
     reasons = {q["doc_id"]: q["reason"] for q in result["quarantined"]}
-    assert "encrypted" in reasons["bad/encrypted.pdf"]
-    assert "too large" in reasons["bad/big.txt"]
+    assert "encrypted" in reasons["acme:bad/encrypted.pdf"]  # ids are prefixed with the tenant
+    assert "too large" in reasons["acme:bad/big.txt"]
 
     import mlflow
 

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+
 import anyio
 from fastapi import APIRouter, Request
 
+from rag.access import scope_of
 from rag.service.feedback import FeedbackIntake
 from rag.service.holder import StackHolder
 from rag.service.schemas import FeedbackRequest, FeedbackResponse, SourceOut
 from rag.service.sources import fetch_chunk
+from rag.stages.context import OPERATOR, Principal
 
 router = APIRouter()
+
+
+def _principal(request: Request) -> Principal:
+    """Who asks: what authentication put on ``request.state.principal``; without an identity layer, the operator
+    (as :class:`rag.service.query.QueryService` assumes for queries)."""
+    principal = getattr(request.state, "principal", None)
+    return principal if isinstance(principal, Principal) else OPERATOR
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, summary="Rate an answer (up or down)")
@@ -23,7 +34,8 @@ async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
 async def source(chunk_id: str, request: Request) -> SourceOut:
     holder: StackHolder = request.app.state.holder
     with holder.acquire() as served:
-        chunk = await anyio.to_thread.run_sync(fetch_chunk, served, chunk_id)
+        scope = scope_of(_principal(request))
+        chunk = await anyio.to_thread.run_sync(functools.partial(fetch_chunk, served, chunk_id, scope=scope))
         return SourceOut(
             chunk_id=chunk.chunk_id,
             doc_id=chunk.doc_id,

@@ -39,12 +39,39 @@ def _ids(discovery: Discovery) -> list[str]:
     return sorted(item.doc_id for item in discovery.items)
 
 
+def _bare(doc_id: str) -> str:
+    """The id without the ``<tenant>:`` prefix a ``tenant=`` discovery adds (tested on its own below)."""
+    return doc_id.split(":", 1)[-1]
+
+
 def _by_id(discovery: Discovery) -> dict[str, object]:
-    return {item.doc_id: item for item in discovery.items}
+    return {_bare(item.doc_id): item for item in discovery.items}
 
 
 def _hashes(discovery: Discovery) -> dict[str, str]:
-    return {item.doc_id: item.content_hash for item in discovery.items}
+    return {_bare(item.doc_id): item.content_hash for item in discovery.items}
+
+
+def test_a_tenant_prefixes_document_ids(tmp_path: Path) -> None:
+    """Two tenants' folders share relative paths: the tenant is part of a document's identity, so neither
+    ingestion can replace the other's document. Without a tenant the id stays the bare path."""
+    _write(tmp_path / "policy.md", "p")
+    _write(tmp_path / "sub" / "b.txt", "b")
+    assert sorted(i.doc_id for i in discover(tmp_path, settings=DEFAULTS, tenant="acme").items) == [
+        "acme:policy.md",
+        "acme:sub/b.txt",
+    ]
+    assert sorted(i.doc_id for i in discover(tmp_path, settings=DEFAULTS).items) == ["policy.md", "sub/b.txt"]
+    records = _jsonl(tmp_path / "r.jsonl", [{"_id": "d1", "text": "t"}])
+    (item,) = discover(records, settings=DEFAULTS, tenant="beta").items
+    assert (item.doc_id, item.source) == ("beta:d1", f"{records.resolve()}#d1")
+
+
+@pytest.mark.parametrize("tenant", ["a:b", "a/b", " acme", "-x", "x" * 65, "ünï"])
+def test_a_tenant_name_that_would_make_ids_ambiguous_is_refused(tmp_path: Path, tenant: str) -> None:
+    _write(tmp_path / "a.txt", "a")
+    with pytest.raises(SourceError, match="not valid"):
+        discover(tmp_path, settings=DEFAULTS, tenant=tenant)
 
 
 DEFAULTS = IngestSettings()
@@ -251,7 +278,7 @@ def test_jsonl_file_records(tmp_path: Path, name: str) -> None:
 
     assert found.kind == "jsonl"
     assert found.source_key == str(path.resolve())
-    assert [item.doc_id for item in found.items] == ["d1", "d2", "3"]  # file order
+    assert [item.doc_id for item in found.items] == ["default:d1", "default:d2", "default:3"]  # file order
     items = _by_id(found)
     assert items["d1"].kind == "record"
     assert items["d1"].title == "Aspirin"
