@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag.security.settings import SecuritySettings
+
 Precision = Literal["auto", "float32", "bfloat16", "int8"]
 Backend = Literal["auto", "onnx", "torch"]
 
@@ -302,6 +304,7 @@ class Settings(BaseSettings):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     local_llm: LocalLlmSettings = Field(default_factory=LocalLlmSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     @field_validator("home")
     @classmethod

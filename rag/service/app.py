@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from pipelines.settings import Settings
 from rag.feedback import FeedbackStore
+from rag.security.gate import Gate
+from rag.service.auth import authorize_request
 from rag.service.batcher import BatchedVectors
 from rag.service.errors import install_error_handlers
 from rag.service.feedback import FeedbackIntake
@@ -34,6 +36,7 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
     """Build the service. ``holder`` defaults to one following the MLflow ``champion`` alias."""
     stack_holder = holder or StackHolder(settings)
     vectors = BatchedVectors(max_batch=settings.service.max_batch)
+    gate = Gate(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,7 +45,7 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
         feedback_log = RequestLog(settings, "feedback.jsonl")
         recent = RecentRequests(settings.service.recent_requests, log.path)
         store = await anyio.to_thread.run_sync(FeedbackStore, settings)
-        app.state.queries = QueryService(settings, stack_holder, vectors, log, recent)
+        app.state.queries = QueryService(settings, stack_holder, vectors, log, recent, gate=gate)
         app.state.feedback = FeedbackIntake(store, recent, stack_holder, feedback_log)
 
         async def follow() -> None:
@@ -61,6 +64,7 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
             log.close()
             feedback_log.close()
             stack_holder.close()
+            gate.close()
 
     app = FastAPI(
         title="ragops query service",
@@ -69,9 +73,12 @@ def create_app(settings: Settings, *, holder: StackHolder | None = None) -> Fast
         lifespan=lifespan,
         docs_url=None,  # served from installed files by rag.service.routers.pages (no CDN)
         redoc_url=None,
+        # every route passes the authorisation table (rag.security.authz) first
+        dependencies=[Depends(authorize_request)],
     )
     app.state.holder = stack_holder
     app.state.vectors = vectors
+    app.state.gate = gate
     install_error_handlers(app)
     mount_pages(app)
     for router in (health.router, query.router, feedback.router):

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import anyio
+
 from rag.service.batcher import BatchedVectors
 from rag.service.holder import Served, StackHolder
 from rag.service.recent import RecentRequests
@@ -22,6 +24,7 @@ from rag.stages.validate import RequestLimits
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings
+    from rag.security.gate import Gate
 
 
 class QueryService:
@@ -34,8 +37,11 @@ class QueryService:
         vectors: BatchedVectors,
         log: RequestLog,
         recent: RecentRequests | None = None,
+        *,
+        gate: Gate | None = None,
     ) -> None:
         self._holder = holder
+        self._gate = gate
         self._vectors = vectors
         self._log = log
         self._recent = recent
@@ -65,8 +71,14 @@ class QueryService:
         filters: object,
         top_k: int | None,
         principal: Principal = ANONYMOUS,
+        auth_ms: float | None = None,
     ) -> AsyncIterator[tuple[Served, Chain, RequestContext]]:
-        """The stack, its chain and a fresh context for one question; the stack is held until the block ends."""
+        """The stack, its chain and a fresh context for one question; the stack is held until the block ends.
+
+        ``principal`` is who the request authenticated as (retrieval bounds what it may see by it); ``auth_ms`` the
+        credential check's time, reported as the ``authenticate`` timing. A request that completes is audited when
+        ``RAGOPS_SECURITY__AUDIT_QUERIES`` is on.
+        """
         with self._holder.acquire() as served:
             # question and filters come as the caller sent them: the validate stage checks and normalises them
             ctx = RequestContext(
@@ -76,13 +88,38 @@ class QueryService:
                 top_k=top_k,
                 principal=principal,
             )
+            if auth_ms is not None:
+                ctx.timings["authenticate"] = auth_ms
             yield served, self.chain_for(served), ctx
+        if self._gate is not None and self._gate.audit_queries:
+            await anyio.to_thread.run_sync(self._audit, ctx)
+
+    def _audit(self, ctx: RequestContext) -> None:
+        assert self._gate is not None  # checked by the caller
+        cited = sorted({c.doc_id for c in ctx.answer.citations}) if ctx.answer and ctx.refusal is None else []
+        self._gate.record(
+            "query",
+            actor=ctx.principal.name,
+            outcome="blocked" if ctx.refusal is not None else "ok",
+            target=ctx.request_id,
+            detail={"tenant": ctx.principal.tenant, "cited_doc_ids": cited},
+        )
 
     async def answer(
-        self, question: object, *, filters: object, top_k: int | None, principal: Principal = ANONYMOUS
+        self,
+        question: object,
+        *,
+        filters: object,
+        top_k: int | None,
+        principal: Principal = ANONYMOUS,
+        auth_ms: float | None = None,
     ) -> tuple[Served, RequestContext]:
         """Run the whole chain for one question."""
-        async with self.request(question, filters=filters, top_k=top_k, principal=principal) as (served, chain, ctx):
+        async with self.request(question, filters=filters, top_k=top_k, principal=principal, auth_ms=auth_ms) as (
+            served,
+            chain,
+            ctx,
+        ):
             await chain.run(ctx)
             return served, ctx
 
