@@ -9,7 +9,7 @@ from importlib import import_module
 
 from flows.cli.common import app
 
-COMMAND_MODULES = ("ingest", "platform", "stack", "evaluate", "serving", "guardrails")
+COMMAND_MODULES = ("ingest", "platform", "stack", "evaluate", "serving", "guardrails", "security")
 """The command groups, in help order (each module registers its commands on :data:`app` when imported)."""
 
 for _name in COMMAND_MODULES:
