@@ -30,11 +30,16 @@ def serve(
     """
     import uvicorn
 
+    from rag.security.gate import check_exposure
     from rag.service.app import create_app
 
     settings = build_settings(verbose)
     bind_host = host or settings.service.host
     bind_port = port or settings.service.port
+    try:
+        check_exposure(settings, bind_host)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from exc
     typer.echo(f"serving on http://{bind_host}:{bind_port} (docs at /docs)", err=True)
     uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="info" if verbose else "warning")
 
@@ -47,6 +52,12 @@ def query(
     ] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Chunks to retrieve.")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's documents.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key", envvar="RAGOPS_API_KEY", help="Key for --url (default $RAGOPS_API_KEY).", show_default=False
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask a question and print the answer with its citations (from a running service, or the champion in-process)."""
@@ -59,6 +70,7 @@ def query(
             response = httpx.post(
                 url.rstrip("/") + "/v1/query",
                 json={"question": question, "top_k": top_k, "filters": filters},
+                headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
                 timeout=60,
             )
         except httpx.HTTPError as exc:

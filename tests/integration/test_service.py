@@ -24,11 +24,12 @@ import pytest
 
 from pipelines.env import offline_env
 from pipelines.settings import Settings
-from tests.fixtures.server import Running, serve, wait_for
+from tests.fixtures.server import Running, api_client, auth_headers, serve, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 STAGES = (
+    "authenticate",
     "validate",
     "check_input",
     "embed",
@@ -146,7 +147,7 @@ class Hammer:
     _workers: list[threading.Thread] = field(default_factory=list)
 
     def _run(self, offset: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=60) as client:
+        with api_client(self.url) as client:
             i = offset
             while not self._stop.is_set():
                 question = self.questions[i % len(self.questions)]
@@ -197,7 +198,7 @@ class Env:
         return self.service.url
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+        return api_client(self.url)
 
     def current_index(self) -> int | None:
         from pipelines.index import VectorIndex
@@ -220,7 +221,7 @@ def _module_settings(home: Path, cache: Path) -> Settings:
 
 
 def _snapshot(url: str) -> dict[str, httpx.Response]:
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with api_client(url) as client:
         return {
             "readyz": client.get("/readyz"),
             "query": client.post("/v1/query", json={"question": RENO_Q}),
@@ -263,7 +264,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterato
             time.sleep(3 * RELOAD_S)  # a few reload checks see the registered-but-unpromoted registry
             before_promote = _snapshot(service.url)
             registry.promote(v1, actor="tests", reason="first champion")
-            with httpx.Client(base_url=service.url, timeout=60) as client:
+            with api_client(service.url) as client:
                 wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
             yield Env(settings, corpus, registry, service, v1, v2, configs, before_register, before_promote)
 
@@ -636,7 +637,7 @@ def _ask_concurrently(url: str, requests: list[dict[str, Any]]) -> list[httpx.Re
     barrier = threading.Barrier(len(requests))
 
     def one(body: dict[str, Any]) -> httpx.Response:
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with api_client(url) as client:
             barrier.wait(timeout=30)
             return client.post("/v1/query", json=body)
 
@@ -705,7 +706,7 @@ def test_hot_reload_promote_and_rollback_under_load(env: Env) -> None:
     for record in records:
         expected = "41,500" if record["question"] == RENO_Q else "$189"
         assert expected in record["body"]["answer"], record["body"]
-    ready = httpx.get(f"{env.url}/readyz").json()
+    ready = httpx.get(f"{env.url}/readyz", headers=auth_headers(env.url)).json()
     assert ready["stack_version"] == env.v2 and ready["registry_ok"] is True
 
     before_rollback = time.monotonic()
@@ -779,7 +780,7 @@ def test_registry_unreachable_keeps_serving_the_loaded_stack(env: Env) -> None:
 
     champion = FlakyChampion(env.registry, down_after=1)
     holder = StackHolder(env.settings, champion=champion)
-    with serve(create_app(env.settings, holder=holder)) as service, httpx.Client(base_url=service.url) as client:
+    with serve(create_app(env.settings, holder=holder)) as service, api_client(service.url) as client:
         ready, _ = wait_for(
             lambda: (r := client.get("/readyz").json())["registry_ok"] is False and r, timeout=10 * RELOAD_S + 5
         )
@@ -810,7 +811,7 @@ def test_registry_down_at_start_is_503_not_500(env: Env) -> None:
     from rag.service.holder import StackHolder
 
     holder = StackHolder(env.settings, champion=FlakyChampion(env.registry, down_after=0))
-    with serve(create_app(env.settings, holder=holder)) as service, httpx.Client(base_url=service.url) as client:
+    with serve(create_app(env.settings, holder=holder)) as service, api_client(service.url) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["registry_ok"] is False and "ConnectionError" in ready.json()["registry_error"]
@@ -837,7 +838,7 @@ def test_reload_survives_an_unreadable_index_pointer(env: Env, tmp_path: Path) -
     holder = StackHolder(settings, champion=lambda: (champion["version"], env.configs[champion["version"]]))
     with (
         serve(create_app(settings, holder=holder)) as service,
-        httpx.Client(base_url=service.url, timeout=60) as client,
+        api_client(service.url) as client,
     ):
         assert client.get("/v1/stack").json()["stack_version"] == env.v1
         pointer.write_text("{half-written", encoding="utf-8")  # e.g. a hiccup of the shared volume
