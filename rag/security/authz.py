@@ -110,3 +110,12 @@ def authorize(role: str, action: str) -> None:
     """Raise :class:`PermissionDenied` unless ``role`` may do ``action``."""
     if not allowed(role, action):
         raise PermissionDenied(f"role {role!r} may not {action} (needs {ACTIONS[action].name})")
+
+
+def expected_status(role: str | None, action: str) -> int | None:
+    """What a request for ``action`` by ``role`` (None: no credential) must get: 401, 403, or None (allowed)."""
+    if ACTIONS[action] is Role.public:
+        return None
+    if role is None:
+        return 401
+    return None if allowed(role, action) else 403
