@@ -1,11 +1,10 @@
 """The audit chain: every single-byte change of a sample of records, deletions and reorderings are detected, and
-``verify`` names the first broken record. Tampering is done with raw SQL on the real SQLite file, as an attacker
-with database access would."""
+``verify`` names the first broken record. Tampering is raw SQL on the real SQLite file (tests/security/tamper.py),
+as an attacker with database access would do it."""
 
 from __future__ import annotations
 
 import sqlite3
-import string
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,8 @@ import pytest
 from pipelines.settings import Settings
 from rag.security.audit import AuditTrail
 from rag.security.db import open_engine
+from tests.security.tamper import byte_changes, deletions, fill, swaps
 
-TEXT_COLUMNS = ("actor", "action", "outcome", "body", "prev_hash", "hash")
 N = 8
 
 
@@ -25,26 +24,9 @@ def trail(tmp_path: Path) -> Iterator[tuple[AuditTrail, Path]]:
     path = tmp_path / "audit.db"
     engine = open_engine(f"sqlite:///{path}")
     audit = AuditTrail(engine)
-    for i in range(N):
-        audit.append(
-            ["keys.create", "auth.failed", "stack.promote", "query"][i % 4],
-            actor=f"user{i % 3}",
-            outcome="ok" if i % 2 else "denied",
-            target=f"t{i}",
-            detail={"n": i, "doc_ids": [f"doc-{i}", "shared é"], "note": None},
-        )
+    fill(audit, N)
     yield audit, path
     engine.dispose()
-
-
-def _db(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path, isolation_level=None)
-
-
-def _other(ch: str) -> str:
-    """A different character of the same kind, so the row stays well-formed text."""
-    pool = string.hexdigits.lower() if ch in string.hexdigits.lower() else string.ascii_letters + string.digits
-    return next(c for c in pool if c != ch)
 
 
 def test_an_untouched_chain_verifies(trail: tuple[AuditTrail, Path]) -> None:
@@ -61,60 +43,36 @@ def test_an_untouched_chain_verifies(trail: tuple[AuditTrail, Path]) -> None:
 def test_every_single_byte_change_of_sampled_records_is_detected(trail: tuple[AuditTrail, Path]) -> None:
     """Each character of every text column of the first, a middle and the last record, changed one at a time."""
     audit, path = trail
-    cases = detected = 0
-    with _db(path) as db:
-        for seq in (1, N // 2, N):
-            row = db.execute(f"SELECT {', '.join(TEXT_COLUMNS)} FROM audit_log WHERE seq = ?", (seq,)).fetchone()
-            for column, original in zip(TEXT_COLUMNS, row, strict=True):
-                for i, ch in enumerate(original):
-                    changed = original[:i] + _other(ch) + original[i + 1 :]
-                    db.execute(f"UPDATE audit_log SET {column} = ? WHERE seq = ?", (changed, seq))
-                    result = audit.verify()
-                    cases += 1
-                    detected += (not result.ok) and result.broken_seq == seq
-                    db.execute(f"UPDATE audit_log SET {column} = ? WHERE seq = ?", (original, seq))
-            for column, delta in (("seq", 100), ("at", 1.0)):
-                db.execute(f"UPDATE audit_log SET {column} = {column} + ? WHERE seq = ?", (delta, seq))
-                result = audit.verify()
-                cases += 1
-                detected += (not result.ok) and result.broken_seq == seq
-                restore = seq + 100 if column == "seq" else seq
-                db.execute(f"UPDATE audit_log SET {column} = {column} - ? WHERE seq = ?", (delta, restore))
-    assert audit.verify().ok
-    assert cases > 1000 and detected == cases, (detected, cases)
+    report = byte_changes(audit, path, (1, N // 2, N))
+    assert report.cases > 1000 and report.detected == report.cases, report
+    assert audit.verify().ok  # every change was put back
 
 
-@pytest.mark.parametrize("seq", [1, 4, N])
-def test_a_deleted_record_is_detected_and_named(trail: tuple[AuditTrail, Path], seq: int) -> None:
+def test_every_deleted_record_is_detected_and_named(trail: tuple[AuditTrail, Path]) -> None:
     audit, path = trail
-    with _db(path) as db:
-        db.execute("DELETE FROM audit_log WHERE seq = ?", (seq,))
-    result = audit.verify()
-    assert not result.ok and result.broken_seq == seq, result
+    report = deletions(audit, path, range(1, N + 1))
+    assert report.cases == N and report.detected == N, report
+    assert audit.verify().ok
 
 
-def test_records_cut_off_the_end_with_the_head_rewritten_to_match_are_detected(
+def test_reordered_records_are_detected(trail: tuple[AuditTrail, Path]) -> None:
+    audit, path = trail
+    report = swaps(audit, path, [(1, 2), (3, 6), (N - 1, N), (1, N)])
+    assert report.cases == 4 and report.detected == 4, report
+    assert audit.verify().ok
+
+
+def test_records_cut_off_the_end_with_the_head_rewritten_to_match_shorten_the_chain(
     trail: tuple[AuditTrail, Path],
 ) -> None:
     audit, path = trail
-    with _db(path) as db:
+    with sqlite3.connect(path, isolation_level=None) as db:
         db.execute("DELETE FROM audit_log WHERE seq > 5")
     assert audit.verify().broken_seq == 6
-    with _db(path) as db:  # an attacker who also fixes the head can only shorten the chain: pin the head elsewhere
-        last = db.execute("SELECT hash FROM audit_log WHERE seq = 5").fetchone()[0]
+    with sqlite3.connect(path, isolation_level=None) as db:  # fixing the head too only shortens the chain:
+        last = db.execute("SELECT hash FROM audit_log WHERE seq = 5").fetchone()[0]  # pin the head elsewhere
         db.execute("UPDATE audit_head SET seq = 5, hash = ?", (last,))
     assert audit.verify().ok and audit.verify().head_hash == last
-
-
-@pytest.mark.parametrize(("a", "b"), [(1, 2), (3, 6), (N - 1, N)])
-def test_reordered_records_are_detected(trail: tuple[AuditTrail, Path], a: int, b: int) -> None:
-    audit, path = trail
-    with _db(path) as db:  # swap the contents of two rows (their numbers stay in place)
-        db.execute("UPDATE audit_log SET seq = -1 WHERE seq = ?", (a,))
-        db.execute("UPDATE audit_log SET seq = ? WHERE seq = ?", (a, b))
-        db.execute("UPDATE audit_log SET seq = ? WHERE seq = -1", (b,))
-    result = audit.verify()
-    assert not result.ok and result.broken_seq == a, result
 
 
 def test_concurrent_appends_from_two_writers_keep_one_chain(settings: Settings) -> None:
