@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,11 +23,18 @@ from pipelines.settings import Settings
 def serve(
     host: Annotated[str | None, typer.Option("--host", help="Interface (default RAGOPS_SERVICE__HOST).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_SERVICE__PORT).")] = None,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option("--ssl-certfile", help="TLS certificate (PEM): serve HTTPS.", show_default=False)
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option("--ssl-keyfile", help="TLS private key (PEM) of --ssl-certfile.", show_default=False)
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve the champion stack over HTTP: /v1/query, /v1/chat/completions (OpenAI), /healthz, /readyz, /v1/stack.
 
-    Follows the 'champion' alias and the published index, switching atomically when either moves.
+    Follows the 'champion' alias and the published index, switching atomically when either moves. Every route but
+    the probes, the playground page and the docs needs an API key (`ragops keys create`).
     """
     import uvicorn
 
@@ -40,8 +48,18 @@ def serve(
         check_exposure(settings, bind_host)
     except ValueError as exc:
         raise fail(str(exc), 2) from exc
-    typer.echo(f"serving on http://{bind_host}:{bind_port} (docs at /docs)", err=True)
-    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="info" if verbose else "warning")
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise fail("--ssl-certfile and --ssl-keyfile go together", 2)
+    scheme = "https" if ssl_certfile else "http"
+    typer.echo(f"serving on {scheme}://{bind_host}:{bind_port} (docs at /docs)", err=True)
+    uvicorn.run(
+        create_app(settings),
+        host=bind_host,
+        port=bind_port,
+        log_level="info" if verbose else "warning",
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+    )
 
 
 @app.command()
