@@ -442,9 +442,13 @@ def test_query_stream_of_an_abstention(env: Env) -> None:
 
 # ---------------------------------------------------------------------------------------------- OpenAI-compatible
 def test_openai_client_non_streaming_and_streaming(env: Env) -> None:
+    """The official client's ``api_key`` is the service's bearer key (a wrong one is its AuthenticationError)."""
     import openai
 
-    client = openai.OpenAI(base_url=f"{env.url}/v1", api_key="x", max_retries=0, timeout=60)
+    wrong = openai.OpenAI(base_url=f"{env.url}/v1", api_key="x", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model="rag-stack", messages=[{"role": "user", "content": RENO_Q}])
+    client = openai.OpenAI(base_url=f"{env.url}/v1", api_key=env.service.key, max_retries=0, timeout=60)
     messages = [
         {"role": "system", "content": "You answer from the company documents."},
         {"role": "user", "content": "What is the weather?"},
@@ -942,3 +946,21 @@ def test_boolean_top_k_is_rejected(env: Env, path: str) -> None:
         body["messages"] = [{"role": "user", "content": RENO_Q}]
     with env.client() as client:
         assert_error(client.post(path, json=body), 422, "top_k")
+
+
+def test_queries_are_audited_with_their_cited_documents_when_configured(env: Env) -> None:
+    """RAGOPS_SECURITY__AUDIT_QUERIES: each answered query leaves a chained record naming who asked and which
+    documents the answer cited (not the question or the answer text)."""
+    gate = env.service.app.state.gate
+    gate.audit_queries = True
+    try:
+        with env.client() as client:
+            body = client.post("/v1/query", json={"question": RENO_Q}).json()
+    finally:
+        gate.audit_queries = False
+    (record,) = [r for r in gate.audit.records() if r.action == "query" and r.target == body["request_id"]]
+    assert record.actor == "tests" and record.outcome == "ok"
+    assert record.detail["cited_doc_ids"] == ["reno-plant.md"]
+    assert RENO_Q not in json.dumps(record.to_json())
+    assert gate.audit.verify().ok
+    assert body["timings"]["authenticate"] < 50
