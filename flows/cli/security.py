@@ -48,11 +48,9 @@ def audit_action(
     detail: Mapping[str, DetailValue] | None = None,
 ) -> None:
     """Record a CLI action (promotion, rollback, ...) in the audit trail as the user running the command."""
-    gate = _gate(settings)
-    try:
-        gate.record(action, actor=actor(), outcome=outcome, target=target, detail=detail)
-    finally:
-        gate.close()
+    from rag.security.gate import record_action
+
+    record_action(settings, action, actor=actor(), outcome=outcome, target=target, detail=detail)
 
 
 def _when(epoch: float | None) -> str:

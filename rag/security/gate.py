@@ -184,3 +184,20 @@ class Gate:
         """Release the database connections."""
         if self._engine is not None:
             self._engine.dispose()
+
+
+def record_action(
+    settings: Settings,
+    action: str,
+    *,
+    actor: str,
+    outcome: str = "ok",
+    target: str | None = None,
+    detail: Mapping[str, DetailValue] | None = None,
+) -> None:
+    """Audit one action of a command or a flow (promotion, rollback, ...) with a gate opened for it."""
+    gate = Gate(settings)
+    try:
+        gate.record(action, actor=actor, outcome=outcome, target=target, detail=detail)
+    finally:
+        gate.close()
