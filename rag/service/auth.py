@@ -9,10 +9,9 @@ lookup and one HMAC on the event loop; a key not in the cache is looked up in a 
 from __future__ import annotations
 
 import time
-from typing import Annotated
 
 import anyio
-from fastapi import Depends, Request
+from fastapi import Request
 
 from rag.security.gate import Gate
 from rag.stages.context import ANONYMOUS, Principal
@@ -44,6 +43,3 @@ def auth_ms(request: Request) -> float:
     """Milliseconds the credential check took for this request."""
     value: float = getattr(request.state, "auth_ms", 0.0)
     return value
-
-
-CurrentPrincipal = Annotated[Principal, Depends(authorize_request)]
