@@ -4,7 +4,8 @@ what authentication costs per request. Prints one JSON object on stdout.
 Keys (issue 13's targets): ``authz_cells`` / ``authz_passed`` (every route x every role x no key, over HTTP on
 loopback), ``audit_tamper_cases`` / ``audit_tamper_detected`` (every single-byte change of a sample of records,
 every deletion, swaps), ``auth_overhead_p50_ms`` (the gate's check with a cached key, which is what a request pays;
-``auth_uncached_p50_ms``: a key looked up in the database). Tenancy adds ``cross_tenant_chunks``,
+``auth_uncached_p50_ms``: a key looked up in the database; ``auth_http_delta_p50_ms``: the same seen over HTTP,
+auth on minus off). Tenancy adds ``cross_tenant_chunks``,
 ``tenant_queries`` and ``filtered_over_unfiltered_p50``: each measurement is a function returning a dict, listed
 in :data:`MEASUREMENTS`, so adding one is adding a function.
 
@@ -105,7 +106,46 @@ def overhead(settings: Settings, args: argparse.Namespace) -> dict[str, float | 
     return {"auth_overhead_p50_ms": cached, "auth_uncached_p50_ms": uncached}
 
 
-MEASUREMENTS: tuple[Measurement, ...] = (authz, audit, overhead)
+def http_delta(settings: Settings, args: argparse.Namespace) -> dict[str, float | int]:
+    """The whole request over loopback HTTP (GET /v1/models, a handler that does nothing): auth on with a reader
+    key minus auth off, the two services asked alternately so machine load hits both alike (medians of 500).
+    Includes FastAPI's dependency machinery; still noisy on a shared machine."""
+    import contextlib
+
+    import httpx
+
+    from rag.errors import StackNotFound
+    from rag.service.app import create_app
+    from rag.service.holder import StackHolder
+    from tests.fixtures.server import serve
+
+    def no_champion() -> tuple[int, object]:
+        raise StackNotFound("no stack is promoted")
+
+    samples: dict[bool, list[float]] = {True: [], False: []}
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for auth in (True, False):
+            varied = settings.model_copy(update={"security": settings.security.model_copy(update={"auth": auth})})
+            app = create_app(varied, holder=StackHolder(varied, champion=no_champion))  # type: ignore[arg-type]
+            headers = {"Authorization": f"Bearer {app.state.gate.keys.create(role='reader').secret}"} if auth else {}
+            service = stack.enter_context(serve(app))
+            clients[auth] = stack.enter_context(httpx.Client(base_url=service.url, headers=headers))
+        for i in range(550):
+            for auth, client in clients.items():
+                started = time.perf_counter()
+                client.get("/v1/models")
+                if i >= 50:  # warm-up
+                    samples[auth].append((time.perf_counter() - started) * 1000)
+    on, off = statistics.median(samples[True]), statistics.median(samples[False])
+    return {
+        "http_models_p50_ms_auth_on": round(on, 4),
+        "http_models_p50_ms_auth_off": round(off, 4),
+        "auth_http_delta_p50_ms": round(on - off, 4),
+    }
+
+
+MEASUREMENTS: tuple[Measurement, ...] = (authz, audit, overhead, http_delta)
 
 
 def main() -> None:
