@@ -72,6 +72,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 def test_every_route_is_in_the_table(served: Served) -> None:
+    """Every route the app serves has a row in the one authorisation table (a new route cannot ship unmapped)."""
     routes = [r for r in app_routes(served.service.app) if r[1] != "/v1/unlisted"]
     missing = [r for r in routes if ("GET" if r[0] == "HEAD" else r[0], r[1]) not in ROUTES]
     assert not missing, f"routes without an entry in rag.security.authz.ROUTES: {missing}"
@@ -91,6 +92,7 @@ def test_the_whole_table_every_route_for_every_role_and_no_key(served: Served) -
 
 
 def test_a_route_missing_from_the_table_is_refused_even_to_admin(served: Served) -> None:
+    """LLM02 (sensitive information disclosure): the gate fails closed for a route nobody mapped."""
     response = httpx.get(
         f"{served.service.url}/v1/unlisted", headers={"Authorization": f"Bearer {served.keys['admin']}"}
     )
