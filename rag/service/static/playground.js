@@ -6,7 +6,8 @@
 // refused the request: the refusal replaces whatever was shown). EventSource cannot POST, so the stream is read from fetch()'s
 // body. Everything from the server is inserted as text (never as HTML): chunk texts are arbitrary documents.
 // Every API call carries the API key as a bearer token. The page asks for the key once and keeps it in
-// sessionStorage (this tab only, gone when it closes); a 401 forgets it and asks again.
+// sessionStorage (this tab only, gone when it closes); a 401 forgets it and asks again. A service with auth
+// switched off (loopback only) never answers 401, so the page never asks.
 "use strict";
 
 (() => {
@@ -67,7 +68,10 @@
     const key = storedKey();
     if (key) headers.set("Authorization", `Bearer ${key}`);
     const response = await fetch(url, { ...options, headers });
-    if (response.status === 401) askForKey(`Please enter a valid API key: ${await errorMessage(response.clone())}`);
+    if (response.status === 401) {
+      // no key yet: just show the form; a key that stopped working (expired, revoked) says why
+      askForKey(key ? `Please enter a valid API key: ${await errorMessage(response.clone())}` : "");
+    }
     return response;
   }
 
@@ -353,6 +357,5 @@
     question.focus();
   });
 
-  if (!storedKey()) askForKey("");
-  loadStack();
+  loadStack(); // a service with auth on answers 401 without a key, which shows the key form
 })();
