@@ -16,6 +16,7 @@ from rag.security.audit import AuditTrail, DetailValue
 from rag.security.authz import allowed, required_role, route_action
 from rag.security.db import open_engine, write_private
 from rag.security.errors import AuthenticationFailed, PermissionDenied
+from rag.security.jwt import JwtVerifier, looks_like_jwt
 from rag.security.keys import KeyStore, key_prefix
 from rag.stages.context import ANONYMOUS, Principal
 
@@ -64,6 +65,18 @@ class Gate:
         self._keys: KeyStore | None = None
         self._audit: AuditTrail | None = None
         self._lock = threading.Lock()
+        self._jwt: JwtVerifier | None = None
+        security = settings.security
+        if security.jwks is not None:
+            self._jwt = JwtVerifier(
+                security.jwks,
+                audience=security.jwt_audience,
+                issuer=security.jwt_issuer,
+                algorithms=security.jwt_algorithms,
+                role_claim=security.jwt_role_claim,
+                tenant_claim=security.jwt_tenant_claim,
+                groups_claim=security.jwt_groups_claim,
+            )
 
     def _open(self) -> tuple[KeyStore, AuditTrail]:
         if self._keys is None or self._audit is None:
@@ -109,6 +122,8 @@ class Gate:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationFailed("use 'Authorization: Bearer <key>'", "malformed")
+        if self._jwt is not None and looks_like_jwt(token):
+            return self._jwt.principal(token)
         return principal_of(self.keys.authenticate(token))
 
     def check_fast(self, method: str, path: str, authorization: str | None) -> Principal | None:
@@ -121,15 +136,28 @@ class Gate:
             return ANONYMOUS
         if not self.enabled:
             return LOCAL
-        if self._keys is None or not authorization:
+        if not authorization:
             return None
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer":
+            return None
+        if self._jwt is not None and looks_like_jwt(token.strip()):
+            return self._jwt_fast(token.strip(), action)
+        if self._keys is None:
             return None
         key = self._keys.cached(token.strip())
         if key is None or not allowed(key.role, action):
             return None
         return principal_of(key)
+
+    def _jwt_fast(self, token: str, action: str) -> Principal | None:
+        """A JWT is verified in memory (the JWKS is read once); a failure goes the slow way to be audited."""
+        assert self._jwt is not None  # checked by the caller
+        try:
+            principal = self._jwt.principal(token)
+        except AuthenticationFailed:
+            return None
+        return principal if allowed(principal.role, action) else None
 
     def check(self, method: str, path: str, authorization: str | None, *, client: str | None = None) -> Principal:
         """Authenticate and authorise one HTTP request to the route ``path`` (its template); failures audited."""

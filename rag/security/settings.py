@@ -40,6 +40,19 @@ class SecuritySettings(BaseModel):
         ge=0,
         description="How long a looked-up key is trusted from memory (revocation elsewhere takes this long to bite).",
     )
+    jwks: Path | None = Field(
+        default=None,
+        description="A JWKS file: bearer JWTs signed by one of its keys are accepted too (SSO in front of ragops).",
+    )
+    jwt_audience: str | None = Field(default=None, description="Required `aud` of accepted JWTs (unset: not checked).")
+    jwt_issuer: str | None = Field(default=None, description="Required `iss` of accepted JWTs (unset: not checked).")
+    jwt_role_claim: str = Field(default="role", description="Claim holding reader, operator or admin.")
+    jwt_tenant_claim: str = Field(default="tenant", description="Claim holding the tenant.")
+    jwt_groups_claim: str = Field(default="groups", description="Claim holding the access groups (a list).")
+    jwt_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"],
+        description="Accepted signature algorithms (never 'none' or HMAC: the JWKS holds public keys).",
+    )
 
     @field_validator("db_url")
     @classmethod
