@@ -102,6 +102,7 @@ def promote_flow(
     """Make VERSION the champion if it passed the gate (or with an explicit, recorded override reason)."""
     from dataclasses import asdict
 
+    from rag.security.gate import record_action
     from rag.stack import StackRegistry
 
     settings = _settings()
@@ -109,6 +110,14 @@ def promote_flow(
         settings, StackRegistry(settings), version, actor="prefect", reason=reason, override=override_reason
     )
     get_run_logger().info("champion: v%s -> v%s", promotion.previous, promotion.version)
+    if promotion.changed:
+        record_action(
+            settings,
+            "stack.promote",
+            actor="prefect",
+            target=f"v{promotion.version}",
+            detail={"previous": promotion.previous, "reason": reason, "override": override_reason},
+        )
     return asdict(promotion)
 
 
@@ -117,9 +126,17 @@ def rollback_flow(reason: str = "rolled back from Prefect") -> dict[str, Any]:
     """Move the champion back to the previous champion; the service follows within its reload interval."""
     from dataclasses import asdict
 
+    from rag.security.gate import record_action
     from rag.stack import StackRegistry
 
     settings = _settings()
     result = StackRegistry(settings).rollback(actor="prefect", reason=reason)
+    record_action(
+        settings,
+        "stack.rollback",
+        actor="prefect",
+        target=f"v{result.version}",
+        detail={"previous": result.previous, "reason": reason},
+    )
     get_run_logger().warning("rolled back: v%s -> v%s", result.previous, result.version)
     return asdict(result)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from pipelines.settings import PipelineSettings
 from rag.limits.settings import LimitsSettings
+from rag.security.settings import SecuritySettings
 
 
 class ServiceSettings(BaseModel):
@@ -117,10 +118,12 @@ class AnswerCacheSettings(BaseModel):
 
 class RagSettings(PipelineSettings):
     """The pipeline settings plus the query side's groups (``RAGOPS_SERVICE__*``, ``RAGOPS_LOCAL_LLM__*``,
-    ``RAGOPS_LIMITS__*``, ``RAGOPS_ANSWER_CACHE__*``, ``RAGOPS_STORE__*``)."""
+    ``RAGOPS_LIMITS__*``, ``RAGOPS_ANSWER_CACHE__*``, ``RAGOPS_STORE__*``,
+    ``RAGOPS_SECURITY__*``)."""
 
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     local_llm: LocalLlmSettings = Field(default_factory=LocalLlmSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     answer_cache: AnswerCacheSettings = Field(default_factory=AnswerCacheSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)

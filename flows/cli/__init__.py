@@ -9,7 +9,17 @@ from importlib import import_module
 
 from flows.cli.common import app
 
-COMMAND_MODULES = ("ingest", "platform", "stack", "prompt", "evaluate", "serving", "guardrails", "monitor")
+COMMAND_MODULES = (
+    "ingest",
+    "platform",
+    "stack",
+    "prompt",
+    "evaluate",
+    "serving",
+    "guardrails",
+    "monitor",
+    "security",
+)
 """The command groups, in help order (each module registers its commands on :data:`app` when imported)."""
 
 for _name in COMMAND_MODULES:

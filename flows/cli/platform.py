@@ -11,10 +11,12 @@ import typer
 
 from flows.cli.common import (
     VerboseOpt,
+    actor,
     app,
     build_settings,
     fail,
 )
+from flows.settings import Settings
 from pipelines.errors import RagopsError
 
 
@@ -63,6 +65,7 @@ def up(
         supervisor.start(["prefect", "mlflow"])
         os.environ.update(platform_env(settings, ports))  # this process now talks to the servers too
         served = build_settings(verbose)
+        access = _admin_key(served, echo)
         supervisor.start(["worker", "api"])
         if bootstrap_demo:
             bootstrap(served, echo)
@@ -74,6 +77,7 @@ def up(
             f"  Prefect UI        http://127.0.0.1:{ports.prefect}\n"
             f"  MLflow UI         http://127.0.0.1:{ports.mlflow}\n"
             f"  state and logs    {settings.home}\n"
+            f"  {access}\n"
             "Ctrl-C stops everything."
         )
         supervisor.watch(stop)
@@ -88,6 +92,23 @@ def up(
     finally:
         supervisor.stop_all()
     echo("stopped")
+
+
+def _admin_key(settings: Settings, echo: Callable[[str], None]) -> str:
+    """Create the admin key on the first start (``<home>/secrets/admin.key``, 0600); a line saying where it is."""
+    from rag.security.gate import Gate
+
+    if not settings.security.auth:
+        return "API keys        off (RAGOPS_SECURITY__AUTH=false: loopback only)"
+    gate = Gate(settings)
+    try:
+        created = gate.ensure_admin_key(actor=actor())
+    finally:
+        gate.close()
+    path = settings.security.admin_key_file(settings.home)
+    if created is not None:
+        echo(f"created an admin API key in {path} (mode 0600); more keys: ragops keys create --role reader")
+    return f"admin API key     {path} (send as 'Authorization: Bearer <key>')"
 
 
 def _wait_ready(url: str, timeout_s: float, echo: Callable[[str], None]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,23 +29,47 @@ def serve(
             "--workers", min=1, help="Worker processes; with more than one, /metrics merges every worker's samples."
         ),
     ] = 1,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option("--ssl-certfile", help="TLS certificate (PEM): serve HTTPS.", show_default=False)
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option("--ssl-keyfile", help="TLS private key (PEM) of --ssl-certfile.", show_default=False)
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve the champion stack over HTTP: /v1/query, /v1/chat/completions (OpenAI), /healthz, /readyz, /v1/stack.
 
-    Follows the 'champion' alias and the published index, switching atomically when either moves.
+    Follows the 'champion' alias and the published index, switching atomically when either moves. Every route but
+    the probes, the playground page and the docs needs an API key (`ragops keys create`).
     """
     import uvicorn
 
+    from rag.security.gate import check_exposure
     from rag.service.app import create_app
 
     settings = build_settings(verbose)
     bind_host = host or settings.service.host
     bind_port = port or settings.service.port
-    typer.echo(f"serving on http://{bind_host}:{bind_port} (docs at /docs)", err=True)
+    try:
+        check_exposure(settings, bind_host)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from exc
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise fail("--ssl-certfile and --ssl-keyfile go together", 2)
+    scheme = "https" if ssl_certfile else "http"
+    typer.echo(f"serving on {scheme}://{bind_host}:{bind_port} (docs at /docs)", err=True)
     log_level = "info" if verbose else "warning"
+    certfile = str(ssl_certfile) if ssl_certfile else None
+    keyfile = str(ssl_keyfile) if ssl_keyfile else None
     if workers == 1:
-        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level=log_level)
+        uvicorn.run(
+            create_app(settings),
+            host=bind_host,
+            port=bind_port,
+            log_level=log_level,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+        )
         return
     import os
 
@@ -60,6 +85,8 @@ def serve(
         host=bind_host,
         port=bind_port,
         log_level=log_level,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
     )
 
 
@@ -71,6 +98,12 @@ def query(
     ] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Chunks to retrieve.")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's documents.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key", envvar="RAGOPS_API_KEY", help="Key for --url (default $RAGOPS_API_KEY).", show_default=False
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask a question and print the answer with its citations (from a running service, or the champion in-process)."""
@@ -83,6 +116,7 @@ def query(
             response = httpx.post(
                 url.rstrip("/") + "/v1/query",
                 json={"question": question, "top_k": top_k, "filters": filters},
+                headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
                 timeout=60,
             )
         except httpx.HTTPError as exc:

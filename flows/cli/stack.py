@@ -159,6 +159,7 @@ def stack_promote(
     from dataclasses import asdict
 
     from evaluation.deploy import promote_gated
+    from flows.cli.security import audit_action
     from rag.stack import StackRegistry
 
     if force and not override_reason:
@@ -176,6 +177,13 @@ def stack_promote(
             override=override_reason if force else None,
         )
     )
+    if result.changed:
+        audit_action(
+            settings,
+            "stack.promote",
+            target=f"v{result.version}",
+            detail={"previous": result.previous, "reason": reason, "override": override_reason if force else None},
+        )
     if as_json:
         typer.echo(json.dumps(asdict(result)))
     elif result.changed:
@@ -224,10 +232,14 @@ def stack_rollback(
     """Move 'champion' back to the version that held it before the current one."""
     from dataclasses import asdict
 
+    from flows.cli.security import audit_action
     from rag.stack import StackRegistry
 
     settings = build_settings()
     result = guarded(lambda: StackRegistry(settings).rollback(actor=actor(), reason=reason))
+    audit_action(
+        settings, "stack.rollback", target=f"v{result.version}", detail={"previous": result.previous, "reason": reason}
+    )
     if as_json:
         typer.echo(json.dumps(asdict(result)))
     else:

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from rag.feedback import FeedbackStore
 from rag.monitoring.metrics import ServiceMetrics
+from rag.security.gate import Gate
+from rag.service.auth import authorize_request
 from rag.service.batcher import BatchedVectors
 from rag.service.errors import install_error_handlers
 from rag.service.feedback import FeedbackIntake
@@ -37,6 +39,7 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
     stack_holder = holder or StackHolder(settings)
     vectors = BatchedVectors(max_batch=settings.service.max_batch)
     service_metrics = ServiceMetrics()
+    gate = Gate(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,7 +51,7 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
             requests.close()
             raise
         app.state.requests = requests
-        app.state.queries = QueryService(settings, stack_holder, vectors, requests, service_metrics)
+        app.state.queries = QueryService(settings, stack_holder, vectors, requests, service_metrics, gate=gate)
         app.state.feedback = FeedbackIntake(store, requests, stack_holder, service_metrics)
 
         async def follow() -> None:
@@ -66,6 +69,7 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
             task.cancel()
             await anyio.to_thread.run_sync(requests.close)  # drains the queue: nothing recorded is lost
             stack_holder.close()
+            gate.close()
 
     app = FastAPI(
         title="ragops query service",
@@ -74,10 +78,13 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
         lifespan=lifespan,
         docs_url=None,  # served from installed files by rag.service.routers.pages (no CDN)
         redoc_url=None,
+        # every route passes the authorisation table (rag.security.authz) first
+        dependencies=[Depends(authorize_request)],
     )
     app.state.holder = stack_holder
     app.state.vectors = vectors
     app.state.metrics = service_metrics
+    app.state.gate = gate
     install_error_handlers(app)
     mount_pages(app)
     for router in (health.router, query.router, feedback.router, metrics.router):

@@ -28,6 +28,7 @@ from rag.errors import (
     StackNotFound,
 )
 from rag.feedback import UnknownRequest
+from rag.security.errors import AuthenticationFailed, PermissionDenied
 from rag.service.sources import UnknownChunk
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ ERROR_MAP: tuple[tuple[type[Exception], int, str, str], ...] = (
     (BadQuery, 422, "invalid_request_error", "invalid_request"),
     (UnknownRequest, 404, "invalid_request_error", "unknown_request"),
     (UnknownChunk, 404, "invalid_request_error", "unknown_chunk"),
+    (PermissionDenied, 403, "permission_error", "permission_denied"),
     (StackNotFound, 503, "service_unavailable", "no_stack"),
     (StackError, 503, "service_unavailable", "stack_error"),
     (RetrievalError, 503, "service_unavailable", "retrieval_error"),
@@ -75,6 +77,11 @@ def _library_error_handler(
     return handle
 
 
+def _bearer_error(reason: str) -> str:
+    """RFC 6750's error code: ``invalid_request`` for a missing or malformed header, else ``invalid_token``."""
+    return "invalid_request" if reason in ("missing", "malformed") else "invalid_token"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register every handler on ``app``."""
 
@@ -88,6 +95,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for error_type, status, kind, code in ERROR_MAP:
         app.add_exception_handler(error_type, _library_error_handler(status, kind, code))
+
+    @app.exception_handler(AuthenticationFailed)
+    async def _unauthenticated(_: Request, exc: AuthenticationFailed) -> JSONResponse:
+        response = error_response(401, str(exc), "authentication_error", "invalid_api_key")
+        response.headers["WWW-Authenticate"] = f'Bearer realm="ragops", error="{_bearer_error(exc.reason)}"'
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
+import anyio
+
 from rag.cache import AnswerCache
 from rag.errors import Overloaded
 from rag.limits.admission import AdmissionController
@@ -21,12 +23,13 @@ from rag.service.holder import Served, StackHolder
 from rag.service.schemas import CitationOut, GuardrailOut, QueryResponse, Usage
 from rag.stages.build import build_chain
 from rag.stages.chain import Chain
-from rag.stages.context import OPERATOR, Principal, RequestContext
+from rag.stages.context import ANONYMOUS, Principal, RequestContext
 from rag.stages.record import RecordSink, StoreRecorder
 from rag.stages.validate import RequestLimits
 
 if TYPE_CHECKING:
     from rag.monitoring.metrics import ServiceMetrics
+    from rag.security.gate import Gate
     from rag.settings import RagSettings
 
 ABANDONED = (499, "client_disconnected")
@@ -48,8 +51,11 @@ class QueryService:
         vectors: BatchedVectors,
         store: RecordSink,
         metrics: ServiceMetrics | None = None,
+        *,
+        gate: Gate | None = None,
     ) -> None:
         self._holder = holder
+        self._gate = gate
         self._vectors = vectors
         self._store = store
         self._metrics = metrics
@@ -128,15 +134,18 @@ class QueryService:
         *,
         filters: object,
         top_k: int | None,
-        principal: Principal = OPERATOR,
+        principal: Principal = ANONYMOUS,
         route: str = "/v1/query",
+        auth_ms: float | None = None,
     ) -> AsyncIterator[tuple[Served, Chain, RequestContext]]:
         """The stack, its chain and a fresh context for one question; the stack and an admission slot are held
         until the block ends (a stream's whole life). Past capacity, :class:`rag.errors.Overloaded` is raised here,
         before any work or response.
 
-        A request whose chain did not reach the record stage (an error, or a stream the client left) is recorded
-        here on the way out, with the error's status and kind.
+        ``principal`` is who the request authenticated as (retrieval bounds what it may see by it); ``auth_ms`` the
+        credential check's time, reported as the ``authenticate`` timing. A request whose chain did not reach the
+        record stage (an error, or a stream the client left) is recorded here on the way out, with the error's
+        status and kind; a request that completes is audited when ``RAGOPS_SECURITY__AUDIT_QUERIES`` is on.
         """
         async with self._admitted(route):
             with self._acquire(route) as served:
@@ -150,6 +159,8 @@ class QueryService:
                     principal=principal,
                     route=route,
                 )
+                if auth_ms is not None:
+                    ctx.timings["authenticate"] = auth_ms
                 status, error = ABANDONED
                 try:
                     yield served, chain, ctx
@@ -159,6 +170,19 @@ class QueryService:
                 finally:
                     if "record" not in ctx.timings:  # the record stage did not run
                         recorder.record_unfinished(ctx, status=status, error=error)
+        if self._gate is not None and self._gate.audit_queries:
+            await anyio.to_thread.run_sync(self._audit, ctx)
+
+    def _audit(self, ctx: RequestContext) -> None:
+        assert self._gate is not None  # checked by the caller
+        cited = sorted({c.doc_id for c in ctx.answer.citations}) if ctx.answer and ctx.refusal is None else []
+        self._gate.record(
+            "query",
+            actor=ctx.principal.name,
+            outcome="blocked" if ctx.refusal is not None else "ok",
+            target=ctx.request_id,
+            detail={"tenant": ctx.principal.tenant, "cited_doc_ids": cited},
+        )
 
     async def answer(
         self,
@@ -166,11 +190,14 @@ class QueryService:
         *,
         filters: object,
         top_k: int | None,
-        principal: Principal = OPERATOR,
+        principal: Principal = ANONYMOUS,
         route: str = "/v1/query",
+        auth_ms: float | None = None,
     ) -> tuple[Served, RequestContext]:
         """Run the whole chain for one question."""
-        async with self.request(question, filters=filters, top_k=top_k, principal=principal, route=route) as (
+        async with self.request(
+            question, filters=filters, top_k=top_k, principal=principal, route=route, auth_ms=auth_ms
+        ) as (
             served,
             chain,
             ctx,

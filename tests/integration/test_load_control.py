@@ -21,7 +21,7 @@ from flows.settings import Settings
 from rag.limits.settings import LimitsSettings
 from tests.fixtures.corpus import write_corpus
 from tests.fixtures.fake_openai import FakeOpenAI
-from tests.fixtures.server import Running, serve, wait_for
+from tests.fixtures.server import Running, api_client, serve, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -72,7 +72,7 @@ def _with_limits(settings: Settings, **limits: object) -> Settings:
 def _served(settings: Settings) -> Iterator[tuple[Running, httpx.Client]]:
     from rag.service.app import create_app
 
-    with serve(create_app(settings)) as service, httpx.Client(base_url=service.url, timeout=60) as client:
+    with serve(create_app(settings)) as service, api_client(service.url, timeout=60) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
         yield service, client
 
@@ -111,7 +111,7 @@ def test_past_capacity_a_request_is_shed_with_503_and_retry_after(home: Home) ->
         def hold() -> None:
             body = {"question": QUESTION, "stream": True}
             with (
-                httpx.Client(base_url=service.url, timeout=60) as other,
+                api_client(service.url, timeout=60) as other,
                 other.stream("POST", "/v1/query", json=body) as r,
             ):
                 for line in r.iter_lines():

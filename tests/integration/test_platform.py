@@ -135,10 +135,14 @@ def test_mlflow_lists_experiments_and_the_champion(platform: tuple[Up, Path]) ->
 
 
 def test_query_returns_cited_answers_from_the_demo_corpus(platform: tuple[Up, Path]) -> None:
-    up, _ = platform
-    response = httpx.post(
-        f"http://127.0.0.1:{up.api}/v1/query", json={"question": "How long is the NR-200 warranty?"}, timeout=60
-    )
+    up, root = platform
+    # `ragops up` created an admin key on its first start, readable by its owner only
+    key_file = root / "home" / "secrets" / "admin.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+    question = {"question": "How long is the NR-200 warranty?"}
+    assert httpx.post(f"http://127.0.0.1:{up.api}/v1/query", json=question, timeout=60).status_code == 401
+    response = httpx.post(f"http://127.0.0.1:{up.api}/v1/query", json=question, headers=headers, timeout=60)
     assert response.status_code == 200, response.text
     body = response.json()
     assert "24-month" in body["answer"] and body["citations"]

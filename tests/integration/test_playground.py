@@ -25,6 +25,7 @@ import pytest
 
 from flows.settings import Settings
 from pipelines.env import offline_env
+from tests.fixtures.server import api_client, auth_headers
 from tests.integration.test_service import Running, assert_error, parse_sse, serve, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -68,7 +69,7 @@ class Env:
         return self.service.url
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+        return api_client(self.url)
 
     def store(self) -> Any:
         from rag.feedback import FeedbackStore
@@ -119,7 +120,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterato
         version = registry.register(StackConfig.for_index(index, name="playground-dense"), actor="tests")
         registry.promote(version, actor="tests", reason="playground tests")
         with serve(create_app(settings)) as service:
-            with httpx.Client(base_url=service.url, timeout=60) as client:
+            with api_client(service.url) as client:
                 wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
             yield Env(settings, service, version)
 
@@ -314,7 +315,7 @@ def test_unknown_source_is_404(env: Env, chunk_id: str) -> None:
 def test_without_a_stack_sources_are_503_and_feedback_still_works(env: Env, no_stack: Running) -> None:
     with env.client() as client:
         answer = env.ask(client)
-    with httpx.Client(base_url=no_stack.url, timeout=60) as other:
+    with api_client(no_stack.url) as other:
         error = assert_error(other.get(f"/v1/sources/{answer['citations'][0]['chunk_id']}"), 503, "champion")
         assert error["code"] == "no_stack"
         # The rating needs no stack: the other service finds the request in the shared request log.
@@ -367,8 +368,14 @@ class Browser:
     handle: Any
     requested: list[str]
 
-    def open(self, url: str, **context: Any) -> Tab:
-        page = self.handle.new_context(**context).new_page()
+    def open(self, url: str, *, with_key: bool = True, **context: Any) -> Tab:
+        """A new tab on ``url``; ``with_key``: the service's admin key is already in the tab's session storage
+        (as if typed once into the key form)."""
+        browser_context = self.handle.new_context(**context)
+        key = auth_headers(url).get("Authorization", "").removeprefix("Bearer ")
+        if with_key and key:
+            browser_context.add_init_script(f"sessionStorage.setItem('ragops.key', {json.dumps(key)})")
+        page = browser_context.new_page()
         tab = Tab(page, [])
         page.on("request", lambda request: self.requested.append(request.url))
         page.on("pageerror", lambda exc: tab.problems.append(f"page error: {exc}"))
@@ -600,3 +607,28 @@ def test_playground_shows_the_service_error_messages(browser: Browser, env: Env,
 def _submit(page: Any, text: str) -> None:
     page.get_by_label("Your question").fill(text)
     page.get_by_role("button", name="Ask").click()
+
+
+def test_playground_asks_for_a_key_once_and_again_after_a_401(browser: Browser, env: Env) -> None:
+    """The page asks for a key before it queries, keeps it for the tab, and asks again when the key stops working
+    (a revoked key is a 401)."""
+    from playwright.sync_api import expect
+
+    gate = env.service.app.state.gate
+    issued = gate.keys.create(role="reader", name="browser")
+    tab = browser.open(env.url + "/", with_key=False)
+    page = tab.page
+    expect(page.get_by_label("API key")).to_be_visible()
+    expect(page.locator("#stack-info")).to_contain_text("API key is needed")
+    page.get_by_label("API key").fill(issued.secret)
+    page.get_by_role("button", name="Use this key").click()
+    expect(page.locator("#key-form")).to_be_hidden()
+    expect(page.locator("#stack-info")).to_contain_text("Signed in")  # a reader may not see /v1/stack
+    _ask_in_page(page, QUESTION)
+    assert page.evaluate("sessionStorage.getItem('ragops.key')") == issued.secret
+
+    gate.keys.revoke(issued.key.prefix)
+    _submit(page, QUESTION)
+    expect(page.get_by_label("API key")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("revoked")
+    assert page.evaluate("sessionStorage.getItem('ragops.key')") is None

@@ -257,14 +257,17 @@ def test_rollback_restores_the_bundled_stack_and_the_service_follows(home: Home,
     with serve(create_app(settings)) as service:
 
         def served() -> int | None:
-            response = httpx.get(f"{service.url}/v1/stack", timeout=10)
+            response = httpx.get(f"{service.url}/v1/stack", headers=service.headers, timeout=10)
             return response.json().get("stack_version") if response.status_code == 200 else None
 
         wait_for(lambda: served() == retrained["candidate"], timeout=60)
         registry.rollback(actor="test", reason="drill")
         wait_for(lambda: served() == home.first, timeout=60)
         answer = httpx.post(
-            f"{service.url}/v1/query", json={"question": "When did Mount Kerrigan last erupt?"}, timeout=30
+            f"{service.url}/v1/query",
+            json={"question": "When did Mount Kerrigan last erupt?"},
+            headers=service.headers,
+            timeout=30,
         )
         assert answer.status_code == 200 and "1847" in answer.json()["answer"]
         assert answer.json()["stack_version"] == home.first

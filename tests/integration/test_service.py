@@ -24,11 +24,12 @@ import pytest
 
 from flows.settings import Settings
 from pipelines.env import offline_env
-from tests.fixtures.server import Running, serve, wait_for
+from tests.fixtures.server import Running, api_client, auth_headers, serve, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 STAGES = (
+    "authenticate",
     "validate",
     "check_input",
     "embed",
@@ -146,7 +147,7 @@ class Hammer:
     _workers: list[threading.Thread] = field(default_factory=list)
 
     def _run(self, offset: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=60) as client:
+        with api_client(self.url) as client:
             i = offset
             while not self._stop.is_set():
                 question = self.questions[i % len(self.questions)]
@@ -197,7 +198,7 @@ class Env:
         return self.service.url
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+        return api_client(self.url)
 
     def current_index(self) -> int | None:
         from pipelines.index import VectorIndex
@@ -220,7 +221,7 @@ def _module_settings(home: Path, cache: Path) -> Settings:
 
 
 def _snapshot(url: str) -> dict[str, httpx.Response]:
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with api_client(url) as client:
         return {
             "readyz": client.get("/readyz"),
             "query": client.post("/v1/query", json={"question": RENO_Q}),
@@ -263,7 +264,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterato
             time.sleep(3 * RELOAD_S)  # a few reload checks see the registered-but-unpromoted registry
             before_promote = _snapshot(service.url)
             registry.promote(v1, actor="tests", reason="first champion")
-            with httpx.Client(base_url=service.url, timeout=60) as client:
+            with api_client(service.url) as client:
                 wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
             yield Env(settings, corpus, registry, service, v1, v2, configs, before_register, before_promote)
 
@@ -459,7 +460,7 @@ def test_a_blocked_question_gets_200_with_the_check_and_no_retrieved_text(env: E
     assert [name for name, _ in events] == ["blocked"]
     assert events[0][1]["blocked_by"] == "injection" and events[0][1]["answer"] == body["answer"]
 
-    chat = openai.OpenAI(base_url=env.url + "/v1", api_key="unused", max_retries=0)
+    chat = openai.OpenAI(base_url=env.url + "/v1", api_key=env.service.key, max_retries=0)
     messages: Any = [{"role": "user", "content": INJECTION_Q}]
     response = chat.chat.completions.create(model="ragops", messages=messages)
     assert response.choices[0].finish_reason == "content_filter"
@@ -499,9 +500,13 @@ def test_evaluation_gives_the_verdicts_the_service_gives(env: Env) -> None:
 
 # ---------------------------------------------------------------------------------------------- OpenAI-compatible
 def test_openai_client_non_streaming_and_streaming(env: Env) -> None:
+    """The official client's ``api_key`` is the service's bearer key (a wrong one is its AuthenticationError)."""
     import openai
 
-    client = openai.OpenAI(base_url=f"{env.url}/v1", api_key="x", max_retries=0, timeout=60)
+    wrong = openai.OpenAI(base_url=f"{env.url}/v1", api_key="x", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model="rag-stack", messages=[{"role": "user", "content": RENO_Q}])
+    client = openai.OpenAI(base_url=f"{env.url}/v1", api_key=env.service.key, max_retries=0, timeout=60)
     messages = [
         {"role": "system", "content": "You answer from the company documents."},
         {"role": "user", "content": "What is the weather?"},
@@ -694,7 +699,7 @@ def _ask_concurrently(url: str, requests: list[dict[str, Any]]) -> list[httpx.Re
     barrier = threading.Barrier(len(requests))
 
     def one(body: dict[str, Any]) -> httpx.Response:
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with api_client(url) as client:
             barrier.wait(timeout=30)
             return client.post("/v1/query", json=body)
 
@@ -763,7 +768,7 @@ def test_hot_reload_promote_and_rollback_under_load(env: Env) -> None:
     for record in records:
         expected = "41,500" if record["question"] == RENO_Q else "$189"
         assert expected in record["body"]["answer"], record["body"]
-    ready = httpx.get(f"{env.url}/readyz").json()
+    ready = httpx.get(f"{env.url}/readyz", headers=auth_headers(env.url)).json()
     assert ready["stack_version"] == env.v2 and ready["registry_ok"] is True
 
     before_rollback = time.monotonic()
@@ -837,7 +842,7 @@ def test_registry_unreachable_keeps_serving_the_loaded_stack(env: Env) -> None:
 
     champion = FlakyChampion(env.registry, down_after=1)
     holder = StackHolder(env.settings, champion=champion)
-    with serve(create_app(env.settings, holder=holder)) as service, httpx.Client(base_url=service.url) as client:
+    with serve(create_app(env.settings, holder=holder)) as service, api_client(service.url) as client:
         ready, _ = wait_for(
             lambda: (r := client.get("/readyz").json())["registry_ok"] is False and r, timeout=10 * RELOAD_S + 5
         )
@@ -868,7 +873,7 @@ def test_registry_down_at_start_is_503_not_500(env: Env) -> None:
     from rag.service.holder import StackHolder
 
     holder = StackHolder(env.settings, champion=FlakyChampion(env.registry, down_after=0))
-    with serve(create_app(env.settings, holder=holder)) as service, httpx.Client(base_url=service.url) as client:
+    with serve(create_app(env.settings, holder=holder)) as service, api_client(service.url) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["registry_ok"] is False and "ConnectionError" in ready.json()["registry_error"]
@@ -895,7 +900,7 @@ def test_reload_survives_an_unreadable_index_pointer(env: Env, tmp_path: Path) -
     holder = StackHolder(settings, champion=lambda: (champion["version"], env.configs[champion["version"]]))
     with (
         serve(create_app(settings, holder=holder)) as service,
-        httpx.Client(base_url=service.url, timeout=60) as client,
+        api_client(service.url) as client,
     ):
         assert client.get("/v1/stack").json()["stack_version"] == env.v1
         pointer.write_text("{half-written", encoding="utf-8")  # e.g. a hiccup of the shared volume
@@ -999,3 +1004,21 @@ def test_boolean_top_k_is_rejected(env: Env, path: str) -> None:
         body["messages"] = [{"role": "user", "content": RENO_Q}]
     with env.client() as client:
         assert_error(client.post(path, json=body), 422, "top_k")
+
+
+def test_queries_are_audited_with_their_cited_documents_when_configured(env: Env) -> None:
+    """RAGOPS_SECURITY__AUDIT_QUERIES: each answered query leaves a chained record naming who asked and which
+    documents the answer cited (not the question or the answer text)."""
+    gate = env.service.app.state.gate
+    gate.audit_queries = True
+    try:
+        with env.client() as client:
+            body = client.post("/v1/query", json={"question": RENO_Q}).json()
+    finally:
+        gate.audit_queries = False
+    (record,) = [r for r in gate.audit.records() if r.action == "query" and r.target == body["request_id"]]
+    assert record.actor == "tests" and record.outcome == "ok"
+    assert record.detail["cited_doc_ids"] == ["reno-plant.md"]
+    assert RENO_Q not in json.dumps(record.to_json())
+    assert gate.audit.verify().ok
+    assert body["timings"]["authenticate"] < 50

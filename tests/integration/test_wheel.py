@@ -81,6 +81,8 @@ def test_the_wheel_without_extras_runs_demo_ingest_and_serve(tmp_path: Path) -> 
     report = json.loads(_run([ragops, "ingest", str(corpus), "--json"], env, tmp_path))
     assert report["documents_new"] >= 30 and report["documents_failed"] == 0 and report["points_total"] > 0
 
+    key = json.loads(_run([ragops, "keys", "create", "--role", "reader", "--json"], env, tmp_path))["key"]
+
     port = _free_port()
     serve = subprocess.Popen(
         [ragops, "serve", "--port", str(port)],
@@ -102,7 +104,9 @@ def test_the_wheel_without_extras_runs_demo_ingest_and_serve(tmp_path: Path) -> 
                 pass
             assert time.monotonic() < deadline, "ragops serve not healthy in 120 s"
             time.sleep(0.5)
-        answer = httpx.post(f"{base}/v1/query", json={"question": "How long is the NR-200 warranty?"}, timeout=60)
+        question = {"question": "How long is the NR-200 warranty?"}
+        assert httpx.post(f"{base}/v1/query", json=question, timeout=60).status_code == 401  # auth is on by default
+        answer = httpx.post(f"{base}/v1/query", json=question, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         # No stack is promoted in this venv: the service must say so clearly (503 with a message), never crash.
         assert answer.status_code in (200, 503), answer.text
         assert answer.headers["content-type"].startswith("application/json") and answer.json()

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from rag.errors import BadQuery
+from rag.service.auth import auth_ms, principal_of
 from rag.service.holder import Served
 from rag.service.query import QueryService, citations, guardrails, query_response, usage
 from rag.service.schemas import ChatRequest, QueryRequest, QueryResponse
@@ -38,18 +39,40 @@ def _service(request: Request) -> QueryService:
     return service
 
 
+async def _answer(
+    request: Request, question: object, *, filters: object, top_k: int | None, route: str
+) -> tuple[Served, RequestContext]:
+    """The whole chain for one question, as the authenticated principal."""
+    return await _service(request).answer(
+        question,
+        filters=filters,
+        top_k=top_k,
+        principal=principal_of(request),
+        route=route,
+        auth_ms=auth_ms(request),
+    )
+
+
 def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 async def _primed(
-    service: QueryService, question: object, *, filters: object, top_k: int | None, route: str
+    request: Request, question: object, *, filters: object, top_k: int | None, route: str
 ) -> tuple[Served, RequestContext, AsyncIterator[StreamEvent], StreamEvent, AsyncExitStack]:
     """Start a streamed request and compute its first event (errors surface before the response starts)."""
+    service = _service(request)
     stack = AsyncExitStack()
     try:
         served, chain, ctx = await stack.enter_async_context(
-            service.request(question, filters=filters, top_k=top_k, route=route)
+            service.request(
+                question,
+                filters=filters,
+                top_k=top_k,
+                principal=principal_of(request),
+                route=route,
+                auth_ms=auth_ms(request),
+            )
         )
         events = chain.stream(ctx)
         stack.push_async_callback(_aclose, events)
@@ -87,9 +110,8 @@ def _streaming(
 async def query(body: QueryRequest, request: Request) -> Any:
     """Server-sent events with ``"stream": true``: ``delta`` (text to append), ``notice``, then ``citations`` and
     ``done`` (the whole response), or ``blocked`` (the refusal, with ``blocked_by``) when a check stops it."""
-    service = _service(request)
     if not body.stream:
-        served, ctx = await service.answer(body.question, filters=body.filters, top_k=body.top_k, route=QUERY)
+        served, ctx = await _answer(request, body.question, filters=body.filters, top_k=body.top_k, route=QUERY)
         return query_response(served, ctx)
 
     def render(served: Served, ctx: RequestContext, event: StreamEvent) -> list[str]:
@@ -104,7 +126,7 @@ async def query(body: QueryRequest, request: Request) -> Any:
             _sse("done", query_response(served, ctx).model_dump()),
         ]
 
-    primed = await _primed(service, body.question, filters=body.filters, top_k=body.top_k, route=QUERY)
+    primed = await _primed(request, body.question, filters=body.filters, top_k=body.top_k, route=QUERY)
     return _streaming(primed, render)
 
 
@@ -145,11 +167,10 @@ def _chat_usage(ctx: RequestContext) -> dict[str, Any]:
 @router.post(CHAT, summary="OpenAI-compatible chat completions over the champion stack")
 async def chat(body: ChatRequest, request: Request) -> Any:
     """OpenAI's chat completion (``finish_reason`` ``content_filter`` when a guardrail refused the request)."""
-    service = _service(request)
     question = _last_user_message(body)
     created = int(time.time())
     if not body.stream:
-        served, ctx = await service.answer(question, filters=body.filters, top_k=body.top_k, route=CHAT)
+        served, ctx = await _answer(request, question, filters=body.filters, top_k=body.top_k, route=CHAT)
         text = ctx.refusal.text if ctx.refusal else (ctx.answer.text if ctx.answer else "")
         return {
             "id": f"chatcmpl-{ctx.request_id}",
@@ -193,5 +214,5 @@ async def chat(body: ChatRequest, request: Request) -> Any:
             out.append("data: [DONE]\n\n")
         return out
 
-    primed = await _primed(service, question, filters=body.filters, top_k=body.top_k, route=CHAT)
+    primed = await _primed(request, question, filters=body.filters, top_k=body.top_k, route=CHAT)
     return _streaming(primed, render)

@@ -5,6 +5,9 @@
 // `citations` and `done` (the full response, with request_id, stack and timings), or `blocked` (a guardrail
 // refused the request: the refusal replaces whatever was shown). EventSource cannot POST, so the stream is read from fetch()'s
 // body. Everything from the server is inserted as text (never as HTML): chunk texts are arbitrary documents.
+// Every API call carries the API key as a bearer token. The page asks for the key once and keeps it in
+// sessionStorage (this tab only, gone when it closes); a 401 forgets it and asks again. A service with auth
+// switched off (loopback only) never answers 401, so the page never asks.
 "use strict";
 
 (() => {
@@ -23,6 +26,9 @@
   const feedbackStatus = $("feedback-status");
   const rateButtons = [$("thumbs-up"), $("thumbs-down")];
   const stackInfo = $("stack-info");
+  const keyForm = $("key-form");
+  const keyInput = $("api-key");
+  const KEY_ITEM = "ragops.key";
 
   let current = null; // {requestId, controller} of the question being answered or last answered
 
@@ -35,6 +41,38 @@
       // not JSON: fall through
     }
     return `The service answered ${response.status} ${response.statusText}`.trim();
+  }
+
+  function storedKey() {
+    try {
+      return sessionStorage.getItem(KEY_ITEM) || "";
+    } catch (_) {
+      return "";
+    }
+  }
+
+  function askForKey(message) {
+    try {
+      sessionStorage.removeItem(KEY_ITEM);
+    } catch (_) {
+      // storage unavailable: the key is asked for again next time
+    }
+    keyForm.hidden = false;
+    if (message) showError(message);
+    keyInput.focus();
+  }
+
+  /** fetch() with the API key; a 401 forgets the key and shows the key form again. */
+  async function api(url, options = {}) {
+    const headers = new Headers(options.headers || {});
+    const key = storedKey();
+    if (key) headers.set("Authorization", `Bearer ${key}`);
+    const response = await fetch(url, { ...options, headers });
+    if (response.status === 401) {
+      // no key yet: just show the form; a key that stopped working (expired, revoked) says why
+      askForKey(key ? `Please enter a valid API key: ${await errorMessage(response.clone())}` : "");
+    }
+    return response;
   }
 
   function showError(message) {
@@ -74,7 +112,15 @@
 
   async function loadStack() {
     try {
-      const response = await fetch("/v1/stack", { headers: { Accept: "application/json" } });
+      const response = await api("/v1/stack", { headers: { Accept: "application/json" } });
+      if (response.status === 401) {
+        stackInfo.textContent = "An API key is needed to use this service.";
+        return;
+      }
+      if (response.status === 403) {
+        stackInfo.textContent = "Signed in. (Which stack is served is shown to operator keys.)";
+        return;
+      }
       if (!response.ok) {
         stackInfo.textContent = `No stack is being served: ${await errorMessage(response)}`;
         return;
@@ -155,7 +201,7 @@
       panel.textContent = "Loading…";
       panel.hidden = false;
       try {
-        const response = await fetch(`/v1/sources/${encodeURIComponent(citation.chunk_id)}`);
+        const response = await api(`/v1/sources/${encodeURIComponent(citation.chunk_id)}`);
         if (!response.ok) {
           panel.textContent = await errorMessage(response);
         } else {
@@ -202,7 +248,7 @@
     askButton.textContent = "Answering…";
     const started = performance.now();
     try {
-      const response = await fetch("/v1/query", {
+      const response = await api("/v1/query", {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
         body: JSON.stringify({ question: text, stream: true }),
@@ -249,7 +295,7 @@
     if (!current || !current.requestId) return;
     feedbackStatus.textContent = "Sending…";
     try {
-      const response = await fetch("/v1/feedback", {
+      const response = await api("/v1/feedback", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ request_id: current.requestId, rating, comment: comment.value.trim() || null }),
@@ -290,5 +336,26 @@
     button.addEventListener("click", () => rate(button.dataset.rating, button));
   }
 
-  loadStack();
+  keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = keyInput.value.trim();
+    if (!key) {
+      showError("Please paste your API key first.");
+      keyInput.focus();
+      return;
+    }
+    try {
+      sessionStorage.setItem(KEY_ITEM, key);
+    } catch (_) {
+      showError("This browser refuses session storage; the key cannot be kept.");
+      return;
+    }
+    keyInput.value = "";
+    keyForm.hidden = true;
+    clearError();
+    loadStack();
+    question.focus();
+  });
+
+  loadStack(); // a service with auth on answers 401 without a key, which shows the key form
 })();
