@@ -34,14 +34,25 @@ def _requests_total(text: str) -> float:
     )
 
 
+def _admin_key(settings: Settings) -> str:
+    from rag.security.gate import Gate
+
+    gate = Gate(settings)
+    try:
+        return str(gate.keys.create(role="admin", name="tests", created_by="tests").secret)
+    finally:
+        gate.close()
+
+
 def test_two_workers_export_merged_totals(settings: Settings) -> None:
+    headers = {"Authorization": f"Bearer {_admin_key(settings)}"}
     port = free_port()
     env = {**os.environ, **offline_env(settings), "RAGOPS_HOME": str(settings.home), "PYTHONPATH": str(REPO)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     argv = [sys.executable, "-m", "flows.cli", "serve", "--workers", "2", "--port", str(port)]
     process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers) as client:
 
             def up() -> bool:
                 try:
@@ -52,7 +63,7 @@ def test_two_workers_export_merged_totals(settings: Settings) -> None:
             wait_for(up, timeout=90, interval=0.2)
             asked = 12
             for _ in range(asked):  # new connections: the kernel spreads them over both workers
-                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as fresh:
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers) as fresh:
                     assert fresh.post("/v1/query", json={"question": "anything?"}).status_code == 503
             scrapes = [client.get("/metrics", headers={"connection": "close"}).text for _ in range(4)]
         assert [_requests_total(text) for text in scrapes] == [asked] * len(scrapes)

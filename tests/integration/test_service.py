@@ -781,6 +781,35 @@ def test_hot_reload_promote_and_rollback_under_load(env: Env) -> None:
     assert body["stack_version"] == env.v1 and body["stack_name"] == "dense-v1"
 
 
+def test_guardrail_settings_follow_promotion_and_rollback(env: Env) -> None:
+    """Guardrails are part of the stack: a version whose injection check only flags is served once promoted (the
+    same question is answered, with a ``flag`` verdict), and a rollback brings the blocking version back."""
+    from rag.guardrails.config import GuardrailsConfig
+
+    served = env.registry.champion_version()
+    base = env.configs[served]
+    guards = base.guardrails or GuardrailsConfig()
+    relaxed = base.model_copy(
+        update={
+            "name": "flag-injection",
+            "guardrails": guards.model_copy(update={"injection": guards.injection.model_copy(update={"mode": "flag"})}),
+        }
+    )
+    version = env.registry.register(relaxed, actor="tests")
+    with env.client() as client:
+        before = client.post("/v1/query", json={"question": INJECTION_Q}).json()
+        assert before["blocked"] is True and before["stack_version"] == served
+        env.registry.promote(version, actor="tests", reason="flag injections for a week")
+        wait_for(lambda: client.get("/v1/stack").json()["stack_version"] == version, timeout=30)
+        flagged = client.post("/v1/query", json={"question": INJECTION_Q}).json()
+        env.registry.rollback(actor="tests", reason="flagging let too much through")
+        wait_for(lambda: client.get("/v1/stack").json()["stack_version"] == served, timeout=30)
+        after = client.post("/v1/query", json={"question": INJECTION_Q}).json()
+    assert flagged["blocked"] is False and flagged["stack_version"] == version
+    assert [g["verdict"] for g in flagged["guardrails"] if g["name"] == "injection"] == ["flag"]
+    assert after["blocked"] is True and after["blocked_by"] == "injection" and after["stack_version"] == served
+
+
 def test_service_follows_a_newly_published_index(env: Env) -> None:
     from pipelines.ingest import run_ingest
 

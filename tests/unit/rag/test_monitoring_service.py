@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flows.settings import Settings
 from pipelines.index import VectorIndex
 from rag.store import RequestRecord
-from tests.fixtures.server import Running, serve, wait_for
+from tests.fixtures.server import Running, api_client, serve, wait_for
 from tests.unit.rag.conftest import BuiltIndex
 
 STACK_VERSION = 4
@@ -37,7 +37,7 @@ class Service:
     index_version: int
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.running.url, timeout=60)
+        return api_client(self.running.url, timeout=60)
 
     def record(self, request_id: str) -> RequestRecord | None:
         found: RequestRecord | None = self.running.app.state.requests.get(request_id)
@@ -59,7 +59,7 @@ def service(built_index: BuiltIndex) -> Iterator[Service]:
     config = StackConfig.for_index(index, name="monitored")
     holder = StackHolder(settings, champion=lambda: (STACK_VERSION, config))
     with serve(create_app(settings, holder=holder)) as running:
-        with httpx.Client(base_url=running.url, timeout=60) as client:
+        with api_client(running.url, timeout=60) as client:
             wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
         yield Service(running, settings, index.version)
 
@@ -96,7 +96,7 @@ def test_an_answered_request_is_recorded_whole(service: Service) -> None:
     record = service.record(body["request_id"])
     assert record is not None
     assert (record.route, record.status, record.error, record.blocked) == ("/v1/query", 200, None, False)
-    assert (record.principal, record.tenant) == ("anonymous", None)
+    assert (record.principal, record.tenant) == ("tests", None)  # the admin key the serve fixture made
     assert (record.stack_name, record.stack_version, record.index_version) == (
         "monitored",
         STACK_VERSION,
@@ -277,7 +277,7 @@ def test_a_stream_the_client_leaves_is_recorded_and_counted(service: Service) ->
         holder = StackHolder(service.settings, champion=lambda: (STACK_VERSION + 1, config))
         with (
             serve(create_app(service.settings, holder=holder)) as running,
-            httpx.Client(base_url=running.url, timeout=60) as client,
+            api_client(running.url, timeout=60) as client,
         ):
             wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
             with client.stream("POST", "/v1/query", json={"question": QUESTION, "stream": True}) as stream:
