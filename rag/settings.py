@@ -27,6 +27,13 @@ class ServiceSettings(BaseModel):
     max_question_chars: int = Field(default=2000, ge=1, description="Longer questions are refused with 422.")
     max_top_k: int = Field(default=50, ge=1, description="Largest top_k a request may ask for.")
     max_batch: int = Field(default=16, ge=1, description="Concurrent questions embedded in one forward pass.")
+    max_body_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Larger request bodies are refused with 413 before being read."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API from other sites (CORS); empty: none (the default).",
+    )
 
 
 class LocalLlmSettings(BaseModel):

@@ -24,6 +24,7 @@ from rag.service.auth import authorize_request
 from rag.service.batcher import BatchedVectors
 from rag.service.errors import install_error_handlers
 from rag.service.feedback import FeedbackIntake
+from rag.service.hardening import HardeningMiddleware
 from rag.service.holder import StackHolder
 from rag.service.query import QueryService
 from rag.service.routers import feedback, health, metrics, query
@@ -86,6 +87,16 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
     app.state.metrics = service_metrics
     app.state.gate = gate
     install_error_handlers(app)
+    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.service.max_body_bytes)
+    if settings.service.cors_origins:  # off unless configured: the API is not for other sites' pages by default
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.service.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     mount_pages(app)
     for router in (health.router, query.router, feedback.router, metrics.router):
         app.include_router(router)
