@@ -38,11 +38,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from flows.settings import Settings
 from pipelines.env import child_env
 from pipelines.errors import RagopsError
+
+if TYPE_CHECKING:
+    from rag.types import StackConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +67,17 @@ class Ports:
     api: int
     prefect: int
     mlflow: int
+    llm: int = 8081
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Ports:
         """The configured ports."""
-        return cls(api=settings.service.port, prefect=settings.prefect.port, mlflow=settings.mlflow.port)
+        return cls(
+            api=settings.service.port,
+            prefect=settings.prefect.port,
+            mlflow=settings.mlflow.port,
+            llm=settings.local_llm.port,
+        )
 
 
 @dataclass(frozen=True)
@@ -142,8 +151,18 @@ SERVER_ENV: Mapping[str, Mapping[str, str]] = {
 }
 
 
+def uses_local_llm(config: StackConfig, ports: Ports) -> bool:
+    """Whether a stack answers with the LLM ``ragops up`` can start (``ragops server llm`` on this machine)."""
+    from urllib.parse import urlsplit
+
+    if config.answerer.kind != "llm" or not config.llm.base_url:
+        return False
+    url = urlsplit(config.llm.base_url)
+    return url.hostname in ("127.0.0.1", "localhost", "::1") and url.port == ports.llm
+
+
 def parts(settings: Settings, ports: Ports) -> list[Part]:
-    """The four children, in start order."""
+    """The children, in start order (the llm part only when asked for or the champion stack uses it)."""
     python = sys.executable
     shared = platform_env(settings, ports)
     return [
@@ -162,6 +181,14 @@ def parts(settings: Settings, ports: Ports) -> list[Part]:
             "/health",
             {**shared, **SERVER_ENV["mlflow"]},
             ports.mlflow,
+        ),
+        Part(
+            "llm",
+            [python, "-m", "flows.cli", "server", "llm", "--port", str(ports.llm)],
+            f"http://{LOOPBACK}:{ports.llm}",
+            "/health",
+            shared,
+            ports.llm,
         ),
         Part("worker", [python, "-m", "flows.cli", "server", "worker"], None, None, shared),
         Part(
@@ -283,10 +310,10 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     reaper: Reaper | None = None
 
-    def check_ports(self) -> None:
+    def check_ports(self, names: Sequence[str] = ("prefect", "mlflow", "worker", "api")) -> None:
         """Refuse to start when a port is taken (naming the part and the option that moves it)."""
         for part in parts(self.settings, self.ports):
-            if part.port is not None and not port_free(part.port):
+            if part.name in names and part.port is not None and not port_free(part.port):
                 raise PlatformError(
                     f"port {part.port} for {part.name} is already in use (another `ragops up`?); "
                     f"choose another with --{part.name if part.name != 'api' else 'api'}-port"

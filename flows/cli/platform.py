@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,21 @@ from flows.cli.common import (
 from flows.settings import Settings
 from pipelines.errors import RagopsError
 
+if TYPE_CHECKING:
+    from flows.platform import Ports
+
+
+def _champion_uses_local_llm(settings: Settings, ports: Ports) -> bool:
+    """Whether the stack being served answers with the LLM ``ragops up`` can start (False when none is served)."""
+    from flows.platform import uses_local_llm
+    from rag.stack import StackRegistry
+
+    try:
+        _, config = StackRegistry(settings).champion()
+    except Exception:  # no champion yet, or the registry unreadable: the API reports that itself
+        return False
+    return uses_local_llm(config, ports)
+
 
 @app.command()
 def up(
@@ -30,6 +45,15 @@ def up(
     bootstrap_demo: Annotated[
         bool, typer.Option("--bootstrap/--no-bootstrap", help="Ingest the demo corpus and promote a first stack.")
     ] = True,
+    llm: Annotated[
+        bool | None,
+        typer.Option(
+            "--llm/--no-llm",
+            help="Also start the bundled LLM (ragops server llm). Default: when the champion stack answers with it.",
+            show_default=False,
+        ),
+    ] = None,
+    llm_port: Annotated[int | None, typer.Option("--llm-port", help="Bundled LLM port (default 8081).")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Bring the whole platform up on this machine, on its embedded defaults, until Ctrl-C.
@@ -47,7 +71,10 @@ def up(
     settings = build_settings(verbose)
     defaults = Ports.from_settings(settings)
     ports = Ports(
-        api=api_port or defaults.api, prefect=prefect_port or defaults.prefect, mlflow=mlflow_port or defaults.mlflow
+        api=api_port or defaults.api,
+        prefect=prefect_port or defaults.prefect,
+        mlflow=mlflow_port or defaults.mlflow,
+        llm=llm_port or defaults.llm,
     )
 
     def echo(line: str) -> None:
@@ -66,6 +93,9 @@ def up(
         os.environ.update(platform_env(settings, ports))  # this process now talks to the servers too
         served = build_settings(verbose)
         access = _admin_key(served, echo)
+        if llm if llm is not None else _champion_uses_local_llm(served, ports):
+            supervisor.check_ports(["llm"])
+            supervisor.start(["llm"], timeout_s=300)  # the first start converts the weights (30-80 s)
         supervisor.start(["worker", "api"])
         if bootstrap_demo:
             bootstrap(served, echo)
