@@ -22,6 +22,7 @@ from rag.service.sources import fetch_chunk
 
 if TYPE_CHECKING:
     from rag.monitoring.metrics import ServiceMetrics
+    from rag.stages.context import Principal
     from rag.store import RequestStore
 
 logger = logging.getLogger(__name__)
@@ -49,14 +50,21 @@ class FeedbackIntake:
         self._holder = holder
         self._metrics = metrics
 
-    def rate(self, body: FeedbackRequest) -> FeedbackResponse:
-        """Store the rating in ``body``. Blocking (database reads and writes): run it in a worker thread.
+    def rate(self, body: FeedbackRequest, principal: Principal | None = None) -> FeedbackResponse:
+        """Store the rating in ``body`` by ``principal``. Blocking (database reads and writes): run it in a worker
+        thread.
+
+        A principal rates only answers it was given (same principal and tenant); an admin rates any. Another's
+        answer is answered exactly like an unknown one, so request ids cannot be probed across users or tenants.
 
         Raises:
-            UnknownRequest: The service has no record of ``body.request_id``, or it was not an answer.
+            UnknownRequest: The service has no record of ``body.request_id`` (that this principal may rate), or it
+                was not an answer.
             BadQuery: The comment is not valid text.
         """
         found = self.requests.get(body.request_id)
+        if found is not None and principal is not None and not _may_rate(principal, found.principal, found.tenant):
+            found = None
         snapshot = found.to_snapshot() if found is not None and found.status < 400 and not found.blocked else None
         if snapshot is None:
             raise UnknownRequest(
@@ -107,3 +115,8 @@ class FeedbackIntake:
         except RagError:  # no stack served right now; store what the record had
             return snapshot
         return dataclasses.replace(snapshot, citations=tuple(filled))
+
+
+def _may_rate(principal: Principal, asked_by: str, tenant: str | None) -> bool:
+    """Whether ``principal`` may rate an answer given to ``asked_by`` in ``tenant``."""
+    return principal.role == "admin" or (principal.name == asked_by and principal.tenant == tenant)

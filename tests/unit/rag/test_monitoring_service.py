@@ -148,6 +148,35 @@ def test_feedback_is_joined_to_its_request_and_counted(service: Service) -> None
     assert value(scrape(service)[1], "ragops_feedback_total", rating="down") == before + 1
 
 
+def test_a_reader_rates_only_the_answers_it_was_given(service: Service) -> None:
+    """OWASP LLM02/LLM08: feedback cannot be written on another user's or another tenant's answer, and the 404 is
+    the same as for an unknown request id, so ids cannot be probed; an admin may rate any answer."""
+    keys = service.running.app.state.gate.keys
+    alice, bob, mallory = (
+        keys.create(role="reader", name=name, tenant=tenant).secret
+        for name, tenant in (("alice", "acme"), ("bob", "acme"), ("mallory", "globex"))
+    )
+
+    def as_key(secret: str) -> httpx.Client:
+        return httpx.Client(base_url=service.running.url, timeout=60, headers={"Authorization": f"Bearer {secret}"})
+
+    with as_key(alice) as client:
+        asked = ask(client)
+    rating = {"request_id": asked["request_id"], "rating": "down"}
+    for other in (bob, mallory):
+        with as_key(other) as client:
+            refused = client.post("/v1/feedback", json=rating)
+        assert refused.status_code == 404, refused.text
+        assert "unknown request_id" in refused.json()["error"]["message"]
+    with as_key(alice) as client:
+        assert client.post("/v1/feedback", json=rating).status_code == 200
+    with service.client() as admin:
+        assert admin.post("/v1/feedback", json={**rating, "rating": "up"}).status_code == 200
+    record = service.record(asked["request_id"])
+    assert record is not None and record.principal == "alice" and record.tenant == "acme"
+    assert record.feedback is not None and record.feedback.rating == "up"
+
+
 EXPECTED_TYPES = {
     "ragops_requests": "counter",
     "ragops_request_duration_seconds": "histogram",
