@@ -581,6 +581,40 @@ def test_api_docs_render_from_installed_files_only(browser: Browser, env: Env) -
     _only_loopback(browser, env.url)
 
 
+def test_markup_in_an_answer_is_shown_as_text_and_never_runs(browser: Browser, env: Env) -> None:
+    """OWASP LLM05 (improper output handling): an LLM that answers with HTML and script gets its reply shown
+    literally, as it streams in: no element is created and no script runs."""
+    from playwright.sync_api import expect
+
+    from pipelines.index import VectorIndex
+    from rag.service.app import create_app
+    from rag.service.holder import StackHolder
+    from rag.types import StackConfig
+    from tests.fixtures.fake_openai import FakeOpenAI
+
+    markup = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    index = VectorIndex(env.settings).current()
+    assert index is not None
+    with FakeOpenAI(reply=f"Northwind was founded in 2011 [1]. {markup}") as llm:
+        config = StackConfig.for_index(
+            index,
+            name="markup",
+            answerer={"kind": "llm"},
+            llm={"base_url": llm.base_url, "model": llm.model},
+            guardrails=None,  # the page itself must be safe, whatever the checks let through
+        )
+        holder = StackHolder(env.settings, champion=lambda: (env.stack_version, config))
+        with serve(create_app(env.settings, holder=holder)) as other:
+            tab = browser.open(other.url + "/")
+            page = tab.page
+            _ask_in_page(page, QUESTION)
+            expect(page.locator("#answer")).to_contain_text('<img src=x onerror="window.pwned=1">')
+            expect(page.locator("#answer")).to_contain_text("<script>window.pwned=2</script>")
+            assert page.locator("#answer img, #answer script, #answer *[onerror]").count() == 0
+            assert page.evaluate("() => window.pwned === undefined")
+            assert not tab.problems, tab.problems
+
+
 def test_playground_shows_the_service_error_messages(browser: Browser, env: Env, no_stack: Running) -> None:
     from playwright.sync_api import expect
 
