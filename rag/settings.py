@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from pipelines.settings import PipelineSettings
 from rag.limits.settings import LimitsSettings
+from rag.monitoring.tracing import TracingSettings
 from rag.security.settings import SecuritySettings
 
 
@@ -126,7 +127,7 @@ class AnswerCacheSettings(BaseModel):
 class RagSettings(PipelineSettings):
     """The pipeline settings plus the query side's groups (``RAGOPS_SERVICE__*``, ``RAGOPS_LOCAL_LLM__*``,
     ``RAGOPS_LIMITS__*``, ``RAGOPS_ANSWER_CACHE__*``, ``RAGOPS_STORE__*``,
-    ``RAGOPS_SECURITY__*``)."""
+    ``RAGOPS_SECURITY__*``, ``RAGOPS_TRACING__*``)."""
 
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     local_llm: LocalLlmSettings = Field(default_factory=LocalLlmSettings)
@@ -134,3 +135,4 @@ class RagSettings(PipelineSettings):
     answer_cache: AnswerCacheSettings = Field(default_factory=AnswerCacheSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)

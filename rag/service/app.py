@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI
 
 from rag.feedback import FeedbackStore
 from rag.monitoring.metrics import ServiceMetrics
+from rag.monitoring.tracing import TraceExporter
 from rag.security.gate import Gate
 from rag.service.auth import authorize_request
 from rag.service.batcher import BatchedVectors
@@ -41,6 +42,7 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
     vectors = BatchedVectors(max_batch=settings.service.max_batch)
     service_metrics = ServiceMetrics()
     gate = Gate(settings)
+    tracer = TraceExporter(settings, settings.tracing) if settings.tracing.sample_rate > 0 else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,8 +54,10 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
             requests.close()
             raise
         app.state.requests = requests
-        app.state.queries = QueryService(settings, stack_holder, vectors, requests, service_metrics, gate=gate)
-        app.state.feedback = FeedbackIntake(store, requests, stack_holder, service_metrics)
+        app.state.queries = QueryService(
+            settings, stack_holder, vectors, requests, service_metrics, gate=gate, tracer=tracer
+        )
+        app.state.feedback = FeedbackIntake(store, requests, stack_holder, service_metrics, tracer)
 
         async def follow() -> None:
             while True:
@@ -71,6 +75,8 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
             await anyio.to_thread.run_sync(requests.close)  # drains the queue: nothing recorded is lost
             stack_holder.close()
             gate.close()
+            if tracer is not None:
+                await anyio.to_thread.run_sync(tracer.close)
 
     app = FastAPI(
         title="ragops query service",
@@ -86,6 +92,7 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
     app.state.vectors = vectors
     app.state.metrics = service_metrics
     app.state.gate = gate
+    app.state.tracer = tracer
     install_error_handlers(app)
     app.add_middleware(HardeningMiddleware, max_body_bytes=settings.service.max_body_bytes)
     if settings.service.cors_origins:  # off unless configured: the API is not for other sites' pages by default

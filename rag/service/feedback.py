@@ -22,6 +22,7 @@ from rag.service.sources import fetch_chunk
 
 if TYPE_CHECKING:
     from rag.monitoring.metrics import ServiceMetrics
+    from rag.monitoring.tracing import TraceExporter
     from rag.stages.context import Principal
     from rag.store import RequestStore
 
@@ -44,11 +45,13 @@ class FeedbackIntake:
         requests: RequestStore,
         holder: StackHolder,
         metrics: ServiceMetrics | None = None,
+        tracer: TraceExporter | None = None,
     ) -> None:
         self.store = store
         self.requests = requests
         self._holder = holder
         self._metrics = metrics
+        self._tracer = tracer
 
     def rate(self, body: FeedbackRequest, principal: Principal | None = None) -> FeedbackResponse:
         """Store the rating in ``body`` by ``principal``. Blocking (database reads and writes): run it in a worker
@@ -80,6 +83,8 @@ class FeedbackIntake:
             logger.warning("rated request left the request store", extra={"request_id": record.request_id})
         if self._metrics is not None:
             self._metrics.observe_feedback(record.rating)
+        if self._tracer is not None:
+            self._tracer.rate(record.request_id, record.rating)  # an assessment on the request's MLflow trace
         logger.info(
             "feedback recorded",
             extra={"request_id": record.request_id, "rating": record.rating, "replaced": result.replaced},

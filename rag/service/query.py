@@ -29,6 +29,7 @@ from rag.stages.validate import RequestLimits
 
 if TYPE_CHECKING:
     from rag.monitoring.metrics import ServiceMetrics
+    from rag.monitoring.tracing import TraceExporter
     from rag.security.gate import Gate
     from rag.settings import RagSettings
 
@@ -53,8 +54,10 @@ class QueryService:
         metrics: ServiceMetrics | None = None,
         *,
         gate: Gate | None = None,
+        tracer: TraceExporter | None = None,
     ) -> None:
         self._holder = holder
+        self._tracer = tracer
         self._gate = gate
         self._vectors = vectors
         self._store = store
@@ -73,7 +76,11 @@ class QueryService:
         if known is not None and known[0] is served:
             return known[1], known[2]
         recorder = StoreRecorder(
-            self._store, self._metrics, stack_version=served.version, index_version=served.index_version
+            self._store,
+            self._metrics,
+            stack_version=served.version,
+            index_version=served.index_version,
+            tracer=self._tracer,
         )
         cache = None
         if self._cache_settings.enabled:  # one cache per served stack and index version: a switch empties it

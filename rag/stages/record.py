@@ -20,6 +20,7 @@ from rag.store.records import RequestRecord
 
 if TYPE_CHECKING:
     from rag.monitoring.metrics import ServiceMetrics
+    from rag.monitoring.tracing import TraceExporter
 
 _SEVERITY = {"allow": 0, "pass": 0, "flag": 1, "redact": 2, "block": 3}
 """When a check ran more than once (the output check on each streamed sentence), its most severe verdict counts."""
@@ -126,6 +127,7 @@ class StoreRecorder:
     Args:
         store: The request store (its ``record`` only queues).
         metrics: The service's metrics; None records to the store only.
+        tracer: Sampled MLflow traces of the records (None: no tracing).
         stack_version: The served stack's registry version.
         index_version: The index version it reads.
     """
@@ -137,9 +139,11 @@ class StoreRecorder:
         *,
         stack_version: int | None,
         index_version: int | None,
+        tracer: TraceExporter | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
+        self._tracer = tracer
         self._stack_version = stack_version
         self._index_version = index_version
 
@@ -159,6 +163,8 @@ class StoreRecorder:
 
     def _write(self, ctx: RequestContext, record: RequestRecord) -> None:
         queued = self._store.record(record)
+        if self._tracer is not None:
+            self._tracer.submit(record)  # sampled, exported off the request path
         metrics = self._metrics
         if metrics is None:
             return

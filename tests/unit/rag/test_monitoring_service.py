@@ -329,3 +329,48 @@ def test_a_stream_the_client_leaves_is_recorded_and_counted(service: Service) ->
     }
     assert value(samples, "ragops_stream_abandoned_total", route="/v1/query") == 1
     assert value(samples, "ragops_requests_total", route="/v1/query", status="499") == 1
+
+
+def test_sampled_requests_are_mlflow_traces_with_a_span_per_stage_and_the_rating(built_index: BuiltIndex) -> None:
+    """RAGOPS_TRACING__SAMPLE_RATE=1: the request is a trace in the MLflow experiment ``serving`` (root span with
+    the question and answer, a span per stage, the retrieval span carrying the cited chunks), and its thumbs-down
+    is a human feedback assessment on it; exported after the request, off its path."""
+    import mlflow
+
+    from rag.monitoring.tracing import EXPERIMENT, REQUEST_TAG, TracingSettings
+    from rag.service.app import create_app
+    from rag.service.holder import StackHolder
+    from rag.types import StackConfig
+
+    base = built_index.settings
+    settings = base.model_copy(update={"tracing": TracingSettings(sample_rate=1.0)})
+    index = VectorIndex(settings).current()
+    assert index is not None
+    config = StackConfig.for_index(index, name="traced")
+    holder = StackHolder(settings, champion=lambda: (STACK_VERSION, config))
+    with serve(create_app(settings, holder=holder)) as running, api_client(running.url, timeout=60) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
+        body = ask(client)
+        tracer = running.app.state.tracer
+        wait_for(lambda: tracer.exported >= 1, timeout=60)
+        rated = client.post("/v1/feedback", json={"request_id": body["request_id"], "rating": "down"})
+        assert rated.status_code == 200, rated.text
+    # the service has stopped: its exporter wrote everything queued
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+    traces = mlflow.search_traces(
+        locations=[experiment.experiment_id],
+        filter_string=f"tag.`{REQUEST_TAG}` = '{body['request_id']}'",
+        return_type="list",
+    )
+    assert len(traces) == 1
+    trace = traces[0]
+    names = [span.name for span in trace.data.spans]
+    assert names[0] == "request" and {"validate", "embed", "retrieve", "answer"} <= set(names)
+    root = trace.data.spans[0]
+    assert root.inputs["question"] == QUESTION and root.outputs["answer"] == body["answer"]
+    retrieve = next(span for span in trace.data.spans if span.name == "retrieve")
+    assert [c["chunk_id"] for c in retrieve.outputs] == [c["chunk_id"] for c in body["citations"]]
+    ratings = [a for a in trace.info.assessments if a.name == "user_rating"]
+    assert len(ratings) == 1 and ratings[0].value is False
