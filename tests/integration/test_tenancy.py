@@ -238,4 +238,6 @@ def test_sources_route_answers_404_outside_the_principal_scope(engine: RagEngine
         unknown = client.get("/v1/sources/00000000-0000-0000-0000-000000000001", headers={"x-test-tenant": "acme"})
         assert foreign.status_code == unknown.status_code == 404
         assert "beta" not in foreign.text
-        assert client.get(f"/v1/sources/{beta}").status_code == 200  # no identity layer: the operator
+        # no principal on the request at all: anonymous, who sees no tenant's documents (the service's auth
+        # dependency always sets one; a route reached without it must not fall open)
+        assert client.get(f"/v1/sources/{beta}").status_code == 404
