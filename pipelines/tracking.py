@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from pipelines.settings import PipelineSettings
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from pipelines.ingest import IngestReport
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,15 @@ def configure_mlflow(settings: PipelineSettings) -> ModuleType:
     _mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     _mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     return _mlflow
+
+
+def mlflow_client(settings: PipelineSettings) -> MlflowClient:
+    """An MLflow client bound to the configured tracking and registry store (one store holds both)."""
+    from mlflow import MlflowClient
+
+    configure_mlflow(settings)
+    uri = settings.mlflow_tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def ensure_experiment(settings: PipelineSettings, name: str) -> str:

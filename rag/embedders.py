@@ -189,13 +189,9 @@ class EmbedderRegistry:
     @cached_property
     def client(self) -> MlflowClient:
         """An MLflow client bound to the configured store."""
-        from mlflow import MlflowClient
+        from pipelines.tracking import mlflow_client
 
-        from pipelines.tracking import configure_mlflow
-
-        configure_mlflow(self.settings)
-        uri = self.settings.mlflow_tracking_uri
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return mlflow_client(self.settings)
 
     def log_and_register(
         self, folder: Path, *, weights_sha256: str, tags: dict[str, str] | None = None

@@ -63,13 +63,9 @@ class PromptRegistry:
     @cached_property
     def client(self) -> MlflowClient:
         """An MLflow client on the configured registry."""
-        from mlflow import MlflowClient
+        from pipelines.tracking import mlflow_client
 
-        from pipelines.tracking import configure_mlflow
-
-        configure_mlflow(self.settings)
-        uri = self.settings.mlflow_tracking_uri
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return mlflow_client(self.settings)
 
     def register(self, name: str, template: str, *, message: str | None = None) -> PromptRef:
         """Store ``template`` (ragops form) as the next version of prompt ``name``; both variables are required."""

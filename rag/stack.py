@@ -133,13 +133,9 @@ class StackRegistry:
     @cached_property
     def client(self) -> MlflowClient:
         """An MLflow client bound to the configured tracking and registry store."""
-        from mlflow import MlflowClient
+        from pipelines.tracking import mlflow_client
 
-        from pipelines.tracking import configure_mlflow
-
-        configure_mlflow(self.settings)
-        uri = self.settings.mlflow_tracking_uri
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return mlflow_client(self.settings)
 
     # ------------------------------------------------------------------------------------------------ register
     def register(
