@@ -17,7 +17,7 @@ import anyio
 
 from rag.answer import ExtractiveAnswerer
 from rag.errors import AnswerError
-from rag.stages.chain import StreamEvent
+from rag.stages.chain import StreamEvent, sentence_deltas
 from rag.stages.context import RequestContext, Usage
 
 if TYPE_CHECKING:
@@ -56,8 +56,8 @@ class AnswerStage:
             if events is None:
                 answer = answerer.answer(ctx.text, ctx.chunks)
                 ctx.first_token_ms = ctx.total_ms()
-                for i, sentence in enumerate(answer.sentences or (answer.text,)):
-                    yield StreamEvent("delta", sentence if i == 0 else " " + sentence)
+                for delta in sentence_deltas(answer):
+                    yield delta
             else:
                 final: Answer | None = None
                 source: Iterator[object] = events(ctx.text, ctx.chunks)

@@ -37,6 +37,12 @@ class StreamEvent:
     answer: Answer | None = None
 
 
+def sentence_deltas(answer: Answer) -> list[StreamEvent]:
+    """A whole answer as the stream shows it: one ``delta`` per sentence, joined by single spaces."""
+    pieces = answer.sentences or (answer.text,)
+    return [StreamEvent("delta", sentence if i == 0 else " " + sentence) for i, sentence in enumerate(pieces)]
+
+
 @runtime_checkable
 class Stage(Protocol):
     """One step of the request path. ``always``: runs even after an earlier stage refused the request."""
@@ -127,8 +133,8 @@ class Chain:
         await self._run(ctx, self.stages[:at])
         rest = self.stages[at + 1 :]
         if ctx.cache_hit is not None and ctx.answer is not None:  # answered before the answer stage: replay it
-            for i, sentence in enumerate(ctx.answer.sentences or (ctx.answer.text,)):
-                yield StreamEvent("delta", sentence if i == 0 else " " + sentence)
+            for delta in sentence_deltas(ctx.answer):
+                yield delta
         elif ctx.refusal is None:
             source = self.stages[at]
             assert isinstance(source, StreamingStage)

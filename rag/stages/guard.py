@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from rag.answer import ExtractiveAnswerer
-from rag.stages.chain import StreamEvent
+from rag.stages.chain import StreamEvent, sentence_deltas
 from rag.stages.context import Refusal, RequestContext
 
 if TYPE_CHECKING:
@@ -99,8 +99,8 @@ class OutputGuardStage:
                         return
                     answer = ctx.answer
                     if answer is not None:
-                        for i, sentence in enumerate(answer.sentences or (answer.text,)):
-                            yield StreamEvent("delta", sentence if i == 0 else " " + sentence)
+                        for delta in sentence_deltas(answer):
+                            yield delta
                     yield event
             return
         guard = self.guard.stream(ctx.text, ctx.chunks)
