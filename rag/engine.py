@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.errors import EmbedderMismatchError, IndexError_
 from rag.answer import Answerer, ExtractiveAnswerer
+from rag.context_fit import chunk_tokens
 from rag.errors import StackError, StackMismatch
 from rag.retrieve import Retriever
 from rag.types import Answer, Filters, RetrievedChunk, StackConfig
@@ -173,14 +174,11 @@ class RagEngine:
         """(prompt, completion) tokens of one answered question, in the embedder's word pieces.
 
         The prompt is the question plus the retrieved chunks handed to the answerer, each counted as ingestion
-        measured it (``n_tokens``: its title line and text, as embedded), so only the question and the answer are
-        tokenized per request (re-tokenizing five chunks was an eighth of the service's CPU under load).
+        measured it (:func:`rag.context_fit.chunk_tokens`), so only the question and the answer are tokenized per
+        request.
         """
-        stored = [c.metadata.get("n_tokens") for c in chunks]
-        unknown = [c.text for c, n in zip(chunks, stored, strict=True) if not isinstance(n, int)]
-        counts = self.embedder.count_tokens([question, answer.text, *unknown])
-        known = sum(n for n in stored if isinstance(n, int))
-        return counts[0] + known + sum(counts[2:]), counts[1]
+        question_tokens, answer_tokens = self.embedder.count_tokens([question, answer.text])
+        return question_tokens + sum(chunk_tokens(chunks, self.embedder.count_tokens)), answer_tokens
 
     def close(self) -> None:
         """Release the index reader (and its private copy in embedded mode)."""
