@@ -116,23 +116,28 @@ class QueryService:
             try:
                 served = stack.enter_context(self._holder.acquire())
             except Exception as exc:
-                if self._metrics is not None:
-                    status, kind = error_kind(exc)
-                    self._metrics.observe_unserved(route, status=status, kind=kind)
+                self._count_unserved(route, exc)
                 raise
             yield served
 
     @asynccontextmanager
     async def _admitted(self, route: str) -> AsyncIterator[None]:
         """An admission slot for the request's whole life; a request shed past capacity is counted (no record)."""
+        admitted = False
         try:
             async with self.admission.slot():
+                admitted = True
                 yield
         except Overloaded as exc:
-            if self._metrics is not None:
-                status, kind = error_kind(exc)
-                self._metrics.observe_unserved(route, status=status, kind=kind)
+            if not admitted:  # shed at the door; an error inside the request is the recorder's to count
+                self._count_unserved(route, exc)
             raise
+
+    def _count_unserved(self, route: str, exc: Exception) -> None:
+        """Count a request that ends before it has a record (no stack to serve it, or shed past capacity)."""
+        if self._metrics is not None:
+            status, kind = error_kind(exc)
+            self._metrics.observe_unserved(route, status=status, kind=kind)
 
     @asynccontextmanager
     async def request(
