@@ -60,7 +60,8 @@ def up(
 
     Starts a Prefect server (UI), an MLflow server (UI), a worker serving every deployment with its schedule
     (ingest hourly, evaluate nightly, promote, rollback: pause them in the Prefect UI) and the query service with
-    its playground, all on 127.0.0.1 with state under RAGOPS_HOME. The first start ingests the bundled demo corpus,
+    its playground, all on 127.0.0.1 with state under RAGOPS_HOME; also the bundled LLM when the champion stack
+    answers with it (or with --llm). The first start ingests the bundled demo corpus,
     evaluates a default stack through the gate and promotes it; a restart reuses everything. Ctrl-C stops every
     part; a port in use or a crashed part is reported and stops the rest. Logs: RAGOPS_HOME/logs/<part>.log.
     """
