@@ -72,7 +72,12 @@ class PromptRegistry:
         for variable in VARIABLES:
             if "{" + variable + "}" not in template:
                 raise StackError(f"the prompt template must contain {{{variable}}}")
-        version = self.client.register_prompt(name=name, template=to_mlflow(template), commit_message=message)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.client.register_prompt(name=name, template=to_mlflow(template), commit_message=message)
+        except MlflowException as exc:  # e.g. a name MLflow refuses
+            raise StackError(f"prompt {name!r} cannot be registered: {exc.message}") from exc
         return PromptRef(name=name, version=int(version.version))
 
     def resolve(self, name: str, version: int | None = None) -> tuple[PromptRef, str]:

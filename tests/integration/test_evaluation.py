@@ -343,3 +343,6 @@ def test_cli_registers_a_prompt_and_a_stack_that_uses_it(home: Home, tmp_path: P
     assert config["prompt_template"] == shown["template"]
     missing = runner.invoke(app, ["stack", "register", "--prompt", "no-such-prompt@2", *options])
     assert missing.exit_code != 0 and "not in the prompt registry" in missing.output
+    bad_name = runner.invoke(app, ["prompt", "register", "bad name!", "-f", str(template)])
+    assert bad_name.exit_code != 0 and "cannot be registered" in bad_name.output
+    assert bad_name.exception is None or isinstance(bad_name.exception, SystemExit)  # a message, no traceback
