@@ -88,3 +88,15 @@ def test_cors_is_off_by_default_and_on_for_configured_origins(service: Running, 
         assert preflight.headers["access-control-allow-origin"] == "https://intranet.example"
         other = httpx.get(f"{running.url}/healthz", headers={"Origin": "https://evil.example"}, timeout=30)
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_header_block_over_the_limit_is_refused_with_431(service: Running) -> None:
+    """OWASP LLM10: uvicorn's httptools parser bounds no header size, so a 200 KB header used to reach the routes
+    (answered 200); the service refuses a head over ``service.max_header_bytes`` before authentication runs."""
+    with api_client(service.url, timeout=30) as client:
+        response = client.post("/v1/query", json={"question": "x"}, headers={"x-padding": "a" * 64 * 1024})
+        fine = client.post("/v1/query", json={"question": "x"}, headers={"x-padding": "a" * 4096})
+    assert response.status_code == 431, response.text
+    assert response.json()["error"]["code"] == "headers_too_large" and "32768 bytes" in response.text
+    assert response.headers["x-frame-options"] == "DENY"
+    assert fine.status_code == 503  # a normal head passes (and meets no stack)
