@@ -18,7 +18,7 @@ from rag.security.db import open_engine, write_private
 from rag.security.errors import AuthenticationFailed, PermissionDenied
 from rag.security.jwt import JwtVerifier, looks_like_jwt
 from rag.security.keys import KeyStore, key_prefix
-from rag.stages.context import ANONYMOUS, Principal
+from rag.stages.context import ANONYMOUS, LOCAL, Principal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-LOCAL = Principal(name="local", role="admin")
-"""Who acts when auth is switched off (loopback only) and who runs CLI commands on the machine holding the state."""
 
 
 def principal_of(key: ApiKey) -> Principal:
