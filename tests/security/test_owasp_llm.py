@@ -322,3 +322,23 @@ def test_llm10_many_parallel_requests_get_answers_or_503_never_500(platform: Pla
             assert int(response.headers["retry-after"]) >= 1
     with platform.client("globex") as client:
         assert client.post("/v1/query", json={"question": "How many grind settings?"}).status_code == 200
+
+
+def test_llm02_pii_in_a_feedback_comment_is_redacted_before_it_is_stored(platform: Platform) -> None:
+    """OWASP LLM02: a comment carrying an e-mail address, a phone number and a card number is kept (in the
+    feedback store, the request store and the response) with those spans replaced by their type."""
+    comment = "Wrong! Call me on +44 20 7946 0958 or write to jane.doe@example.com; card 4111 1111 1111 1111."
+    with platform.client("globex") as client:
+        asked = _ask(client, "How long does the Burrmaster 500 warranty last?")
+        response = client.post(
+            "/v1/feedback", json={"request_id": asked["request_id"], "rating": "down", "comment": comment}
+        )
+    assert response.status_code == 200, response.text
+    stored = response.json()["comment"]
+    assert stored == "Wrong! Call me on <PHONE_NUMBER> or write to <EMAIL_ADDRESS>; card <CREDIT_CARD>.", stored
+    record = platform.bare.app.state.requests.get(asked["request_id"])
+    assert record is not None and record.feedback is not None and record.feedback.comment == stored
+    home = platform.settings.home
+    for secret in ("jane.doe@example.com", "7946 0958", "4111 1111 1111 1111"):
+        for path in (p for p in home.rglob("*") if p.is_file()):
+            assert secret.encode() not in path.read_bytes(), f"{secret!r} is stored in {path}"
