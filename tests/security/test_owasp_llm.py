@@ -181,7 +181,8 @@ def test_llm07_paraphrased_injections_reach_the_model_and_the_template_is_still_
     with platform.client("acme", service=platform.guarded) as client:
         for question in INJECTIONS[2:]:
             before = len(platform.llm.requests)
-            body = _ask(client, question)
+            body = _ask(client, question, top_k=4)  # another cache scope than the parametrised tests' requests
+            assert body["cached"] is None
             assert len(platform.llm.requests) == before + 1, "the paraphrase should pass the input checks"
             verdicts = {g["name"]: g["verdict"] for g in body["guardrails"]}
             assert verdicts["injection"] == "allow" and verdicts["grounding"] == "redact", body["guardrails"]
@@ -339,6 +340,7 @@ def test_llm02_pii_in_a_feedback_comment_is_redacted_before_it_is_stored(platfor
     record = platform.bare.app.state.requests.get(asked["request_id"])
     assert record is not None and record.feedback is not None and record.feedback.comment == stored
     home = platform.settings.home
+    stored_files = [p for p in home.rglob("*") if p.is_file() and "qdrant" not in p.relative_to(home).parts]
+    contents = {path: path.read_bytes() for path in stored_files}  # the index holds documents, not feedback
     for secret in ("jane.doe@example.com", "7946 0958", "4111 1111 1111 1111"):
-        for path in (p for p in home.rglob("*") if p.is_file()):
-            assert secret.encode() not in path.read_bytes(), f"{secret!r} is stored in {path}"
+        assert not [path for path, data in contents.items() if secret.encode() in data], secret
