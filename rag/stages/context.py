@@ -35,6 +35,12 @@ class Principal:
     tenant: str | None = None
     groups: tuple[str, ...] = ()
 
+    @property
+    def identity(self) -> str:
+        """Who this is across tenants: names are chosen per tenant (two tenants may both have an ``alice``), so a
+        per-caller budget is keyed by tenant and name together, never by the name alone."""
+        return f"{self.tenant}/{self.name}" if self.tenant else self.name
+
 
 ANONYMOUS = Principal()
 """No credential (the public routes): a reader without tenant, who by :mod:`rag.access` sees only untenanted
