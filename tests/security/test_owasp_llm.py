@@ -17,7 +17,6 @@ tests/security/test_hardening.py and (quotas, shedding) in tests/integration/tes
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from flows.settings import Settings
 from tests.fixtures.corpus import write_corpus
 from tests.fixtures.fake_openai import FakeOpenAI
 from tests.fixtures.server import Running, api_client, serve, wait_for
+from tests.fixtures.settings import isolated_settings
 
 pytestmark = [pytest.mark.integration]
 
@@ -77,11 +77,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> It
     from rag.types import StackConfig
 
     root = tmp_path_factory.mktemp("redteam")
-    with pytest.MonkeyPatch.context() as patch:
-        for key in list(os.environ):
-            if key.startswith("RAGOPS_"):
-                patch.delenv(key)
-        base = Settings(home=root / "home", cache=shared_cache)
+    base = isolated_settings(home=root / "home", cache=shared_cache)
     settings = base.model_copy(
         update={
             "answer_cache": base.answer_cache.model_copy(update={"enabled": True}),
