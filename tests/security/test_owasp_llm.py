@@ -7,6 +7,8 @@ Whatever reached the model (the prompt template, another tenant's chunk) therefo
 the answer" means "never sent to the model, or removed before the caller saw it".
 
 * ``bare``: guardrails switched off, the answer cache on: what retrieval scoping and the service guarantee alone.
+  Such a stack does show its prompt template to an injection the echo obeys: withholding it is the output checks'
+  job (grounding drops the template's sentences), which a stack registered with ``guardrails: null`` opted out of.
 * ``guarded``: the guardrails' defaults (what a new stack gets).
 
 Entries covered elsewhere: LLM05 (HTML and script in answers, in Chromium) in tests/integration/test_playground.py;
