@@ -33,7 +33,7 @@ from evaluation.metrics import (
 )
 from evaluation.testsets import EvalItem, TestSet
 from rag.stages.build import build_chain
-from rag.stages.context import OPERATOR, RequestContext
+from rag.stages.context import LOCAL, RequestContext
 from rag.stages.ports import DirectVectors
 from rag.types import ABSTAIN_TEXT, Answer
 
@@ -258,7 +258,7 @@ def evaluate(
     with asyncio.Runner() as runner:
         for n, item in enumerate(testset.items, 1):
             ctx = runner.run(
-                chain.run(RequestContext(engine=engine, question=item.question, depth=depth, principal=OPERATOR))
+                chain.run(RequestContext(engine=engine, question=item.question, depth=depth, principal=LOCAL))
             )
             context = ctx.chunks
             answer = ctx.answer if ctx.refusal is None and ctx.answer is not None else _refused(ctx)

@@ -15,8 +15,9 @@ The rule (documents carry ``tenant`` and ``acl`` payload from ingestion: ``--ten
   the request body; a request's own ``filters`` are ANDed with the scope, so a filter naming another tenant returns
   nothing.
 
-Code that runs without a principal (the library's ``Retriever.retrieve``, the CLI, evaluation) is the operator's own
-and searches with :data:`UNRESTRICTED`.
+Code that runs in process without a credential (evaluation, the CLI, a loopback service with auth off) acts as the
+one trusted principal :data:`rag.stages.context.LOCAL`, whose scope is :data:`UNRESTRICTED`; the library's
+``Retriever.retrieve`` called without a scope searches with it too.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class AccessScope:
 
 
 UNRESTRICTED = AccessScope(all_tenants=True, all_groups=True)
-"""The operator's own code (no principal): every tenant, every ACL."""
+"""The scope of the in-process trusted principal (``scope_of(LOCAL)``): every tenant, every ACL."""
 
 
 def scope_of(principal: Principal) -> AccessScope:

@@ -1,7 +1,9 @@
 """The answer cache: repeats and paraphrases answered without retrieval or generation, never across scopes.
 
-Two layers, both keyed by the request's *scope*: the principal's tenant and access groups, the request's own filters
-and ``top_k`` (a filtered question must not get an unfiltered answer). An exact layer answers a repeat of the same
+Two layers, both keyed by the request's *scope*: what the principal may see (its :class:`rag.access.AccessScope`:
+tenant or every tenant, access groups or every group; an admin and a reader without tenant both have no tenant but
+see different documents), the request's own filters and ``top_k`` (a filtered question must not get an unfiltered
+answer). An exact layer answers a repeat of the same
 normalised question text before anything is embedded; a semantic layer answers a question whose embedding (the one
 retrieval computes anyway) is within ``threshold`` cosine of a stored one.
 
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rag.access import AccessScope
 from rag.types import Answer, RetrievedChunk
 
 _SPACE = re.compile(r"\s+")
@@ -36,12 +39,17 @@ def normalise(question: str) -> str:
     return text.rstrip("?!. ")
 
 
-def scope_key(
-    tenant: str | None, groups: Sequence[str], filters: Mapping[str, Sequence[str]] | None, top_k: int
-) -> str:
+def scope_key(access: AccessScope, filters: Mapping[str, Sequence[str]] | None, top_k: int) -> str:
     """Everything besides the question that decides which chunks an answer may come from."""
     return json.dumps(
-        {"t": tenant, "g": sorted(groups), "f": {k: sorted(v) for k, v in sorted((filters or {}).items())}, "k": top_k},
+        {
+            "t": access.tenant,
+            "ta": access.all_tenants,
+            "g": sorted(access.groups),
+            "ga": access.all_groups,
+            "f": {k: sorted(v) for k, v in sorted((filters or {}).items())},
+            "k": top_k,
+        },
         separators=(",", ":"),
     )
 

@@ -31,6 +31,12 @@ class ServiceSettings(BaseModel):
     max_body_bytes: int = Field(
         default=256 * 1024, ge=1024, description="Larger request bodies are refused with 413 before being read."
     )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Larger request header blocks (names and values together) are refused with 431; room for a "
+        "long SSO token, far below what would cost memory.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins allowed to call the API from other sites (CORS); empty: none (the default).",

@@ -9,11 +9,15 @@ built once; a short question costs well under a millisecond.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rag.guardrails.types import Span
+
+if TYPE_CHECKING:
+    from rag.guardrails.config import PiiConfig
 
 _LANGUAGE = "en"
 _PHONE_MIN_DIGITS = 9
@@ -112,6 +116,35 @@ def redact(text: str, hits: Sequence[PiiHit]) -> str:
         last = hit.end
     out.append(text[last:])
     return "".join(out)
+
+
+class TextRedactor:
+    """Redacts stored free text (feedback comments) by the PII types of a :class:`rag.guardrails.config.PiiConfig`:
+    every type whose action is not ``allow`` is replaced by ``<TYPE>`` (a type that would block a question is
+    redacted here: the text is already written, and keeping the rest of it is the point).
+
+    Why apart from the input guard: what is kept at rest must be free of PII whatever the serving stack's guardrails
+    say (a stack may have none), so the policy is the platform's. The detector is built on first use (Presidio
+    takes about a second to set up) and shared by the threads that call it.
+    """
+
+    def __init__(self, config: PiiConfig | None = None) -> None:
+        from rag.guardrails.config import PiiConfig
+
+        self.config = config or PiiConfig()
+        self._detector: PiiDetector | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> str:
+        """``text`` with every PII span of a non-allowed type replaced by ``<TYPE>``."""
+        if self._detector is None:
+            with self._lock:
+                if self._detector is None:
+                    self._detector = PiiDetector(
+                        phone_regions=self.config.phone_regions, min_score=self.config.min_score
+                    )
+        hits = [h for h in self._detector.detect(text) if self.config.actions.get(h.type, "allow") != "allow"]
+        return redact(text, hits) if hits else text
 
 
 def to_spans(hits: Sequence[PiiHit]) -> tuple[Span, ...]:

@@ -189,5 +189,41 @@ class RateLimiter:
 
     @staticmethod
     def _retry_after(strategy: Strategy, quota: _Quota, identity: str) -> float:
-        stats = strategy.get_window_stats(quota.item, identity)
-        return float(max(1, math.ceil(stats.reset_time - time.time())))
+        return _seconds_until_room(strategy, quota.item, identity)
+
+
+def _seconds_until_room(strategy: Strategy, item: RateLimitItem, identity: str) -> float:
+    stats = strategy.get_window_stats(item, identity)
+    return float(max(1, math.ceil(stats.reset_time - time.time())))
+
+
+class FailureLimiter:
+    """Counts failures per client (failed authentications per client address) and says when one has had too many.
+
+    Only failures are counted, so a client with a valid credential never uses the budget up; a client past it is
+    refused (every credential, valid or not: answering "valid" would keep the guessing oracle open) until the
+    window has room. Per worker, in memory: a guessing client spread over N workers gets N budgets, still bounded.
+
+    Usage example::
+
+        failures = FailureLimiter(per_minute=20)
+        failures.retry_after("203.0.113.7")   # None: may try
+        failures.fail("203.0.113.7")           # one more refused credential
+    """
+
+    def __init__(self, per_minute: int, *, strategy: str = "sliding-window-counter") -> None:
+        from limits import RateLimitItemPerMinute
+        from limits.storage import MemoryStorage
+
+        self._item = RateLimitItemPerMinute(per_minute, namespace="ragops-failures")
+        self._strategy = _strategy(strategy, MemoryStorage())
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds until ``client`` may try again; None while it is under the limit."""
+        if self._strategy.test(self._item, client):
+            return None
+        return _seconds_until_room(self._strategy, self._item, client)
+
+    def fail(self, client: str) -> None:
+        """Count one failure of ``client``."""
+        self._strategy.hit(self._item, client)

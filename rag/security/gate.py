@@ -12,13 +12,15 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rag.errors import RateLimited
+from rag.limits.rate import FailureLimiter
 from rag.security.audit import AuditTrail, DetailValue
 from rag.security.authz import allowed, required_role, route_action
 from rag.security.db import open_engine, write_private
 from rag.security.errors import AuthenticationFailed, PermissionDenied
 from rag.security.jwt import JwtVerifier, looks_like_jwt
 from rag.security.keys import KeyStore, key_prefix
-from rag.stages.context import ANONYMOUS, Principal
+from rag.stages.context import ANONYMOUS, LOCAL, Principal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -31,8 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-LOCAL = Principal(name="local", role="admin")
-"""Who acts when auth is switched off (loopback only) and who runs CLI commands on the machine holding the state."""
 
 
 def principal_of(key: ApiKey) -> Principal:
@@ -67,6 +67,8 @@ class Gate:
         self._lock = threading.Lock()
         self._jwt: JwtVerifier | None = None
         security = settings.security
+        per_minute = security.failed_auth_per_minute
+        self._failures = FailureLimiter(per_minute) if per_minute and self.enabled else None
         if security.jwks is not None:
             self._jwt = JwtVerifier(
                 security.jwks,
@@ -126,9 +128,20 @@ class Gate:
             return self._jwt.principal(token)
         return principal_of(self.keys.authenticate(token))
 
-    def check_fast(self, method: str, path: str, authorization: str | None) -> Principal | None:
+    def refuse_locked_out(self, client: str | None) -> None:
+        """Raise :class:`RateLimited` (429) while ``client`` is past ``failed_auth_per_minute`` refused credentials."""
+        if self._failures is None or client is None:
+            return
+        retry = self._failures.retry_after(client)
+        if retry is not None:
+            raise RateLimited("client:failed_auth_per_minute", retry)
+
+    def check_fast(
+        self, method: str, path: str, authorization: str | None, *, client: str | None = None
+    ) -> Principal | None:
         """The principal when it is known without I/O (public route, auth off, a cached valid key allowed the
-        action); None when :meth:`check` must run (a database lookup, or a failure to audit)."""
+        action); None when :meth:`check` must run (a database lookup, or a failure to audit). A client locked out
+        for failed authentications is refused here (:class:`RateLimited`), before any credential is looked at."""
         action = route_action(method, path)
         if action is None:
             return None
@@ -136,6 +149,7 @@ class Gate:
             return ANONYMOUS
         if not self.enabled:
             return LOCAL
+        self.refuse_locked_out(client)
         if not authorization:
             return None
         scheme, _, token = authorization.strip().partition(" ")
@@ -173,9 +187,13 @@ class Gate:
             raise PermissionDenied(f"{method} {path} is not in the authorisation table")
         if required_role(action).name == "public":
             return ANONYMOUS
+        if self.enabled:
+            self.refuse_locked_out(client)
         try:
             principal = self.authenticate(authorization)
         except AuthenticationFailed as exc:
+            if self._failures is not None and client is not None and exc.reason != "missing":
+                self._failures.fail(client)  # a credential was tried and refused (no credential is no guess)
             token = (authorization or "").partition(" ")[2].strip()
             self.record(
                 "auth.failed",

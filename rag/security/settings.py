@@ -35,6 +35,12 @@ class SecuritySettings(BaseModel):
     audit_queries: bool = Field(
         default=False, description="Also audit every answered query (principal and cited document ids)."
     )
+    failed_auth_per_minute: int | None = Field(
+        default=20,
+        ge=1,
+        description="Refused credentials per client address per minute (per worker); past it every credential from "
+        "that address is answered 429 with Retry-After until the window has room. Unset: no limit.",
+    )
     key_cache_s: float = Field(
         default=5.0,
         ge=0,

@@ -94,7 +94,11 @@ def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> F
     app.state.gate = gate
     app.state.tracer = tracer
     install_error_handlers(app)
-    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.service.max_body_bytes)
+    app.add_middleware(
+        HardeningMiddleware,
+        max_body_bytes=settings.service.max_body_bytes,
+        max_header_bytes=settings.service.max_header_bytes,
+    )
     if settings.service.cors_origins:  # off unless configured: the API is not for other sites' pages by default
         from starlette.middleware.cors import CORSMiddleware
 

@@ -18,14 +18,15 @@ from rag.stages.context import ANONYMOUS, Principal
 
 
 async def authorize_request(request: Request) -> Principal:
-    """Raise :class:`AuthenticationFailed` (401) or :class:`PermissionDenied` (403), else the principal."""
+    """Raise :class:`AuthenticationFailed` (401), :class:`PermissionDenied` (403) or, for a client address past its
+    refused-credential budget, :class:`rag.errors.RateLimited` (429 with Retry-After); else the principal."""
     started = time.perf_counter()
     gate: Gate = request.app.state.gate
     route = request.scope.get("route")
     path = getattr(route, "path", request.url.path)
     header = request.headers.get("authorization")
     client = request.client.host if request.client else None
-    principal = gate.check_fast(request.method, path, header)
+    principal = gate.check_fast(request.method, path, header, client=client)
     if principal is None:  # a database lookup, or a failure to audit: off the event loop
         principal = await anyio.to_thread.run_sync(lambda: gate.check(request.method, path, header, client=client))
     request.state.principal = principal

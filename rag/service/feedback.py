@@ -3,7 +3,8 @@
 Kept apart from the route so the steps read in order: look the request up in the :class:`rag.store.RequestStore`
 (which also sees records its writer has not written yet, so a rating seconds after its answer is found), fill in
 cited texts a record lacks (from the served index: a chunk id names exactly one text), keep the snapshot and the
-rating in the :class:`rag.feedback.FeedbackStore` (the training pairs retraining reads), join the rating to the
+rating in the :class:`rag.feedback.FeedbackStore` (the training pairs retraining reads; the comment with its PII
+redacted first: e-mail addresses, phone and card numbers, IBANs, ... never reach either store), join the rating to the
 request's row in the request store (what monitoring's thumbs-down share reads) and count it in the metrics.
 """
 
@@ -15,7 +16,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from rag.errors import RagError
-from rag.feedback import FeedbackStore, RequestSnapshot, UnknownRequest
+from rag.feedback import FeedbackStore, RequestSnapshot, UnknownRequest, clean_comment
+from rag.guardrails.pii import TextRedactor
 from rag.service.holder import StackHolder
 from rag.service.schemas import FeedbackRequest, FeedbackResponse
 from rag.service.sources import fetch_chunk
@@ -52,6 +54,7 @@ class FeedbackIntake:
         self._holder = holder
         self._metrics = metrics
         self._tracer = tracer
+        self._redact = TextRedactor()
 
     def rate(self, body: FeedbackRequest, principal: Principal | None = None) -> FeedbackResponse:
         """Store the rating in ``body`` by ``principal``. Blocking (database reads and writes): run it in a worker
@@ -75,7 +78,10 @@ class FeedbackIntake:
                 "gave (the `request_id` field of a /v1/query response)"
             )
         snapshot = self._with_texts(snapshot)
-        result = self.store.record(snapshot, body.rating, body.comment)
+        comment = clean_comment(body.comment)
+        if comment:
+            comment = self._redact(comment)
+        result = self.store.record(snapshot, body.rating, comment)
         record = result.record
         try:
             self.requests.set_feedback(record.request_id, record.rating, record.comment, at=record.updated_at)

@@ -5,6 +5,10 @@
 * A bound on the request body: a declared ``Content-Length`` over ``service.max_body_bytes`` is refused with 413
   before anything is read, and a chunked body is cut off with 413 once it passes the bound, so a huge upload costs
   the service neither memory nor parsing (OWASP LLM10, unbounded consumption).
+* A bound on the request's header block: over ``service.max_header_bytes`` (names and values together) it is
+  refused with 431 before any route, authentication or logging sees it. The HTTP server parses the head first
+  (uvicorn's httptools parser sets no bound of its own; its h11 parser and any ingress do), so this bounds what the
+  service does with it, and a front proxy bounds what is read.
 * CORS is off unless ``service.cors_origins`` names the sites that may call the API from a browser.
 
 A plain ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``: it must not buffer streamed answers.
@@ -45,15 +49,21 @@ class BodyTooLarge(HTTPException):
 class HardeningMiddleware:
     """Security headers on every response and a request body bound (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_header_bytes: int = 32 * 1024) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         tls = scope.get("scheme") == "https"
+        head = sum(len(name) + len(value) for name, value in scope.get("headers", []))
+        if head > self.max_header_bytes:
+            message = f"request headers larger than {self.max_header_bytes} bytes"
+            await self._refuse(send, tls, 431, message, "headers_too_large")
+            return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             await self._too_large(send, tls)
@@ -88,18 +98,15 @@ class HardeningMiddleware:
                 await self._too_large(send, tls)
 
     async def _too_large(self, send: Send, tls: bool) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "message": f"request body larger than {self.max_body_bytes} bytes",
-                    "type": "invalid_request_error",
-                    "code": "body_too_large",
-                }
-            }
-        ).encode()
+        await self._refuse(send, tls, 413, f"request body larger than {self.max_body_bytes} bytes", "body_too_large")
+
+    @staticmethod
+    async def _refuse(send: Send, tls: bool, status: int, message: str, code: str) -> None:
+        """Answer ``status`` with the service's error envelope, before any route ran."""
+        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += list(SECURITY_HEADERS) + ([HSTS] if tls else [])
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import time
 
+from rag.access import scope_of
 from rag.cache import AnswerCache, CachedAnswer, scope_key
 from rag.stages.context import RequestContext
 
 
 def _scope(ctx: RequestContext) -> str:
-    principal = ctx.principal
-    return scope_key(principal.tenant, principal.groups, ctx.filters, ctx.k)
+    return scope_key(scope_of(ctx.principal), ctx.filters, ctx.k)
 
 
 def _hit(ctx: RequestContext, entry: CachedAnswer, kind: str) -> None:

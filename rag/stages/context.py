@@ -35,11 +35,23 @@ class Principal:
     tenant: str | None = None
     groups: tuple[str, ...] = ()
 
+    @property
+    def identity(self) -> str:
+        """Who this is across tenants: names are chosen per tenant (two tenants may both have an ``alice``), so a
+        per-caller budget is keyed by tenant and name together, never by the name alone."""
+        return f"{self.tenant}/{self.name}" if self.tenant else self.name
+
 
 ANONYMOUS = Principal()
-OPERATOR = Principal(name="operator", role="admin")
-"""The deployment's operator acting without a request (evaluation, the CLI, a service with no authentication): by
-:mod:`rag.access` it sees every tenant. ``ANONYMOUS`` (a reader without tenant) sees only untenanted documents."""
+"""No credential (the public routes): a reader without tenant, who by :mod:`rag.access` sees only untenanted
+documents."""
+
+LOCAL = Principal(name="local", role="admin")
+"""The one in-process trusted principal: the deployment's operator acting on the machine that holds ``RAGOPS_HOME``
+without presenting a credential. Evaluation runs the chain as it, CLI commands act as it, and a service with
+authentication switched off (loopback only, :func:`rag.security.gate.check_exposure`) treats every caller as it. By
+:mod:`rag.access` it sees every tenant and every ACL (its scope is :data:`rag.access.UNRESTRICTED`); audit records
+name the OS user running a command (``flows.cli.common.actor``) rather than this placeholder."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ class LimitStage:
         """Raise :class:`RateLimited` naming the quota that is used up."""
         principal = ctx.principal
         # tokens=1 asks "is there any room left in the token budget"; the real count follows the answer
-        decision = self.limiter.check(api_key=principal.name, tenant=principal.tenant, tokens=1)
+        decision = self.limiter.check(api_key=principal.identity, tenant=principal.tenant, tokens=1)
         if not decision.allowed:
             raise RateLimited(decision.limit or "quota", decision.retry_after_s)
 
@@ -49,4 +49,4 @@ class TokenChargeStage:
     async def run(self, ctx: RequestContext) -> None:
         """Charge ``ctx.usage.total_tokens``."""
         principal = ctx.principal
-        self.limiter.charge_tokens(api_key=principal.name, tenant=principal.tenant, tokens=ctx.usage.total_tokens)
+        self.limiter.charge_tokens(api_key=principal.identity, tenant=principal.tenant, tokens=ctx.usage.total_tokens)

@@ -88,3 +88,43 @@ def test_cors_is_off_by_default_and_on_for_configured_origins(service: Running, 
         assert preflight.headers["access-control-allow-origin"] == "https://intranet.example"
         other = httpx.get(f"{running.url}/healthz", headers={"Origin": "https://evil.example"}, timeout=30)
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_header_block_over_the_limit_is_refused_with_431(service: Running) -> None:
+    """OWASP LLM10: uvicorn's httptools parser bounds no header size, so a 200 KB header used to reach the routes
+    (answered 200); the service refuses a head over ``service.max_header_bytes`` before authentication runs."""
+    with api_client(service.url, timeout=30) as client:
+        response = client.post("/v1/query", json={"question": "x"}, headers={"x-padding": "a" * 64 * 1024})
+        fine = client.post("/v1/query", json={"question": "x"}, headers={"x-padding": "a" * 4096})
+    assert response.status_code == 431, response.text
+    assert response.json()["error"]["code"] == "headers_too_large" and "32768 bytes" in response.text
+    assert response.headers["x-frame-options"] == "DENY"
+    assert fine.status_code == 503  # a normal head passes (and meets no stack)
+
+
+def test_failed_authentications_are_limited_per_client_address(tmp_path: Path) -> None:
+    """OWASP LLM10 / key guessing over HTTP: past ``failed_auth_per_minute`` refused keys, the address gets 429
+    with Retry-After and the service's error envelope, for any key, until the window has room."""
+    from rag.service.app import create_app
+    from rag.service.holder import StackHolder
+
+    settings = Settings(home=tmp_path / "home")
+    settings = settings.model_copy(
+        update={"security": settings.security.model_copy(update={"failed_auth_per_minute": 2})}
+    )
+    settings.ensure_dirs()
+    app = create_app(settings, holder=StackHolder(settings, champion=_no_champion))
+    with serve(app) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        guesses = [
+            client.post(
+                "/v1/query", json={"question": "x"}, headers={"Authorization": f"Bearer rgo_0000000{i}_{'x' * 43}"}
+            )
+            for i in range(3)
+        ]
+        valid = client.post("/v1/query", json={"question": "x"}, headers=running.headers)
+        health = client.get("/healthz")
+    assert [r.status_code for r in guesses] == [401, 401, 429]
+    for locked in (guesses[2], valid):
+        assert locked.status_code == 429 and int(locked.headers["retry-after"]) >= 1
+        assert "failed_auth_per_minute" in locked.json()["error"]["message"]
+    assert health.status_code == 200

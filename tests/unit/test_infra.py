@@ -296,6 +296,8 @@ def exec_form(arguments: str, instruction: str) -> list[str]:
 # --- Kubernetes ------------------------------------------------------------------------------------------------------
 
 NOT_MANIFESTS = {KUSTOMIZATION.name, QDRANT_VALUES.name}
+CLUSTER_SCOPED = {"Namespace", "StorageClass"}
+ENCRYPTED_CLASS = "ragops-encrypted"
 
 
 def k8s_files() -> list[Path]:
@@ -718,7 +720,9 @@ def test_k8s_manifests_name_themselves() -> None:
         assert doc.get("apiVersion") and doc.get("kind"), f"{file}: apiVersion and kind are required"
         metadata = doc.get("metadata") or {}
         assert metadata.get("name"), f"{file}: {doc['kind']} has no metadata.name"
-        if doc["kind"] != "Namespace":
+        if doc["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in metadata, f"{file}: {doc['kind']} is cluster-scoped"
+        else:
             assert metadata.get("namespace") == "ragops", f"{file}: {doc['kind']} {metadata['name']} not in ragops"
 
 
@@ -849,6 +853,24 @@ def test_k8s_env_names_are_settings_and_refs_resolve() -> None:
                 if ref:
                     assert ref["key"] in k8s_object("Secret", ref["name"])["stringData"], f"no key {ref['key']}"
     assert_known_settings(names, "infra/k8s")
+
+
+def test_k8s_every_volume_claim_uses_the_encrypted_storage_class() -> None:
+    """Encryption at rest (infra/SECURITY.md): no claim falls back to the cluster's default class, which may not
+    encrypt; the class asks the provisioner for encrypted disks and keeps released volumes."""
+    storage_class = k8s_object("StorageClass", ENCRYPTED_CLASS)
+    assert storage_class["parameters"]["encrypted"] == "true"
+    assert storage_class["reclaimPolicy"] == "Retain"
+    claims = k8s_objects("PersistentVolumeClaim")
+    assert claims
+    for claim in claims:
+        assert claim["spec"].get("storageClassName") == ENCRYPTED_CLASS, f"PVC {claim['metadata']['name']}"
+    for workload in workloads():  # claim templates of StatefulSets too, should one appear
+        for template in workload["spec"].get("volumeClaimTemplates", []):
+            assert template["spec"].get("storageClassName") == ENCRYPTED_CLASS, workload["metadata"]["name"]
+    values = yaml.safe_load(QDRANT_VALUES.read_text())
+    for volume in ("persistence", "snapshotPersistence"):
+        assert values[volume]["storageClassName"] == ENCRYPTED_CLASS, f"qdrant-values.yaml {volume}"
 
 
 def test_k8s_secret_example_holds_no_values() -> None:

@@ -121,3 +121,25 @@ def test_half_open_lets_one_trial_through() -> None:
     breaker.before_call()  # the trial
     with pytest.raises(CircuitOpen):
         breaker.before_call()  # a second caller while the trial runs
+
+
+def test_a_key_quota_is_never_shared_by_same_named_keys_of_two_tenants() -> None:
+    """OWASP LLM10 across tenants (found by the red-team review): the per-key quota was keyed by the principal's
+    name, so tenant globex's "alice" could use up tenant acme's "alice"'s budget."""
+    from typing import Any
+
+    from rag.errors import RateLimited
+    from rag.stages.context import Principal, RequestContext
+    from rag.stages.limit import LimitStage
+
+    stage = LimitStage(RateLimiter(LimitsSettings(requests_per_minute=1)))
+    engine: Any = None  # the limit stage reads only the principal
+
+    def ask(principal: Principal) -> None:
+        asyncio.run(stage.run(RequestContext(engine=engine, question="q", principal=principal)))
+
+    ask(Principal(name="alice", tenant="globex"))
+    ask(Principal(name="alice", tenant="acme"))  # its own budget
+    ask(Principal(name="alice"))  # an untenanted alice too
+    with pytest.raises(RateLimited, match="key:requests_per_minute"):
+        ask(Principal(name="alice", tenant="acme"))

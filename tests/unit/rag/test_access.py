@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from flows.settings import Settings
 from pipelines.sparse import SparseVector
 from pipelines.store import EdgeStore, HybridRequest, PointFilter, StoredPoint, StoreSchema
 from rag.access import UNRESTRICTED, AccessScope, scope_of
-from rag.stages.context import ANONYMOUS, OPERATOR, Principal
+from rag.stages.context import ANONYMOUS, LOCAL, Principal
 
 TENANTS = ("acme", "beta", None)
 ACLS: tuple[list[str] | None, ...] = (None, ["board"], ["hr", "board"])
@@ -89,7 +90,17 @@ def test_principal_rules() -> None:
     assert scope_of(Principal()) == AccessScope()  # a reader without tenant: single-tenant documents only
     assert scope_of(Principal(role="admin")).narrow(None) is None  # admin without tenant: no restriction
     assert scope_of(ANONYMOUS) == AccessScope()  # a public route's caller: untenanted, public documents only
-    assert scope_of(OPERATOR) == UNRESTRICTED  # evaluation, the CLI, a service without authentication
+    assert scope_of(LOCAL) == UNRESTRICTED  # evaluation, the CLI, a service without authentication
     assert not AccessScope(tenant="acme").permits({"tenant": "beta"})
     assert not AccessScope().permits({"tenant": "beta"})
     assert AccessScope(tenant="acme", groups=("hr",)).permits({"tenant": "acme", "acl": "hr"})
+
+
+def test_one_trusted_in_process_principal(settings: Settings) -> None:
+    """Evaluation, the CLI and a loopback service with auth off act as the same principal, which sees everything."""
+    from rag.security.gate import Gate
+
+    open_gate = Gate(settings.model_copy(update={"security": settings.security.model_copy(update={"auth": False})}))
+    assert open_gate.authenticate(None) is LOCAL
+    assert open_gate.check("POST", "/v1/query", None) is LOCAL
+    assert scope_of(open_gate.authenticate("Bearer anything")) == UNRESTRICTED

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from rag.access import AccessScope
 from rag.cache import AnswerCache, CachedAnswer, normalise, scope_key
 from rag.types import Answer
 
@@ -23,7 +24,8 @@ def _unit(*values: float) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-SCOPE = scope_key("acme", ("staff",), None, 5)
+ACME_STAFF = AccessScope(tenant="acme", groups=("staff",))
+SCOPE = scope_key(ACME_STAFF, None, 5)
 
 
 def test_exact_layer_matches_the_normalised_text() -> None:
@@ -45,11 +47,13 @@ def test_semantic_layer_needs_the_threshold() -> None:
 @pytest.mark.parametrize(
     "other",
     [
-        scope_key("beta", ("staff",), None, 5),  # another tenant
-        scope_key("acme", ("staff", "hr"), None, 5),  # another access scope
-        scope_key("acme", ("staff",), {"doc_id": ["a.md"]}, 5),  # the request narrowed what it may see
-        scope_key("acme", ("staff",), None, 3),  # another top_k
+        scope_key(AccessScope(tenant="beta", groups=("staff",)), None, 5),  # another tenant
+        scope_key(AccessScope(tenant="acme", groups=("staff", "hr")), None, 5),  # another access scope
+        scope_key(AccessScope(tenant="acme", groups=("staff",), all_groups=True), None, 5),  # the tenant's admin
+        scope_key(ACME_STAFF, {"doc_id": ["a.md"]}, 5),  # the request narrowed what it may see
+        scope_key(ACME_STAFF, None, 3),  # another top_k
     ],
+    ids=["tenant", "groups", "all-groups", "filters", "top_k"],
 )
 def test_nothing_is_shared_across_scopes(other: str) -> None:
     cache = AnswerCache(threshold=0.5, ttl_s=60, max_entries=10)
@@ -57,9 +61,20 @@ def test_nothing_is_shared_across_scopes(other: str) -> None:
     assert cache.exact(other, "q") is None and cache.similar(other, _unit(1, 0, 0)) is None
 
 
+def test_an_admin_and_a_reader_without_tenant_never_share() -> None:
+    """Both have no tenant, but the admin sees every tenant and the reader only untenanted documents (a defect the
+    red-team suite found: the key used to be the tenant and groups alone)."""
+    from rag.access import scope_of
+    from rag.stages.context import Principal
+
+    admin = scope_key(scope_of(Principal(name="root", role="admin")), None, 5)
+    reader = scope_key(scope_of(Principal(name="solo")), None, 5)
+    assert admin != reader
+
+
 def test_scope_key_ignores_the_order_of_groups_and_filter_values() -> None:
-    a = scope_key("t", ("b", "a"), {"doc_id": ["y", "x"], "source": ["s"]}, 5)
-    b = scope_key("t", ("a", "b"), {"source": ["s"], "doc_id": ["x", "y"]}, 5)
+    a = scope_key(AccessScope(tenant="t", groups=("b", "a")), {"doc_id": ["y", "x"], "source": ["s"]}, 5)
+    b = scope_key(AccessScope(tenant="t", groups=("a", "b")), {"source": ["s"], "doc_id": ["x", "y"]}, 5)
     assert a == b
 
 

@@ -1,7 +1,7 @@
 """The request chain end to end on a real index: the stages in order, early refusals, and LLM streams checked
 sentence by sentence (a fake OpenAI-compatible server on loopback plays the LLM, over the real protocol).
 
-The tiny corpus has two tenants; requests run as ``OPERATOR`` (an admin, who sees both) unless a test is about
+The tiny corpus has two tenants; requests run as ``LOCAL`` (an admin, who sees both) unless a test is about
 scopes."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pipelines.index import VectorIndex
 from rag.engine import RagEngine
 from rag.stages.build import build_chain
 from rag.stages.chain import Chain, StreamEvent
-from rag.stages.context import OPERATOR, RequestContext
+from rag.stages.context import LOCAL, RequestContext
 from rag.stages.ports import DirectVectors
 from rag.types import StackConfig
 from tests.fixtures.fake_openai import FakeOpenAI
@@ -72,7 +72,7 @@ def test_the_chain_runs_its_stages_in_order_and_times_each(built_index: BuiltInd
             "answer",
             "check_output",
         )
-        ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=OPERATOR)
+        ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=LOCAL)
         asyncio.run(chain.run(ctx))
         assert ctx.refusal is None and ctx.answer is not None and "1847" in ctx.answer.text
         assert set(chain.names) <= set(ctx.timings)
@@ -86,7 +86,7 @@ def test_an_injection_is_refused_before_retrieval_with_no_retrieved_text(built_i
     engine = _engine(built_index)
     try:
         chain = build_chain(engine, vectors=DirectVectors())
-        ctx = RequestContext(engine=engine, question=INJECTION, principal=OPERATOR)
+        ctx = RequestContext(engine=engine, question=INJECTION, principal=LOCAL)
         events = _stream(chain, ctx)
         assert [e.kind for e in events] == ["blocked"]
         assert events[0].check == "injection" and ctx.refusal is not None
@@ -102,7 +102,7 @@ def test_llm_tokens_stream_and_an_invented_sentence_is_withheld(built_index: Bui
     engine = _engine(built_index, **_llm(fake))
     try:
         chain = build_chain(engine, vectors=DirectVectors())
-        ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=OPERATOR)
+        ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=LOCAL)
         events = _stream(chain, ctx)
         kinds = [e.kind for e in events]
         assert kinds[-1] == "done" and "blocked" not in kinds
@@ -127,7 +127,7 @@ def test_a_rule_that_fails_mid_stream_ends_it_with_a_blocked_event(built_index: 
     )
     try:
         chain = build_chain(engine, vectors=DirectVectors())
-        ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=OPERATOR)
+        ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=LOCAL)
         events = _stream(chain, ctx)
         kinds = [e.kind for e in events]
         assert kinds[0] == "delta" and "1847" in events[0].text
@@ -143,7 +143,7 @@ def test_a_stack_without_guardrails_serves_as_before(built_index: BuiltIndex) ->
     try:
         chain = build_chain(engine, vectors=DirectVectors())
         assert "check_input" not in chain.names and "check_output" not in chain.names
-        ctx = RequestContext(engine=engine, question=INJECTION, principal=OPERATOR)
+        ctx = RequestContext(engine=engine, question=INJECTION, principal=LOCAL)
         asyncio.run(chain.run(ctx))
         assert ctx.refusal is None and ctx.verdicts == []
     finally:
@@ -158,9 +158,9 @@ def test_usage_is_the_llm_s_own_count_priced_by_the_stack(built_index: BuiltInde
     try:
         chain = build_chain(engine, vectors=DirectVectors())
         question = "When did Mount Kerrigan last erupt?"
-        whole = RequestContext(engine=engine, question=question, principal=OPERATOR)
+        whole = RequestContext(engine=engine, question=question, principal=LOCAL)
         asyncio.run(chain.run(whole))
-        streamed = RequestContext(engine=engine, question=question, principal=OPERATOR)
+        streamed = RequestContext(engine=engine, question=question, principal=LOCAL)
         _stream(chain, streamed)
         assert fake.requests[-1].body.get("stream_options") == {"include_usage": True}
         assert "stream_options" not in fake.requests[-2].body  # only streams ask for it
@@ -182,7 +182,7 @@ def test_an_llm_stack_with_an_input_budget_fits_its_context(built_index: BuiltIn
     try:
         chain = build_chain(engine, vectors=DirectVectors())
         assert chain.names.index("fit_context") == chain.names.index("answer") - 1
-        ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=OPERATOR)
+        ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=LOCAL)
         asyncio.run(chain.run(ctx))
         assert ctx.context_tokens_saved is not None and ctx.context_tokens_saved > 0
         assert len(ctx.chunks) < len(ctx.ranking)

@@ -134,3 +134,33 @@ def test_auth_off_is_refused_on_a_non_loopback_address(settings: Settings) -> No
     check_exposure(settings, "0.0.0.0")  # auth on: any address
     with pytest.raises(ValueError, match="refusing to serve on 0.0.0.0 with authentication switched off"):
         check_exposure(off, "0.0.0.0")
+
+
+def test_a_client_address_past_its_failed_attempts_is_locked_out(settings: Settings) -> None:
+    """OWASP LLM10 / key guessing: refused credentials are counted per client address; past the limit every
+    credential from that address (a valid one too: "valid" would be the guessing oracle) is 429 until the window
+    has room, on the fast path as on the slow one. Other addresses and requests without a credential are not
+    affected."""
+    from rag.errors import RateLimited
+
+    security = settings.security.model_copy(update={"failed_auth_per_minute": 3})
+    gate = Gate(settings.model_copy(update={"security": security}))
+    try:
+        valid = f"Bearer {gate.keys.create(role='reader').secret}"
+        assert gate.check("POST", "/v1/query", valid, client="10.0.0.1").role == "reader"  # now cached
+        for _ in range(5):  # no credential at all is not a guess
+            with pytest.raises(AuthenticationFailed):
+                gate.check("POST", "/v1/query", None, client="10.0.0.1")
+        for guess in ("rgo_deadbeef_" + "x" * 43, "Bearer-less", valid[:-2] + "zz"):
+            with pytest.raises(AuthenticationFailed):
+                gate.check("POST", "/v1/query", f"Bearer {guess}", client="10.0.0.1")
+        with pytest.raises(RateLimited) as locked:
+            gate.check("POST", "/v1/query", valid, client="10.0.0.1")
+        assert 1 <= locked.value.retry_after_s <= 60 and "failed_auth_per_minute" in str(locked.value)
+        with pytest.raises(RateLimited):
+            gate.check_fast("POST", "/v1/query", valid, client="10.0.0.1")
+        assert gate.check_fast("GET", "/healthz", None, client="10.0.0.1") is not None  # public routes stay open
+        assert gate.check("POST", "/v1/query", valid, client="10.0.0.2").role == "reader"
+        assert [r.outcome for r in gate.audit.records() if r.action == "auth.failed"].count("missing") == 5
+    finally:
+        gate.close()
