@@ -266,7 +266,11 @@ def stop_children(children: Sequence[Child], grace_s: float = STOP_GRACE_S) -> N
     """SIGTERM every child's group at once, SIGKILL the groups still alive after ``grace_s``."""
     from flows.reaper import terminate_groups
 
-    terminate_groups([child.process.pid for child in children], grace_s)
+    def reap() -> None:
+        for child in children:
+            child.process.poll()  # waits for an exited leader, so its group can empty
+
+    terminate_groups([child.process.pid for child in children], grace_s, reap)
     for child in children:
         child.close()
 

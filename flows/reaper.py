@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 GRACE_S = 2.0
 
@@ -41,13 +41,21 @@ def signal_groups(pgids: Iterable[int], signum: int) -> None:
             os.killpg(pgid, signum)
 
 
-def terminate_groups(pgids: Iterable[int], grace_s: float = GRACE_S) -> list[int]:
-    """SIGTERM all groups at once, SIGKILL whatever is left after ``grace_s``; returns the groups that needed it."""
+def terminate_groups(
+    pgids: Iterable[int], grace_s: float = GRACE_S, reap: Callable[[], object] | None = None
+) -> list[int]:
+    """SIGTERM all groups at once, SIGKILL whatever is left after ``grace_s``; returns the groups that needed it.
+
+    ``reap`` is for the groups' parent: a leader that has exited stays in its group as a zombie until its parent
+    waits for it, so without reaping every group looks alive and every stop would sit out the whole grace.
+    """
     pending = [pgid for pgid in pgids if group_alive(pgid)]
     signal_groups(pending, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while pending and time.monotonic() < deadline:
         time.sleep(0.05)
+        if reap is not None:
+            reap()
         pending = [pgid for pgid in pending if group_alive(pgid)]
     signal_groups(pending, signal.SIGKILL)
     return pending
