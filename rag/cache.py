@@ -22,6 +22,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -62,7 +63,30 @@ class CachedAnswer:
     stored_at: float
 
 
-class _Vectors:
+class CacheBackend(Protocol):
+    """What the cache stages need: :class:`AnswerCache` in process, :class:`rag.cache_redis.RedisAnswerCache`
+    shared by workers."""
+
+    threshold: float
+
+    def exact(self, scope: str, question: str) -> CachedAnswer | None:
+        """The entry for this normalised question in ``scope``, if fresh."""
+        ...
+
+    def similar(self, scope: str, vector: np.ndarray) -> tuple[CachedAnswer, float] | None:
+        """The closest entry within the threshold, with its cosine."""
+        ...
+
+    def put(self, scope: str, question: str, vector: np.ndarray | None, entry: CachedAnswer) -> None:
+        """Store an answer."""
+        ...
+
+    def clear(self) -> None:
+        """Forget everything."""
+        ...
+
+
+class Vectors:
     """A scope's unit vectors in one preallocated matrix, grown by doubling and updated in place.
 
     Why: rebuilding the matrix from the entries after every put cost O(entries x dim) per request. A put writes one
@@ -116,7 +140,7 @@ class _Vectors:
 @dataclass
 class _Scope:
     entries: OrderedDict[str, CachedAnswer] = field(default_factory=OrderedDict)
-    vectors: _Vectors = field(default_factory=_Vectors)
+    vectors: Vectors = field(default_factory=Vectors)
 
 
 class AnswerCache:

@@ -122,6 +122,21 @@ class AnswerCacheSettings(BaseModel):
     )
     ttl_s: float = Field(default=86_400.0, gt=0, description="Seconds an answer stays usable.")
     max_entries: int = Field(default=10_000, ge=1, description="Answers kept per served stack (least recent go).")
+    url: str | None = Field(
+        default=None,
+        description="Redis shared by all workers (redis://host:port/db); None: one cache per worker, in process.",
+    )
+    timeout_s: float = Field(default=0.25, gt=0, description="Connect and read timeout of the Redis cache.")
+    retry_s: float = Field(
+        default=5.0, gt=0, description="While the Redis cache is down (requests served uncached), how often to retry."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"not a Redis URL (expected redis://host:port/db): {value!r}")
+        return value
 
 
 class RagSettings(PipelineSettings):

@@ -20,7 +20,7 @@ from rag.stages.retrieve import RetrieveStage
 from rag.stages.validate import RequestLimits, ValidateStage
 
 if TYPE_CHECKING:
-    from rag.cache import AnswerCache
+    from rag.cache import CacheBackend
     from rag.engine import RagEngine
     from rag.limits.rate import RateLimiter
     from rag.stages.ports import VectorPort
@@ -33,7 +33,7 @@ def build_chain(
     limits: RequestLimits | None = None,
     recorder: Recorder | None = None,
     limiter: RateLimiter | None = None,
-    cache: AnswerCache | None = None,
+    cache: CacheBackend | None = None,
 ) -> Chain:
     """The stages for ``engine``'s stack, in order: limit, validate, check_input, cache_exact, embed,
     screen_input, cache, retrieve, fit_context, answer, check_output, cache_store, charge_tokens, record (the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from rag.cache import AnswerCache, CachedAnswer, scope_key
+from rag.cache import CacheBackend, CachedAnswer, scope_key
 from rag.stages.context import RequestContext
 
 
@@ -33,7 +33,7 @@ class ExactCacheStage:
     name = "cache_exact"
     always = False
 
-    def __init__(self, cache: AnswerCache) -> None:
+    def __init__(self, cache: CacheBackend) -> None:
         self.cache = cache
 
     async def run(self, ctx: RequestContext) -> None:
@@ -49,7 +49,7 @@ class SemanticCacheStage:
     name = "cache"
     always = False
 
-    def __init__(self, cache: AnswerCache) -> None:
+    def __init__(self, cache: CacheBackend) -> None:
         self.cache = cache
 
     async def run(self, ctx: RequestContext) -> None:
@@ -67,7 +67,7 @@ class CacheStoreStage:
     name = "cache_store"
     always = False
 
-    def __init__(self, cache: AnswerCache) -> None:
+    def __init__(self, cache: CacheBackend) -> None:
         self.cache = cache
 
     async def run(self, ctx: RequestContext) -> None:
