@@ -92,7 +92,9 @@ def daily_spend(engine: Engine, since: float, until: float) -> list[DailySpend]:
         raise BadQuery(f"window ends ({until}) before it starts ({since})")
     c = requests.c
     tenant = func.coalesce(c.tenant, literal(NO_TENANT)).label("tenant")
-    day = cast(c.at / DAY_S, Integer).label("day")  # at >= 0, so the cast truncates to the UTC day
+    # SQLite's CAST truncates (at >= 0, so that is the UTC day); PostgreSQL's rounds, so it floors first
+    days = c.at / DAY_S
+    day = cast(days if engine.dialect.name == "sqlite" else func.floor(days), Integer).label("day")
     query = (
         select(
             tenant,
