@@ -93,6 +93,7 @@ class QueryService:
             recorder=recorder,
             limiter=self.limiter,
             cache=cache,
+            on_cache_lookup=self._observe_cache if self._metrics is not None else None,
         )
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
         self._chains[id(served)] = (served, chain, recorder)
@@ -104,6 +105,10 @@ class QueryService:
                 embedder=served.config.embedder.weights_sha256[:12],
             )
         return chain, recorder
+
+    def _observe_cache(self, hit: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_cache(hit=hit)
 
     def _new_cache(self, served: Served) -> CacheBackend:
         """One cache per served stack and index version, so a promotion or a publish starts from an empty one: in
