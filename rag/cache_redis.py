@@ -12,7 +12,9 @@ one expires by TTL):
   so each worker keeps a local mirror of the scope's vectors (the in-place matrix of :mod:`rag.cache`) and reloads it
   only when the counter moved; a semantic lookup costs one GET of the counter, the matrix product, and one GET of
   the entry. A vector whose entry expired or was evicted is removed when a lookup finds it so.
-- ``<ns>:lru``: a sorted set of every entry by last use; past ``max_entries`` the least recently used go.
+- ``<ns>:lru``: a sorted set of every entry by last use; past ``max_entries`` the least recently used go. Entries
+  that expired stay in it until evicted or met by a lookup, so the bound counts them too; being the least recently
+  used, they are the first to go.
 
 When Redis is unreachable the cache is off, not the service: lookups miss and puts are skipped, a warning is logged
 once per outage, each failure is counted (``on_error``), and Redis is tried again every ``retry_s``.
