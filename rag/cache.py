@@ -24,6 +24,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -37,6 +38,12 @@ def normalise(question: str) -> str:
     """The exact layer's key: NFKC, case-folded, whitespace collapsed, trailing punctuation dropped."""
     text = _SPACE.sub(" ", unicodedata.normalize("NFKC", question).casefold()).strip()
     return text.rstrip("?!. ")
+
+
+def unit_vector(vector: np.ndarray) -> np.ndarray:
+    """``vector`` as float32 scaled to length 1 (cosine is then a dot product)."""
+    unit = np.asarray(vector, dtype=np.float32)
+    return unit / (np.linalg.norm(unit) or 1.0)
 
 
 def scope_key(access: AccessScope, filters: Mapping[str, Sequence[str]] | None, top_k: int) -> str:
@@ -64,11 +71,84 @@ class CachedAnswer:
     stored_at: float
 
 
+class CacheBackend(Protocol):
+    """What the cache stages need: :class:`AnswerCache` in process, :class:`rag.cache_redis.RedisAnswerCache`
+    shared by workers."""
+
+    threshold: float
+
+    def exact(self, scope: str, question: str) -> CachedAnswer | None:
+        """The entry for this normalised question in ``scope``, if fresh."""
+        ...
+
+    def similar(self, scope: str, vector: np.ndarray) -> tuple[CachedAnswer, float] | None:
+        """The closest entry within the threshold, with its cosine."""
+        ...
+
+    def put(self, scope: str, question: str, vector: np.ndarray | None, entry: CachedAnswer) -> None:
+        """Store an answer."""
+        ...
+
+    def clear(self) -> None:
+        """Forget everything."""
+        ...
+
+
+class Vectors:
+    """A scope's unit vectors in one preallocated matrix, grown by doubling and updated in place.
+
+    Why: rebuilding the matrix from the entries after every put cost O(entries x dim) per request. A put writes one
+    row (reusing a freed one first), a drop zeroes its row and frees it; a zero row scores 0, below any threshold
+    (the threshold is > 0), so freed rows can never hit.
+    """
+
+    def __init__(self) -> None:
+        self.matrix: np.ndarray | None = None
+        self.rows: dict[str, int] = {}
+        self.keys: list[str | None] = []
+        self.free: list[int] = []
+
+    def set(self, key: str, unit: np.ndarray) -> None:
+        if self.matrix is None:
+            self.matrix = np.zeros((16, unit.shape[0]), dtype=np.float32)
+        row = self.rows.get(key)
+        if row is None:
+            row = self._take_row()
+            self.rows[key] = row
+            self.keys[row] = key
+        self.matrix[row] = unit
+
+    def remove(self, key: str) -> None:
+        row = self.rows.pop(key, None)
+        if row is not None and self.matrix is not None:
+            self.matrix[row] = 0.0
+            self.keys[row] = None
+            self.free.append(row)
+
+    def best(self, query: np.ndarray) -> tuple[str, float] | None:
+        """The stored key with the highest cosine to the unit ``query`` (None when empty)."""
+        if self.matrix is None or not self.rows:
+            return None
+        scores = self.matrix[: len(self.keys)] @ query
+        row = int(np.argmax(scores))
+        key = self.keys[row]
+        return None if key is None else (key, float(scores[row]))
+
+    def _take_row(self) -> int:
+        if self.free:
+            return self.free.pop()
+        if self.matrix is not None and len(self.keys) == self.matrix.shape[0]:
+            grown = np.zeros((2 * self.matrix.shape[0], self.matrix.shape[1]), dtype=np.float32)
+            grown[: len(self.keys)] = self.matrix
+            self.matrix = grown
+        self.keys.append(None)
+        return len(self.keys) - 1
+
+
 @dataclass
 class _Scope:
-    entries: OrderedDict[str, tuple[CachedAnswer, np.ndarray | None]] = field(default_factory=OrderedDict)
-    matrix: np.ndarray | None = None
-    keys: list[str] = field(default_factory=list)
+    entries: OrderedDict[str, CachedAnswer] = field(default_factory=OrderedDict)
+    vectors: Vectors = field(default_factory=Vectors)
 
 
 class AnswerCache:
@@ -101,53 +181,44 @@ class AnswerCache:
             item = found.entries.get(key) if found else None
             if found is None or item is None:
                 return None
-            if self._expired(item[0]):
+            if self._expired(item):
                 self._drop(scope, key)
                 return None
             found.entries.move_to_end(key)
-            return item[0]
+            return item
 
     def similar(self, scope: str, vector: np.ndarray) -> tuple[CachedAnswer, float] | None:
-        """The freshest-matching entry whose question vector is within the threshold of ``vector``."""
+        """The closest entry whose question vector is within the threshold of ``vector`` (expired ones are dropped)."""
+        query = unit_vector(vector)
         with self._lock:
             found = self._scopes.get(scope)
-            if found is None or not found.entries:
-                return None
-            if found.matrix is None:
-                rows = [(k, v) for k, (_, v) in found.entries.items() if v is not None]
-                if not rows:
+            while found is not None:
+                best = found.vectors.best(query)
+                if best is None or best[1] < self.threshold:
                     return None
-                found.keys = [k for k, _ in rows]
-                found.matrix = np.vstack([v for _, v in rows])
-            query = np.asarray(vector, dtype=np.float32)
-            query = query / (np.linalg.norm(query) or 1.0)
-            scores = found.matrix @ query
-            best = int(np.argmax(scores))
-            score = float(scores[best])
-            if score < self.threshold:
-                return None
-            key = found.keys[best]
-            entry = found.entries[key][0]
-            if self._expired(entry):
-                self._drop(scope, key)
-                return None
-            found.entries.move_to_end(key)
-            return entry, score
+                key, score = best
+                entry = found.entries[key]
+                if self._expired(entry):
+                    self._drop(scope, key)  # the next closest may still be fresh and above the threshold
+                    continue
+                found.entries.move_to_end(key)
+                return entry, score
+            return None
 
     def put(self, scope: str, question: str, vector: np.ndarray | None, entry: CachedAnswer) -> None:
         """Store ``entry`` under the normalised question (and its unit vector for the semantic layer)."""
         key = normalise(question)
-        unit = None
-        if vector is not None:
-            unit = np.asarray(vector, dtype=np.float32)
-            unit = unit / (np.linalg.norm(unit) or 1.0)
+        unit = None if vector is None else unit_vector(vector)
         with self._lock:
             found = self._scopes.setdefault(scope, _Scope())
             if key not in found.entries:
                 self._size += 1
-            found.entries[key] = (entry, unit)
+            found.entries[key] = entry
             found.entries.move_to_end(key)
-            found.matrix = None
+            if unit is not None:
+                found.vectors.set(key, unit)
+            else:
+                found.vectors.remove(key)  # a re-put without a vector must not keep the old one
             while self._size > self.max_entries:
                 self._evict_oldest()
 
@@ -164,13 +235,15 @@ class AnswerCache:
         found = self._scopes[scope]
         if found.entries.pop(key, None) is not None:
             self._size -= 1
-            found.matrix = None
+        found.vectors.remove(key)
+        if not found.entries:
+            del self._scopes[scope]  # an emptied scope keeps no matrix
 
     def _evict_oldest(self) -> None:
         oldest_scope, oldest_key, oldest_at = None, None, float("inf")
         for name, found in self._scopes.items():
             if found.entries:
-                key, (entry, _) = next(iter(found.entries.items()))
+                key, entry = next(iter(found.entries.items()))
                 if entry.stored_at < oldest_at:
                     oldest_scope, oldest_key, oldest_at = name, key, entry.stored_at
         if oldest_scope is None or oldest_key is None:

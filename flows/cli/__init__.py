@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "guardrails",
     "monitor",
     "security",
+    "spend",
 )
 """The command groups, in help order (each module registers its commands on :data:`app` when imported)."""
 

@@ -122,6 +122,11 @@ class ServiceMetrics:
         self.cache = Counter(
             "ragops_cache_requests", "Answer cache lookups by result (hit or miss).", ["result"], registry=registry
         )
+        self.cache_backend_errors = Counter(
+            "ragops_cache_backend_errors",
+            "Answer cache operations that failed because its Redis was unreachable (the request went uncached).",
+            registry=registry,
+        )
         self.guardrail_verdicts = Counter(
             "ragops_guardrail_verdicts", "Guardrail verdicts by check and verdict.", ["check", "verdict"],
             registry=registry,
@@ -207,6 +212,10 @@ class ServiceMetrics:
     def observe_cache(self, *, hit: bool) -> None:
         """One answer-cache lookup."""
         self.cache.labels("hit" if hit else "miss").inc()
+
+    def observe_cache_backend_error(self) -> None:
+        """The shared answer cache's Redis failed one operation (the request was served without the cache)."""
+        self.cache_backend_errors.inc()
 
     def observe_feedback(self, rating: str) -> None:
         """A rating was recorded (``up`` or ``down``)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from rag.cache import AnswerCache
+from rag.cache import AnswerCache, CacheBackend
 from rag.errors import Overloaded
 from rag.limits.admission import AdmissionController
 from rag.limits.rate import RateLimiter
@@ -28,6 +28,8 @@ from rag.stages.record import RecordSink, StoreRecorder
 from rag.stages.validate import RequestLimits
 
 if TYPE_CHECKING:
+    from redis import Redis
+
     from rag.monitoring.metrics import ServiceMetrics
     from rag.monitoring.tracing import TraceExporter
     from rag.security.gate import Gate
@@ -68,6 +70,7 @@ class QueryService:
         self._chains: dict[int, tuple[Served, Chain, StoreRecorder]] = {}
         limits = settings.limits
         self._cache_settings = settings.answer_cache
+        self._redis: Redis | None = None  # one connection pool for the caches of every served version
         self.limiter = RateLimiter(limits)
         self.admission = AdmissionController(limits.max_concurrency, limits.max_queue, limits.queue_timeout_s)
 
@@ -82,10 +85,7 @@ class QueryService:
             index_version=served.index_version,
             tracer=self._tracer,
         )
-        cache = None
-        if self._cache_settings.enabled:  # one cache per served stack and index version: a switch empties it
-            cfg = self._cache_settings
-            cache = AnswerCache(threshold=cfg.threshold, ttl_s=cfg.ttl_s, max_entries=cfg.max_entries)
+        cache = self._new_cache(served) if self._cache_settings.enabled else None
         chain = build_chain(
             served.engine,
             vectors=self._vectors,
@@ -93,6 +93,7 @@ class QueryService:
             recorder=recorder,
             limiter=self.limiter,
             cache=cache,
+            on_cache_lookup=self._observe_cache if self._metrics is not None else None,
         )
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
         self._chains[id(served)] = (served, chain, recorder)
@@ -104,6 +105,31 @@ class QueryService:
                 embedder=served.config.embedder.weights_sha256[:12],
             )
         return chain, recorder
+
+    def _observe_cache(self, hit: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_cache(hit=hit)
+
+    def _new_cache(self, served: Served) -> CacheBackend:
+        """One cache per served stack and index version, so a promotion or a publish starts from an empty one: in
+        process, or in the shared Redis under a namespace naming both versions."""
+        cfg = self._cache_settings
+        if cfg.url is None:
+            return AnswerCache(threshold=cfg.threshold, ttl_s=cfg.ttl_s, max_entries=cfg.max_entries)
+        from rag.cache_redis import RedisAnswerCache, redis_client
+
+        if self._redis is None:
+            self._redis = redis_client(cfg.url, timeout_s=cfg.timeout_s)
+        metrics = self._metrics
+        return RedisAnswerCache(
+            self._redis,
+            namespace=f"{served.config.name}:{served.version}:{served.index_version}",
+            threshold=cfg.threshold,
+            ttl_s=cfg.ttl_s,
+            max_entries=cfg.max_entries,
+            retry_s=cfg.retry_s,
+            on_error=metrics.observe_cache_backend_error if metrics is not None else None,
+        )
 
     def chain_for(self, served: Served) -> Chain:
         """The chain of ``served`` (built once per served stack and index version)."""

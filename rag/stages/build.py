@@ -6,6 +6,7 @@ vectors are computed, where requests are recorded), never in which checks run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rag.stages.answer import AnswerStage
@@ -20,7 +21,7 @@ from rag.stages.retrieve import RetrieveStage
 from rag.stages.validate import RequestLimits, ValidateStage
 
 if TYPE_CHECKING:
-    from rag.cache import AnswerCache
+    from rag.cache import CacheBackend
     from rag.engine import RagEngine
     from rag.limits.rate import RateLimiter
     from rag.stages.ports import VectorPort
@@ -33,13 +34,14 @@ def build_chain(
     limits: RequestLimits | None = None,
     recorder: Recorder | None = None,
     limiter: RateLimiter | None = None,
-    cache: AnswerCache | None = None,
+    cache: CacheBackend | None = None,
+    on_cache_lookup: Callable[[bool], None] | None = None,
 ) -> Chain:
     """The stages for ``engine``'s stack, in order: limit, validate, check_input, cache_exact, embed,
     screen_input, cache, retrieve, fit_context, answer, check_output, cache_store, charge_tokens, record (the
     guardrail stages only when the stack has guardrails; fit_context only for an LLM stack with
     ``llm.max_input_tokens``; the limit stages only with a ``limiter`` with quotas and the cache stages only with a
-    ``cache``: the service's, never evaluation's)."""
+    ``cache``: the service's, never evaluation's; ``on_cache_lookup(hit)`` is told each lookup's outcome)."""
     guards = engine.guards
     quotas = limiter is not None and limiter.enabled
     stages: list[Stage] = []
@@ -50,12 +52,12 @@ def build_chain(
     if guards is not None:
         stages.append(InputPrepareStage(guards.input))
     if cache is not None:
-        stages.append(ExactCacheStage(cache))
+        stages.append(ExactCacheStage(cache, on_cache_lookup))
     stages.append(EmbedStage(vectors))
     if guards is not None:
         stages.append(InputScreenStage(guards.input))
     if cache is not None:
-        stages.append(SemanticCacheStage(cache))
+        stages.append(SemanticCacheStage(cache, on_cache_lookup))
     stages.append(RetrieveStage(vectors))
     budget = engine.config.llm.max_input_tokens
     if engine.config.answerer.kind == "llm" and budget is not None:

@@ -10,9 +10,10 @@ refusal does, except that it is an answer: the response says ``cached: exact|sem
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rag.access import scope_of
-from rag.cache import AnswerCache, CachedAnswer, scope_key
+from rag.cache import CacheBackend, CachedAnswer, scope_key
 from rag.stages.context import RequestContext
 
 
@@ -28,19 +29,23 @@ def _hit(ctx: RequestContext, entry: CachedAnswer, kind: str) -> None:
 
 
 class ExactCacheStage:
-    """Answer a repeat of the same normalised question from the cache."""
+    """Answer a repeat of the same normalised question from the cache (a hit is counted; a miss is the semantic
+    stage's to count, since the request goes on to it)."""
 
     name = "cache_exact"
     always = False
 
-    def __init__(self, cache: AnswerCache) -> None:
+    def __init__(self, cache: CacheBackend, on_lookup: Callable[[bool], None] | None = None) -> None:
         self.cache = cache
+        self.on_lookup = on_lookup
 
     async def run(self, ctx: RequestContext) -> None:
         """On a hit, set the answer and end the request."""
         entry = self.cache.exact(_scope(ctx), ctx.text)
         if entry is not None:
             _hit(ctx, entry, "exact")
+            if self.on_lookup is not None:
+                self.on_lookup(True)
 
 
 class SemanticCacheStage:
@@ -49,8 +54,9 @@ class SemanticCacheStage:
     name = "cache"
     always = False
 
-    def __init__(self, cache: AnswerCache) -> None:
+    def __init__(self, cache: CacheBackend, on_lookup: Callable[[bool], None] | None = None) -> None:
         self.cache = cache
+        self.on_lookup = on_lookup
 
     async def run(self, ctx: RequestContext) -> None:
         """On a hit, set the answer and end the request."""
@@ -59,6 +65,8 @@ class SemanticCacheStage:
         found = self.cache.similar(_scope(ctx), ctx.vector)
         if found is not None:
             _hit(ctx, found[0], "semantic")
+        if self.on_lookup is not None:
+            self.on_lookup(found is not None)
 
 
 class CacheStoreStage:
@@ -67,7 +75,7 @@ class CacheStoreStage:
     name = "cache_store"
     always = False
 
-    def __init__(self, cache: AnswerCache) -> None:
+    def __init__(self, cache: CacheBackend) -> None:
         self.cache = cache
 
     async def run(self, ctx: RequestContext) -> None:

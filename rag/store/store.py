@@ -37,6 +37,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from rag.errors import BadQuery, StoreError
 from rag.feedback import Rating, UnknownRequest, clean_comment, normalise_rating
+from rag.store import ledger
+from rag.store.ledger import DailySpend, Grouping, SpendRow
 from rag.store.migrate import upgrade
 from rag.store.records import RequestRecord, StoreStats, WindowStats
 from rag.store.tables import requests
@@ -218,6 +220,14 @@ class RequestStore:
             p95_ms=p95,
             p99_ms=p99,
         )
+
+    def spend(self, by: Grouping, since: float, until: float) -> list[SpendRow]:
+        """The spend ledger over ``[since, until)`` by tenant, key or stack version (:mod:`rag.store.ledger`)."""
+        return ledger.spend(self._engine, by, since, until)
+
+    def daily_spend(self, since: float, until: float) -> list[DailySpend]:
+        """Cost per tenant and UTC day over ``[since, until)`` (the forecast's input)."""
+        return ledger.daily_spend(self._engine, since, until)
 
     def rows(self, since: float, until: float, *, limit: int | None = None) -> Iterator[RequestRecord]:
         """The records with ``since <= at < until``, oldest first (streamed: the window may be large)."""

@@ -243,7 +243,12 @@ def test_llm02_feedback_on_another_principal_s_answer_is_refused(platform: Platf
 def test_llm08_the_answer_cache_never_answers_across_scopes(platform: Platform, first: str, second: str) -> None:
     """OWASP LLM08 (vector and embedding weaknesses) / LLM02: the same question asked first by a principal who
     sees more (another tenant, an admin) is never a cache hit for the next one; asked again by the first, it is."""
-    question = f"When did Mount Kerrigan last erupt ({first} then {second})?"
+    # One subject per case: with the semantic layer on, the same stem asked again in one scope would be a fair hit.
+    question = {
+        "globex": "When did Mount Kerrigan last erupt?",
+        "untenanted": "Between which holidays does the company close?",
+        "acme": "Where does Orion-7 launch from?",
+    }[second]
     with platform.client(first) as client:
         warm = _ask(client, question)
         again = _ask(client, question)

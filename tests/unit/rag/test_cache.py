@@ -87,3 +87,28 @@ def test_entries_expire_and_the_size_is_bounded() -> None:
     for i in range(3):
         small.put(SCOPE, f"q{i}", None, _entry())
     assert len(small) == 2 and small.exact(SCOPE, "q0") is None and small.exact(SCOPE, "q2") is not None
+
+
+def test_the_vector_matrix_stays_correct_through_growth_eviction_and_expiry() -> None:
+    """The semantic layer updates its matrix in place (no rebuild per put): after rows are freed by eviction and by
+    expiry and reused, every lookup still finds exactly its own live entry, and a freed row never hits."""
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(60, 16)).astype(np.float32)
+    cache = AnswerCache(threshold=0.99, ttl_s=60, max_entries=40)
+    for i, v in enumerate(vectors):  # grows past the first allocation; the first 20 are evicted
+        cache.put(SCOPE, f"q{i}", v, _entry(f"q{i}"))
+    assert len(cache) == 40
+    for i, v in enumerate(vectors):
+        hit = cache.similar(SCOPE, v)
+        assert (hit is None) if i < 20 else (hit is not None and hit[0].question == f"q{i}")
+    cache.put(SCOPE, "q59", None, _entry("q59"))  # re-stored without a vector: its old vector must go
+    assert cache.similar(SCOPE, vectors[59]) is None and cache.exact(SCOPE, "q59") is not None
+
+    short = AnswerCache(threshold=0.99, ttl_s=60, max_entries=40)
+    short.put(SCOPE, "old", vectors[0], CachedAnswer("old", ANSWER, (), time.monotonic() - 120))  # already expired
+    short.put(SCOPE, "near", vectors[0] + 0.01, _entry("near"))  # the next closest, fresh
+    hit = short.similar(SCOPE, vectors[0])  # the expired best is dropped and the fresh one found
+    assert hit is not None and hit[0].question == "near" and len(short) == 1
+    short.put(SCOPE, "reuse", vectors[1], _entry("reuse"))  # takes the freed row
+    assert short.similar(SCOPE, vectors[0])[0].question == "near"  # type: ignore[index]
+    assert short.similar(SCOPE, vectors[1])[0].question == "reuse"  # type: ignore[index]

@@ -112,6 +112,22 @@ def test_an_answered_request_is_recorded_whole(service: Service) -> None:
     assert all(c.text for c in record.citations)  # the cited texts travel with the record (feedback needs them)
 
 
+def test_the_spend_ledger_sums_equal_the_responses_usage(service: Service) -> None:
+    started = time.time()
+    with service.client() as client:
+        bodies = [ask(client, question=q) for q in (QUESTION, "Where is Mount Kerrigan?", QUESTION)]
+    store = service.running.app.state.requests
+    store.flush()
+    rows = store.spend("key", started, time.time() + 1)
+    assert [(r.group, r.requests) for r in rows] == [("tests", 3)]
+    usage = [b["usage"] for b in bodies]
+    assert (rows[0].prompt_tokens, rows[0].completion_tokens) == (
+        sum(u["prompt_tokens"] for u in usage),
+        sum(u["completion_tokens"] for u in usage),
+    )
+    assert rows[0].cost_usd == pytest.approx(sum(u["cost_usd"] for u in usage), abs=1e-12)
+
+
 def test_a_bad_request_and_a_chat_stream_are_recorded(service: Service) -> None:
     with service.client() as client:
         bad = client.post("/v1/query", json={"question": "x" * (MAX_QUESTION_CHARS + 1)})

@@ -199,7 +199,8 @@ def test_the_cache_answers_repeats_and_paraphrases_within_a_scope(built_index: B
     engine = _engine(built_index, **_llm(fake, grounding={"enabled": False}))
     try:
         cache = AnswerCache(threshold=0.9, ttl_s=60, max_entries=100)
-        chain = build_chain(engine, vectors=DirectVectors(), cache=cache)
+        lookups: list[bool] = []
+        chain = build_chain(engine, vectors=DirectVectors(), cache=cache, on_cache_lookup=lookups.append)
         acme = Principal(name="k1", tenant="acme")
 
         def ask(question: str, principal: Principal = acme) -> RequestContext:
@@ -227,5 +228,7 @@ def test_the_cache_answers_repeats_and_paraphrases_within_a_scope(built_index: B
         events = _stream(chain, streamed)
         assert streamed.cache_hit == "exact" and [e.kind for e in events][-1] == "done"
         assert "".join(e.text for e in events if e.kind == "delta") == " ".join(first.answer.sentences)
+        # what the service counts in ragops_cache_requests: one outcome per lookup, none for a refused question
+        assert lookups == [False, True, True, False, True]
     finally:
         engine.close()

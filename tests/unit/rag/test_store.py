@@ -374,3 +374,33 @@ def test_the_record_stage_stores_unencodable_text_replaced() -> None:
 
     assert storable("bad \udc00 text") == "bad ? text"
     assert storable(None) == "" and len(storable("x" * (MAX_STORED_CHARS + 5))) == MAX_STORED_CHARS
+
+
+def test_the_spend_ledger_groups_by_tenant_key_and_stack_and_by_day(store: RequestStore) -> None:
+    day = 20_000 * 86_400.0  # a UTC midnight
+    records = [
+        make(1, day + 10, principal="key:a", tenant="acme", prompt_tokens=100, completion_tokens=10, cost_usd=0.5),
+        make(2, day + 86_399.5, principal="key:a", tenant="acme", prompt_tokens=50, completion_tokens=5, cost_usd=0.25),
+        make(3, day + 86_400.0, principal="key:b", tenant="beta", stack_version=4, cost_usd=1.0),
+        make(4, day + 90_000, principal="operator", tenant=None, prompt_tokens=7, completion_tokens=0, cost_usd=0.0),
+        make(5, day + 10 * 86_400, principal="key:a", tenant="acme", cost_usd=9.0),  # outside the window
+    ]
+    for r in records:
+        store.record(r)
+    store.flush()
+    window = (day, day + 2 * 86_400)
+    by_tenant = {r.group: r for r in store.spend("tenant", *window)}
+    assert set(by_tenant) == {"acme", "beta", "(none)"}
+    acme = by_tenant["acme"]
+    assert (acme.requests, acme.prompt_tokens, acme.completion_tokens) == (2, 150, 15)
+    assert acme.cost_usd == pytest.approx(0.75)
+    assert [r.group for r in store.spend("tenant", *window)][0] == "beta"  # most expensive first
+    assert {r.group: r.requests for r in store.spend("key", *window)} == {"key:a": 2, "key:b": 1, "operator": 1}
+    assert {r.group: r.requests for r in store.spend("stack", *window)} == {"default v3": 3, "default v4": 1}
+    inside = [r for r in records if window[0] <= r.at < window[1]]
+    assert sum(r.total_tokens for r in store.spend("key", *window)) == sum(
+        r.prompt_tokens + r.completion_tokens for r in inside
+    )
+    daily = {(d.tenant, d.day - 20_000): (d.requests, round(d.cost_usd, 6)) for d in store.daily_spend(*window)}
+    # 86,399.5 s is still the first day, 86,400 s the second: the boundary floors on either database
+    assert daily == {("acme", 0): (2, 0.75), ("beta", 1): (1, 1.0), ("(none)", 1): (1, 0.0)}
