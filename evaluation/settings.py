@@ -60,6 +60,11 @@ class EvalSettings(BaseModel):
     groundedness_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
     schedule_cron: str = Field(default="0 2 * * *", description="When the champion is re-evaluated (nightly).")
     webhook_url: str | None = Field(default=None, description="POSTed a JSON alert when the champion regresses.")
+    example_traces: bool = Field(
+        default=True,
+        description="Log each question of an evaluation run as an MLflow trace with its scores as assessments "
+        "(MLflow's evaluation view of the run); tens of milliseconds per question on a SQLite tracking store.",
+    )
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
 

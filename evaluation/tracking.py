@@ -4,6 +4,10 @@ Each run carries tags that make it findable by what was evaluated on what (``rag
 ``ragops.testset_sha256``, ``ragops.gate``), the aggregate metrics, the stack's parameters, a per-example table
 (``examples.json``, browsable in the MLflow UI), the per-example scores the paired tests need (``per_query.json``),
 the gate report (``gate.json``) and two plots: the latency histogram and the metric comparison with the champion.
+
+Each question is also a trace of the run (question in, answer and cited documents out) with its scores as feedback
+assessments: the layout ``mlflow.genai.evaluate`` gives its own runs, so MLflow 3's evaluation view of the run lists
+the questions with a column per score, and a failed gate can be read question by question where MLflow users look.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +36,9 @@ PER_QUERY_FILE = "per_query.json"
 TAG_VERSION = "ragops.stack_version"
 TAG_SHA = "ragops.testset_sha256"
 TAG_GATE = "ragops.gate"  # "passed" | "failed" | "not-run"
+TAG_EXAMPLE = "ragops.example_id"
+SCORE_SOURCE = "ragops.evaluation"
+"""The assessments' source id: scores computed by :mod:`evaluation.metrics` (code, not a judge or a human)."""
 _METRIC_NAME = re.compile(r"[^0-9A-Za-z_\-. /]")
 
 
@@ -148,9 +156,57 @@ def log_evaluation(
         mlflow.log_dict({"skipped": dict(result.skipped), **result.to_json()}, "summary.json")
         mlflow.log_dict({m: dict(v) for m, v in result.per_query.values.items()}, PER_QUERY_FILE)
         mlflow.log_table(pd.DataFrame([e.row() for e in result.examples]), artifact_file="examples.json")
+        if settings.eval.example_traces:
+            log_example_traces(result, experiment_id, str(run.info.run_id))
         for path in _plots(result, baseline, folder):
             mlflow.log_artifact(str(path), artifact_path="plots")
         return str(run.info.run_id)
+
+
+def log_example_traces(result: EvalResult, experiment_id: str, run_id: str) -> int:
+    """Each example of ``result`` as a trace of the active run ``run_id``, its finite scores as ``CODE`` feedback
+    assessments (see the module docstring); returns how many traces were written."""
+    import math
+
+    import mlflow
+    from mlflow.entities import AssessmentSource
+    from mlflow.tracing.constant import AssessmentMetadataKey
+
+    traced: list[tuple[str, dict[str, float]]] = []
+    now_ns = time.time_ns()
+    for example in result.examples:
+        span = mlflow.start_span_no_context(
+            "example",
+            span_type="CHAIN",
+            inputs={"question": example.question},
+            attributes={"example_id": example.id, "tags": ",".join(example.tags)},
+            tags={TAG_EXAMPLE: example.id},
+            experiment_id=experiment_id,
+            start_time_ns=now_ns - int(example.timings_ms.get("total", 0.0) * 1e6),
+        )
+        span.end(
+            outputs={
+                "answer": example.answer,
+                "abstained": example.abstained,
+                "cited_doc_ids": list(example.cited_doc_ids),
+                "problems": list(example.problems),
+            },
+            end_time_ns=now_ns,
+        )
+        scores = {name: float(value) for name, value in example.scores.items() if math.isfinite(value)}
+        traced.append((span.trace_id, scores))
+    mlflow.flush_trace_async_logging()  # the assessments need their traces written
+    source = AssessmentSource(source_type="CODE", source_id=SCORE_SOURCE)
+    for trace_id, scores in traced:
+        for name, value in scores.items():
+            mlflow.log_feedback(
+                trace_id=trace_id,
+                name=name,
+                value=value,
+                source=source,
+                metadata={AssessmentMetadataKey.SOURCE_RUN_ID: run_id},
+            )
+    return len(traced)
 
 
 def _to_run(run: Run) -> EvaluationRun:

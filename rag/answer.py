@@ -320,7 +320,7 @@ def _length_prior(words: int) -> float:
     return 1.0
 
 
-def _cite(sentence: str, n: int) -> str:
+def cite_sentence(sentence: str, n: int) -> str:
     """``"It weighs 8 kg [1]."``: the marker goes before the final punctuation when there is one."""
     match = _TERMINAL.search(sentence)
     if match:
@@ -361,7 +361,7 @@ class ExtractiveAnswerer:
                 chunk_order.append(item.chunk_rank)
         numbers = {rank: n for n, rank in enumerate(chunk_order, start=1)}
         ordered = sorted(chosen, key=lambda s: (chunk_order.index(s.chunk_rank), s.index))
-        pieces = tuple(_cite(s.text, numbers[s.chunk_rank]) for s in ordered)
+        pieces = tuple(cite_sentence(s.text, numbers[s.chunk_rank]) for s in ordered)
         citations = tuple(
             Citation(
                 n=numbers[rank],

@@ -3,10 +3,11 @@
 A sampled share of requests (``RAGOPS_TRACING__SAMPLE_RATE``, off by default) becomes a trace in the MLflow
 experiment ``serving``: a root span ``request`` (the question as the chain saw it, the answer, the citations) with one
 child span per stage, laid out in the order the stages ran with the milliseconds they took, the retrieval span
-carrying the cited chunks. A rating given through ``/v1/feedback`` is logged on the request's trace as a human
-feedback assessment ``user_rating``. Both are exported by one background thread from the request store's
-records after the request has ended: the request path only enqueues (bounded: past ``queue_size`` a trace is
-dropped and counted, never waited for), so tracing costs microseconds per request.
+carrying the cited chunks (id, source and a text excerpt each, as MLflow retriever documents). A rating given
+through ``/v1/feedback`` is logged on the request's trace as a human feedback assessment ``user_rating``. Both are
+exported by one background thread from the request store's records after the request has ended: the request path
+only enqueues (bounded: past ``queue_size`` a trace is dropped and counted, never waited for), so tracing costs
+microseconds per request.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 EXPERIMENT = "serving"
 REQUEST_TAG = "ragops.request_id"
 STAGE_SPAN_TYPES = {"retrieve": "RETRIEVER", "answer": "LLM", "embed": "EMBEDDING"}
+EXCERPT_CHARS = 1000
+"""Characters of each cited chunk's text kept on the retrieval span."""
 
 
 class TracingSettings(BaseModel):
@@ -116,17 +119,16 @@ class TraceExporter:
         for stage, ms in record.timings_ms.items():
             if stage == "total":
                 continue
+            retrieval = stage == "retrieve"
             span = mlflow.start_span_no_context(
-                stage, span_type=STAGE_SPAN_TYPES.get(stage, "UNKNOWN"), parent_span=root, start_time_ns=at
+                stage,
+                span_type=STAGE_SPAN_TYPES.get(stage, "UNKNOWN"),
+                parent_span=root,
+                inputs={"query": record.question} if retrieval else None,
+                start_time_ns=at,
             )
             at += int(ms * 1e6)
-            outputs: object = None
-            if stage == "retrieve":
-                outputs = [
-                    {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "text": (c.text or "")[:1000]}
-                    for c in record.citations
-                ]
-            span.end(outputs=outputs, end_time_ns=min(at, end_ns))
+            span.end(outputs=retrieved_documents(record) if retrieval else None, end_time_ns=min(at, end_ns))
         root.end(
             outputs={
                 "answer": record.answer,
@@ -157,6 +159,23 @@ class TraceExporter:
             source=AssessmentSource(source_type="HUMAN", source_id="playground/api"),
             rationale=f"thumbs {item.rating}",
         )
+
+
+def retrieved_documents(record: RequestRecord) -> list[dict[str, object]]:
+    """The retrieval span's outputs: the chunks the answer cited, as MLflow's retriever documents
+    (``mlflow.entities.Document``: ``page_content``, ``metadata`` with ``doc_uri``, ``id``), the shape the Traces
+    view renders as a document list and MLflow's retrieval judges read. Only the cited chunks travel with a record;
+    each text is cut to :data:`EXCERPT_CHARS` so a trace stays small."""
+    from mlflow.entities import Document
+
+    return [
+        Document(
+            page_content=(c.text or "")[:EXCERPT_CHARS],
+            metadata={"doc_uri": c.source, "doc_id": c.doc_id, "title": c.title, "citation": c.n},
+            id=c.chunk_id,
+        ).to_dict()
+        for c in record.citations
+    ]
 
 
 def wait_exported(exporter: TraceExporter, count: int, timeout_s: float = 30.0) -> bool:

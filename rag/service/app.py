@@ -36,10 +36,14 @@ from rag.store import RequestStore
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: RagSettings, *, holder: StackHolder | None = None) -> FastAPI:
-    """Build the service. ``holder`` defaults to one following the MLflow ``champion`` alias."""
+def create_app(
+    settings: RagSettings, *, holder: StackHolder | None = None, vectors: BatchedVectors | None = None
+) -> FastAPI:
+    """Build the service. ``holder`` defaults to one following the MLflow ``champion`` alias; ``vectors`` (how
+    requests reach the model and the index) to a :class:`BatchedVectors`. Only code passes them, never
+    configuration: tests and fault drills (``bench/monitor.py`` fails index searches this way)."""
     stack_holder = holder or StackHolder(settings)
-    vectors = BatchedVectors(max_batch=settings.service.max_batch)
+    vectors = vectors or BatchedVectors(max_batch=settings.service.max_batch)
     service_metrics = ServiceMetrics()
     gate = Gate(settings)
     tracer = TraceExporter(settings, settings.tracing) if settings.tracing.sample_rate > 0 else None

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from evaluation.deploy import GATE_RUN_TAG, OVERRIDE_TAG, compare_versions, evaluate_stack, promote_gated
 from evaluation.errors import PromotionRefused
+from evaluation.tracking import SCORE_SOURCE, TAG_EXAMPLE
 from flows.settings import Settings
 from pipelines.ingest import run_ingest
 from rag.stack import StackRegistry
@@ -113,6 +114,17 @@ def test_mlflow_run_holds_metrics_table_plots_and_gate(home: Home, champion: int
     assert next(r for r in rows if r["id"] == "k1")["containment"] == 1.0
     summary = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/summary.json")
     assert "judge" in summary["skipped"]  # reported as skipped, not zero
+    # MLflow 3's evaluation view of the run: a trace per question, its scores as feedback assessments
+    mlflow.set_tracking_uri(home.settings.mlflow_tracking_uri)
+    traces = mlflow.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, return_type="list")
+    by_id = {t.info.tags[TAG_EXAMPLE]: t for t in traces}
+    assert set(by_id) == {i for i, *_ in QA}
+    k1 = by_id["k1"]
+    assert k1.data.spans[0].inputs == {"question": next(r["question"] for r in rows if r["id"] == "k1")}
+    assert k1.data.spans[0].outputs["answer"] == next(r["answer"] for r in rows if r["id"] == "k1")
+    scores = {a.name: a for a in k1.info.assessments}
+    assert scores["containment"].value == 1.0 and scores["containment"].source.source_id == SCORE_SOURCE
+    assert {"token_f1", "exact_match"} <= set(scores)
 
 
 def test_degraded_stack_fails_the_gate_and_promotion_is_refused(home: Home, champion: int) -> None:

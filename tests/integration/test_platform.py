@@ -57,6 +57,9 @@ def _env(home: Path, cache: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAGOPS_", "PREFECT_", "MLFLOW_"))}
     env.update(OFFLINE_ENV)
     env.update({"RAGOPS_HOME": str(home), "RAGOPS_CACHE": str(cache), "PYTHONPATH": str(REPO)})
+    # The bootstrap's gate run would log its 351 questions as MLflow traces (about 20 s on two cores); that is
+    # tested on a small set in tests/integration/test_evaluation.py.
+    env["RAGOPS_EVAL__EXAMPLE_TRACES"] = "false"
     return env
 
 

@@ -71,6 +71,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterat
             "RAGOPS_EVAL__TESTSET": str(testset),
             "RAGOPS_EVAL__THRESHOLDS": json.dumps(THRESHOLDS),
             "RAGOPS_EVAL__RESAMPLES": "999",
+            "RAGOPS_EVAL__EXAMPLE_TRACES": "false",  # per-question traces: tests/integration/test_evaluation.py
             # A few real optimiser steps: enough to change the weights, cheap enough for CI.
             "RAGOPS_FINETUNE__EPOCHS": "1",
             "RAGOPS_FINETUNE__BATCH_SIZE": "4",

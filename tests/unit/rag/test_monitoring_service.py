@@ -1,6 +1,7 @@
 """The served app's monitoring, end to end on loopback: the record stage writes every request to the request store
 (answered, refused, failed, streamed), ``GET /metrics`` exports what the records say (names and types from a real
-scrape), and feedback is joined to its request in the store and counted.
+scrape), and feedback is joined to its request in the store and counted; a real Prometheus scraping the service
+evaluates infra/prometheus's rules and fires an alert.
 
 One module-scoped service over the tiny corpus (real ingestion, embedded Qdrant, uvicorn on a free port); the
 champion comes from a function, so no MLflow registry is involved.
@@ -8,9 +9,15 @@ champion comes from a function, so no MLflow registry is involved.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flows.settings import Settings
 from pipelines.index import VectorIndex
 from rag.store import RequestRecord
-from tests.fixtures.server import Running, api_client, serve, wait_for
+from tests.fixtures.server import Running, api_client, free_port, serve, wait_for
 from tests.unit.rag.conftest import BuiltIndex
 
 STACK_VERSION = 4
@@ -353,7 +360,7 @@ def test_sampled_requests_are_mlflow_traces_with_a_span_per_stage_and_the_rating
     is a human feedback assessment on it; exported after the request, off its path."""
     import mlflow
 
-    from rag.monitoring.tracing import EXPERIMENT, REQUEST_TAG, TracingSettings
+    from rag.monitoring.tracing import EXCERPT_CHARS, EXPERIMENT, REQUEST_TAG, TracingSettings
     from rag.service.app import create_app
     from rag.service.holder import StackHolder
     from rag.types import StackConfig
@@ -367,6 +374,7 @@ def test_sampled_requests_are_mlflow_traces_with_a_span_per_stage_and_the_rating
     with serve(create_app(settings, holder=holder)) as running, api_client(running.url, timeout=60) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
         body = ask(client)
+        record = running.app.state.requests.get(body["request_id"])
         tracer = running.app.state.tracer
         wait_for(lambda: tracer.exported >= 1, timeout=60)
         rated = client.post("/v1/feedback", json={"request_id": body["request_id"], "rating": "down"})
@@ -387,6 +395,120 @@ def test_sampled_requests_are_mlflow_traces_with_a_span_per_stage_and_the_rating
     root = trace.data.spans[0]
     assert root.inputs["question"] == QUESTION and root.outputs["answer"] == body["answer"]
     retrieve = next(span for span in trace.data.spans if span.name == "retrieve")
-    assert [c["chunk_id"] for c in retrieve.outputs] == [c["chunk_id"] for c in body["citations"]]
+    assert retrieve.span_type == "RETRIEVER" and retrieve.inputs == {"query": QUESTION}
+    # the cited chunks as MLflow retriever documents: the Traces view lists them, its retrieval judges read them
+    assert [d["id"] for d in retrieve.outputs] == [c["chunk_id"] for c in body["citations"]]
+    assert record is not None
+    for document, cited in zip(retrieve.outputs, record.citations, strict=True):
+        assert cited.text and document["page_content"] == cited.text[:EXCERPT_CHARS]
+        assert document["metadata"]["doc_uri"] == cited.source and document["metadata"]["doc_id"] == cited.doc_id
     ratings = [a for a in trace.info.assessments if a.name == "user_rating"]
     assert len(ratings) == 1 and ratings[0].value is False
+
+
+# ------------------------------------------------------------------------------------- a real Prometheus, end to end
+PROMETHEUS = shutil.which("prometheus")
+RULES = Path(__file__).resolve().parents[3] / "infra" / "prometheus" / "rules" / "ragops.yml"
+
+
+def fast_rules(text: str) -> str:
+    """infra/prometheus's rules with every ``for:`` set to 0s: the test cannot wait the minutes they ask for.
+    Expressions, thresholds, windows and labels are the shipped ones."""
+    return re.sub(r"(?m)^(\s+for:\s*)\S+\s*$", r"\g<1>0s", text)
+
+
+@contextlib.contextmanager
+def prometheus(folder: Path, target: Running) -> Iterator[httpx.Client]:
+    """A real Prometheus (Debian's package) scraping ``target`` every second and evaluating the rules every
+    second; yields a client for its HTTP API."""
+    assert PROMETHEUS is not None
+    (folder / "rules.yml").write_text(fast_rules(RULES.read_text(encoding="utf-8")), encoding="utf-8")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["rules.yml"],
+        "scrape_configs": [
+            {
+                "job_name": "ragops-api",
+                "metrics_path": "/metrics",
+                "authorization": {"type": "Bearer", "credentials": target.key},
+                "static_configs": [{"targets": [f"127.0.0.1:{target.port}"]}],
+            }
+        ],
+    }
+    (folder / "prometheus.yml").write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
+    port = free_port()
+    log = (folder / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+            def ready() -> bool:
+                assert process.poll() is None, (folder / "prometheus.log").read_text()
+                try:
+                    return client.get("/-/ready").status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(ready, timeout=30, interval=0.1)
+            yield client
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+def instant(client: httpx.Client, query: str) -> list[dict[str, Any]]:
+    """The result of an instant PromQL query."""
+    response = client.get("/api/v1/query", params={"query": query})
+    assert response.status_code == 200, response.text
+    result: list[dict[str, Any]] = response.json()["data"]["result"]
+    return result
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="no prometheus binary (Debian package `prometheus`, see the Makefile)")
+def test_a_real_prometheus_records_the_service_and_alerts_on_a_thumbs_down_surge(
+    service: Service, tmp_path: Path
+) -> None:
+    """Prometheus scrapes the live service with infra/prometheus's rules loaded (``for:`` overridden to 0s, see
+    :func:`fast_rules`; scrape and evaluation every second): the recording rules produce series, and a surge of
+    thumbs-down ratings fires ``RagopsThumbsDownShareHigh``, read from ``/api/v1/alerts``."""
+    with prometheus(tmp_path, service.running) as prom, service.client() as client:
+        groups = prom.get("/api/v1/rules").json()["data"]["groups"]
+        assert {g["name"] for g in groups} == {"ragops-recording", "ragops-slo-latency", "ragops-alerts"}
+        wait_for(lambda: instant(prom, 'up{job="ragops-api"} == 1'), timeout=10)
+        ask(client)  # the request and feedback series exist before the surge, so increase() sees all of it
+        time.sleep(1.5)  # a scrape or two with them
+        for _ in range(12):
+            rated = client.post("/v1/feedback", json={"request_id": ask(client)["request_id"], "rating": "down"})
+            assert rated.status_code == 200, rated.text
+
+        def firing() -> list[dict[str, Any]]:
+            alerts = prom.get("/api/v1/alerts").json()["data"]["alerts"]
+            return [a for a in alerts if a["labels"]["alertname"] == "RagopsThumbsDownShareHigh"]
+
+        (alert,), seconds = wait_for(lambda: [a for a in firing() if a["state"] == "firing"], timeout=15, interval=0.2)
+        assert alert["labels"]["severity"] == "ticket"
+        for record in (
+            "ragops:thumbs_down_share_1h",
+            "ragops:error_ratio_5m",
+            "route:ragops_request_duration_seconds:p99_5m",
+        ):
+            assert instant(prom, record), f"recording rule {record} produced no series"
+        (share,) = instant(prom, "ragops:thumbs_down_share_1h")
+        assert float(share["value"][1]) > 0.3
+        (errors,) = instant(prom, "ragops:error_ratio_5m")
+        assert float(errors["value"][1]) == 0.0  # nothing failed: the error-rate alert must stay quiet
+        assert not [
+            a
+            for a in prom.get("/api/v1/alerts").json()["data"]["alerts"]
+            if a["labels"]["alertname"] == "RagopsErrorRateHigh"
+        ]
