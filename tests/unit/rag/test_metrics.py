@@ -23,6 +23,7 @@ EXPECTED_TYPES = {
     "ragops_stream_output_tokens_per_second": "histogram",
     "ragops_cost_usd": "counter",
     "ragops_cache_requests": "counter",
+    "ragops_cache_backend_errors": "counter",
     "ragops_guardrail_verdicts": "counter",
     "ragops_abstentions": "counter",
     "ragops_feedback": "counter",
