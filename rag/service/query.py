@@ -246,6 +246,8 @@ def usage(ctx: RequestContext) -> Usage:
         cost_usd=u.cost_usd,
         time_to_first_token_ms=ctx.first_token_ms,
         context_tokens_saved=ctx.context_tokens_saved,
+        tier=ctx.routing.answered_by if ctx.routing else None,
+        escalations=ctx.routing.escalations if ctx.routing else 0,
     )
 
 
@@ -274,4 +276,5 @@ def query_response(served: Served, ctx: RequestContext) -> QueryResponse:
         usage=usage(ctx),
         timings=ctx.all_timings(),
         notice=ctx.notice,
+        routing=ctx.routing.to_json() if ctx.routing else None,
     )

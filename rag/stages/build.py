@@ -17,6 +17,7 @@ from rag.stages.guard import InputPrepareStage, InputScreenStage, OutputGuardSta
 from rag.stages.limit import LimitStage, TokenChargeStage
 from rag.stages.record import Recorder, RecordStage
 from rag.stages.retrieve import RetrieveStage
+from rag.stages.route import RouteStage, TieredAnswerStage
 from rag.stages.validate import RequestLimits, ValidateStage
 
 if TYPE_CHECKING:
@@ -36,10 +37,11 @@ def build_chain(
     cache: AnswerCache | None = None,
 ) -> Chain:
     """The stages for ``engine``'s stack, in order: limit, validate, check_input, cache_exact, embed,
-    screen_input, cache, retrieve, fit_context, answer, check_output, cache_store, charge_tokens, record (the
+    screen_input, cache, retrieve, fit_context, route, answer, check_output, cache_store, charge_tokens, record (the
     guardrail stages only when the stack has guardrails; fit_context only for an LLM stack with
-    ``llm.max_input_tokens``; the limit stages only with a ``limiter`` with quotas and the cache stages only with a
-    ``cache``: the service's, never evaluation's)."""
+    ``llm.max_input_tokens``; route, with the tiered answer stage, only for a stack with ``routing``; the limit
+    stages only with a ``limiter`` with quotas and the cache stages only with a ``cache``: the service's, never
+    evaluation's)."""
     guards = engine.guards
     quotas = limiter is not None and limiter.enabled
     stages: list[Stage] = []
@@ -60,7 +62,10 @@ def build_chain(
     budget = engine.config.llm.max_input_tokens
     if engine.config.answerer.kind == "llm" and budget is not None:
         stages.append(FitContextStage(budget))
-    stages.append(AnswerStage())
+    if engine.config.routing is not None:  # a tiered stack: route, then answer with escalation
+        stages += [RouteStage(), TieredAnswerStage()]
+    else:
+        stages.append(AnswerStage())
     if guards is not None:
         stages.append(OutputGuardStage(guards.output))
     if cache is not None:

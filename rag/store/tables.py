@@ -61,6 +61,7 @@ requests = Table(
     Column("feedback_comment", Text, nullable=True),
     Column("feedback_at", Float, nullable=True),
     Column("guardrail_triggered", Boolean, nullable=False, server_default=false()),
+    Column("routing", JSON_TYPE, nullable=True),
     Index(
         "requests_window",
         "at",

@@ -1,0 +1,30 @@
+"""A ``routing`` column: a tiered stack's decision, attempts and escalations for the request (JSON, null otherwise).
+
+Why a column rather than part of ``timings``: which tier answered, why the router chose it and why an answer was
+escalated are what a cost review and a router refit read back, with their own shape.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("requests") as batch:
+        batch.add_column(sa.Column("routing", sa.JSON().with_variant(JSONB(), "postgresql"), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("requests") as batch:
+        batch.drop_column("routing")
