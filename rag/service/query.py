@@ -16,6 +16,7 @@ import anyio
 from rag.cache import AnswerCache
 from rag.errors import Overloaded
 from rag.limits.admission import AdmissionController
+from rag.limits.budget import BudgetLedger
 from rag.limits.rate import RateLimiter
 from rag.service.batcher import BatchedVectors
 from rag.service.errors import error_kind
@@ -69,6 +70,8 @@ class QueryService:
         limits = settings.limits
         self._cache_settings = settings.answer_cache
         self.limiter = RateLimiter(limits)
+        on_soft = (lambda budget, _: metrics.budget_soft_limit(budget.name)) if metrics is not None else None
+        self.budgets = BudgetLedger(settings.store.resolve_url(settings.home), limits, on_soft=on_soft)
         self.admission = AdmissionController(limits.max_concurrency, limits.max_queue, limits.queue_timeout_s)
 
     def _chain_and_recorder(self, served: Served) -> tuple[Chain, StoreRecorder]:
@@ -93,6 +96,7 @@ class QueryService:
             recorder=recorder,
             limiter=self.limiter,
             cache=cache,
+            budgets=self.budgets,
         )
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
         self._chains[id(served)] = (served, chain, recorder)

@@ -14,7 +14,7 @@ from rag.stages.chain import Chain, Stage
 from rag.stages.embed import EmbedStage
 from rag.stages.fit import FitContextStage
 from rag.stages.guard import InputPrepareStage, InputScreenStage, OutputGuardStage
-from rag.stages.limit import LimitStage, TokenChargeStage
+from rag.stages.limit import BudgetChargeStage, BudgetStage, LimitStage, TokenChargeStage
 from rag.stages.record import Recorder, RecordStage
 from rag.stages.retrieve import RetrieveStage
 from rag.stages.route import RouteStage, TieredAnswerStage
@@ -23,6 +23,7 @@ from rag.stages.validate import RequestLimits, ValidateStage
 if TYPE_CHECKING:
     from rag.cache import AnswerCache
     from rag.engine import RagEngine
+    from rag.limits.budget import BudgetLedger
     from rag.limits.rate import RateLimiter
     from rag.stages.ports import VectorPort
 
@@ -35,19 +36,24 @@ def build_chain(
     recorder: Recorder | None = None,
     limiter: RateLimiter | None = None,
     cache: AnswerCache | None = None,
+    budgets: BudgetLedger | None = None,
 ) -> Chain:
-    """The stages for ``engine``'s stack, in order: limit, validate, check_input, cache_exact, embed,
-    screen_input, cache, retrieve, fit_context, route, answer, check_output, cache_store, charge_tokens, record (the
-    guardrail stages only when the stack has guardrails; fit_context only for an LLM stack with
-    ``llm.max_input_tokens``; route, with the tiered answer stage, only for a stack with ``routing``; the limit
-    stages only with a ``limiter`` with quotas and the cache stages only with a ``cache``: the service's, never
-    evaluation's)."""
+    """The stages for ``engine``'s stack, in order: limit, budget, validate, check_input, cache_exact, embed,
+    screen_input, cache, retrieve, fit_context, route, answer, check_output, cache_store, charge_tokens,
+    charge_budget, record (the guardrail stages only when the stack has guardrails; fit_context only for an LLM
+    stack with ``llm.max_input_tokens``; route, with the tiered answer stage, only for a stack with ``routing``; the
+    limit stages only with a ``limiter`` with quotas, the budget stages only with ``budgets`` configured and the
+    cache stages only with a ``cache``: the service's, never evaluation's)."""
     guards = engine.guards
     quotas = limiter is not None and limiter.enabled
     stages: list[Stage] = []
     if quotas:
         assert limiter is not None
         stages.append(LimitStage(limiter))
+    spend = budgets is not None and budgets.enabled
+    if spend:
+        assert budgets is not None
+        stages.append(BudgetStage(budgets))
     stages.append(ValidateStage(limits or RequestLimits()))
     if guards is not None:
         stages.append(InputPrepareStage(guards.input))
@@ -73,6 +79,9 @@ def build_chain(
     if quotas:
         assert limiter is not None
         stages.append(TokenChargeStage(limiter))
+    if spend:
+        assert budgets is not None
+        stages.append(BudgetChargeStage(budgets))
     if recorder is not None:
         stages.append(RecordStage(recorder))
     return Chain(stages)

@@ -1,7 +1,9 @@
-"""A ``routing`` column: a tiered stack's decision, attempts and escalations for the request (JSON, null otherwise).
+"""A ``routing`` column (a tiered stack's decision, attempts and escalations; JSON, null otherwise) and the
+``budget_spend`` table (tokens and dollars per API key or tenant per day and month: :mod:`rag.limits.budget`).
 
 Why a column rather than part of ``timings``: which tier answered, why the router chose it and why an answer was
-escalated are what a cost review and a router refit read back, with their own shape.
+escalated are what a cost review and a router refit read back, with their own shape. Why budgets here: the request
+store is the database every worker and every restart already shares.
 
 Revision ID: 0003
 Revises: 0002
@@ -23,8 +25,17 @@ depends_on: str | None = None
 def upgrade() -> None:
     with op.batch_alter_table("requests") as batch:
         batch.add_column(sa.Column("routing", sa.JSON().with_variant(JSONB(), "postgresql"), nullable=True))
+    op.create_table(
+        "budget_spend",
+        sa.Column("scope", sa.String(8), primary_key=True),
+        sa.Column("identity", sa.String(200), primary_key=True),
+        sa.Column("window", sa.String(16), primary_key=True),
+        sa.Column("tokens", sa.BigInteger, nullable=False),
+        sa.Column("cost_usd", sa.Float, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("budget_spend")
     with op.batch_alter_table("requests") as batch:
         batch.drop_column("routing")
