@@ -16,11 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from evaluation.errors import EvaluationError
 from evaluation.runner import EvalResult, ExampleResult
 from rag.routing import Features, decide
 from rag.types import ROUTER_FEATURES, RoutingConfig, StackConfig
+
+if TYPE_CHECKING:
+    from evaluation.settings import EvaluationSettings
+    from evaluation.testsets import TestSet
+    from rag.stack import StackRegistry
 
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 20))
 """Candidate routing thresholds (0.10 .. 0.95)."""
@@ -178,3 +184,41 @@ def fit(routing: RoutingConfig, rows: Sequence[Row], *, tolerance: float, fitted
     best = max(scored, key=lambda ts: (ts[1].quality, -ts[1].cost_usd))[0]
     threshold = min(within)[2] if within else best
     return candidate.model_copy(update={"threshold": threshold})
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What :func:`fit_stack` did: the new stack version, its routing, and routed vs top tier on the rows."""
+
+    version: int
+    routing: RoutingConfig
+    routed: Simulation
+    top: Simulation
+    rows: int
+
+
+def fit_stack(
+    settings: EvaluationSettings, registry: StackRegistry, version: int, testset: TestSet, *, actor: str
+) -> FitReport:
+    """Evaluate each tier of stack ``version`` alone on ``testset``, fit its router and register the result as a
+    new stack version (not promoted: it goes through the gate like any other change)."""
+    from evaluation.runner import evaluate
+    from rag.engine import RagEngine
+
+    config = registry.get(version).config
+    if config.routing is None:
+        raise EvaluationError(f"stack version {version} has no tiers (routing); nothing to fit")
+    results = []
+    for tier in config.routing.tiers:
+        with RagEngine.open(settings, single_tier(config, tier.name)) as engine:
+            results.append(evaluate(engine, testset, settings.eval))
+    rows = rows_from(results)
+    fitted_on = f"{testset.name}@{testset.sha256[:12]}; success = containment or right abstention"
+    routing = fit(config.routing, rows, tolerance=settings.eval.tolerance, fitted_on=fitted_on)
+    new = registry.register(
+        config.model_copy(update={"routing": routing}),
+        description=f"router fitted on {testset.name} from version {version}",
+        actor=actor,
+        tags={"router.fitted_on": fitted_on, "router.fitted_from": str(version)},
+    )
+    return FitReport(new, routing, simulate(routing, rows), top_tier(rows), len(rows))
