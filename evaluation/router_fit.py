@@ -92,8 +92,8 @@ def rows_from(per_tier: Sequence[EvalResult]) -> list[Row]:
     rows: list[Row] = []
     for example in per_tier[0].examples:
         trace = example.routing
-        if trace is None:
-            raise EvaluationError(f"{per_tier[0].stack_name!r} is not a tiered stack (no routing trace)")
+        if trace is None:  # refused before routing (a guardrail): nothing for the router to learn
+            continue
         feats = trace["features"]
         outcomes = []
         for table in by_tier:
@@ -108,6 +108,8 @@ def rows_from(per_tier: Sequence[EvalResult]) -> list[Row]:
                 example.unanswerable,
             )
         )
+    if not rows:
+        raise EvaluationError(f"{per_tier[0].stack_name!r} routed no question (not a tiered stack?)")
     return rows
 
 
