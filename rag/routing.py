@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -34,10 +35,45 @@ logger = logging.getLogger(__name__)
 _OPEN_WORDS = frozenset({"why", "how", "explain", "describe", "compare", "difference", "differ", "summarize"})
 """Question words of answers that are explanations rather than facts (harder for sentence extraction)."""
 
+_WANTS_NUMBER = re.compile(
+    r"\b(how (many|much|long|old|far|big|large|fast|often|heavy|high)|what (year|percentage|percent|date|time|"
+    r"price|size|temperature)|when|which year)\b",
+    re.I,
+)
+"""Questions whose answer is a number or a date: an extractive answer without a digit has missed it."""
+_WORD = re.compile(r"[a-z0-9][a-z0-9-]{3,}")
+_QUESTION_WORDS = frozenset(
+    [
+        "what",
+        "when",
+        "where",
+        "which",
+        "whom",
+        "whose",
+        "does",
+        "have",
+        "with",
+        "that",
+        "this",
+        "from",
+        "were",
+        "many",
+        "much",
+        "long",
+        "there",
+        "their",
+        "about",
+    ]
+)
+"""Words of the question's form, not its content (left out of ``question_overlap``)."""
+
 
 @dataclass(frozen=True)
 class Features:
-    """What the router knows before generation (the order of :data:`rag.types.ROUTER_FEATURES`)."""
+    """What the router knows before generation (the order of :data:`rag.types.ROUTER_FEATURES`).
+
+    ``number_missing``: the question asks for a number or date and the extractive answer has no digit;
+    ``question_overlap``: the share of the question's content words the extractive answer repeats."""
 
     question_words: float
     open_question: float
@@ -45,6 +81,8 @@ class Features:
     similarity_spread: float
     extractive_support: float
     extractive_abstained: float
+    number_missing: float
+    question_overlap: float
 
     def vector(self) -> tuple[float, ...]:
         """The values in the order the coefficients follow."""
@@ -58,6 +96,8 @@ def _similarity(chunk: RetrievedChunk) -> float:
 def features(question: str, chunks: Sequence[RetrievedChunk], extractive: Answer) -> Features:
     """The router's features of ``question`` over ``chunks`` with the extractive answer already computed."""
     words = question.lower().split()
+    content = set(_WORD.findall(question.lower())) - _QUESTION_WORDS
+    answer = extractive.text.lower()
     sims = sorted((_similarity(c) for c in chunks), reverse=True)
     top = sims[0] if sims else 0.0
     spread = top - sims[-1] if len(sims) > 1 else 0.0
@@ -68,6 +108,8 @@ def features(question: str, chunks: Sequence[RetrievedChunk], extractive: Answer
         similarity_spread=float(spread),
         extractive_support=float(extractive.support),
         extractive_abstained=1.0 if extractive.abstained else 0.0,
+        number_missing=1.0 if _WANTS_NUMBER.search(question) and not re.search(r"\d", answer) else 0.0,
+        question_overlap=sum(w in answer for w in content) / len(content) if content else 0.0,
     )
 
 

@@ -163,6 +163,8 @@ ROUTER_FEATURES: tuple[str, ...] = (
     "similarity_spread",
     "extractive_support",
     "extractive_abstained",
+    "number_missing",
+    "question_overlap",
 )
 """What the router knows before any generation, in the order its coefficients follow (see :mod:`rag.routing`)."""
 

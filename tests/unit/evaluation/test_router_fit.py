@@ -24,7 +24,7 @@ def _rows(n: int = 200) -> list[Row]:
         rows.append(
             Row(
                 f"q{i}",
-                Features(1.0, 0.0, 0.7, 0.1, support, 0.0),
+                Features(1.0, 0.0, 0.7, 0.1, support, 0.0, 0.0, 0.5),
                 (Outcome(easy, easy, 0.0), Outcome(True, True, 0.01)),
                 unanswerable=False,
             )
@@ -45,9 +45,11 @@ def test_the_fitted_router_keeps_top_quality_at_a_fraction_of_its_cost() -> None
 
 
 def test_escalation_pays_for_both_tiers_and_is_counted() -> None:
-    always_cheap = TierConfig(name="extractive", coef=(0.0,) * 6, intercept=9.0)
+    always_cheap = TierConfig(name="extractive", coef=(0.0,) * 8, intercept=9.0)
     routing = RoutingConfig(tiers=(always_cheap, TierConfig(name="large", kind="llm", llm=LLM)))
-    row = Row("q", Features(1, 0, 0.7, 0.1, 0.2, 0), (Outcome(False, False, 0.0), Outcome(True, True, 0.01)), False)
+    row = Row(
+        "q", Features(1, 0, 0.7, 0.1, 0.2, 0, 0, 0), (Outcome(False, False, 0.0), Outcome(True, True, 0.01)), False
+    )
     sim = simulate(routing, [row])
     assert (sim.escalation_rate, sim.quality, sim.cost_usd) == (1.0, 1.0, pytest.approx(0.01))
 

@@ -12,7 +12,7 @@ from rag.routing import Features, check_answer, decide, features, pass_probabili
 from rag.types import ROUTER_FEATURES, Answer, RetrievedChunk, RoutingConfig, TierConfig
 
 N = len(ROUTER_FEATURES)
-FEATS = Features(1.0, 0.0, 0.8, 0.2, 0.9, 0.0)
+FEATS = Features(1.0, 0.0, 0.8, 0.2, 0.9, 0.0, 0.0, 0.5)
 
 
 def _routing(*coefs: tuple[float, ...] | None, **kw: object) -> RoutingConfig:
@@ -35,10 +35,10 @@ def _bag_of_words(texts: Sequence[str]) -> np.ndarray:
 
 
 def test_the_cheapest_tier_over_the_threshold_is_chosen_else_the_last() -> None:
-    confident = (0.0,) * (N - 2) + (5.0, 0.0)  # the extractive support drives it
+    confident = (0.0,) * 4 + (5.0,) + (0.0,) * (N - 5)  # the extractive support drives it
     routing = _routing(confident, (0.0,) * N, None, threshold=0.6)
     assert decide(routing, FEATS).name == "t0"
-    weak = Features(1.0, 0.0, 0.8, 0.2, 0.0, 1.0)
+    weak = Features(1.0, 0.0, 0.8, 0.2, 0.0, 1.0, 0.0, 0.0)
     decision = decide(routing, weak)
     assert decision.name == "t2"  # t0 at 0.5, t1 at 0.5, both under 0.6; t2 is only reached this way
     assert decision.probabilities[2] is None and pass_probability(routing.tiers[0], weak) == pytest.approx(0.5)
@@ -63,7 +63,7 @@ def test_the_output_check_fails_invented_text_and_abstention_over_answerable_con
     failed = check_answer(routing, invented, chunks, FEATS, _bag_of_words)
     assert (failed.passed, failed.reason) == (False, "ungrounded")
     assert check_answer(routing, abstained, chunks, FEATS, _bag_of_words).reason == "abstained_with_support"
-    unrelated = Features(1.0, 0.0, 0.2, 0.0, 0.0, 1.0)
+    unrelated = Features(1.0, 0.0, 0.2, 0.0, 0.0, 1.0, 0.0, 0.0)
     assert check_answer(routing, abstained, chunks, unrelated, _bag_of_words).passed  # the right abstention
 
 
@@ -76,3 +76,7 @@ def test_features_read_the_question_and_the_retrieval() -> None:
         pytest.approx(0.5),
         1.0,
     )
+    year = features("In what year was Northwind founded?", chunks, Answer("Northwind was founded early.", (), False, 1))
+    assert year.number_missing == 1.0 and year.question_overlap == pytest.approx(2 / 3)  # year, northwind, founded
+    found = features("In what year was Northwind founded?", chunks, Answer("Founded in 2014.", (), False, 1))
+    assert found.number_missing == 0.0

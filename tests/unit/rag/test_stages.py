@@ -18,7 +18,7 @@ from rag.stages.build import build_chain
 from rag.stages.chain import Chain, StreamEvent
 from rag.stages.context import OPERATOR, RequestContext
 from rag.stages.ports import DirectVectors
-from rag.types import StackConfig
+from rag.types import ROUTER_FEATURES, StackConfig
 from tests.fixtures.fake_openai import FakeOpenAI
 from tests.unit.rag.conftest import BuiltIndex
 
@@ -232,7 +232,7 @@ def test_the_cache_answers_repeats_and_paraphrases_within_a_scope(built_index: B
 
 
 def _tiers(small: FakeOpenAI, large: FakeOpenAI, *, extractive_intercept: float) -> dict[str, Any]:
-    zero = [0.0] * 6
+    zero = [0.0] * len(ROUTER_FEATURES)
 
     def llm(fake: FakeOpenAI, price: float) -> dict[str, Any]:
         return {"base_url": fake.base_url, "model": fake.model, "timeout_s": 10, "output_usd_per_mtok": price}
