@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -173,17 +174,18 @@ def _budget_overrun(settings: Any, routed: Any) -> dict[str, Any]:
         settings.store.resolve_url(settings.home), LimitsSettings(key_daily_usd=total / 10), on_soft=None
     )
     served = refused = overrun = 0
+    key = f"bench-{uuid.uuid4().hex[:8]}"  # a fresh key: the home's database keeps earlier runs' spend
     try:
         for example in routed.examples:
             try:
-                ledger.check(api_key="bench", tenant=None)
+                ledger.check(api_key=key, tenant=None)
             except BudgetExceeded:
                 refused += 1
                 continue
-            if ledger.spend("key", "bench", "daily").cost_usd >= total / 10:
+            if ledger.spend("key", key, "daily").cost_usd >= total / 10:
                 overrun += 1  # served although the budget was already used up
             served += 1
-            ledger.charge(api_key="bench", tenant=None, tokens=example.tokens, cost_usd=example.cost_usd)
+            ledger.charge(api_key=key, tenant=None, tokens=example.tokens, cost_usd=example.cost_usd)
     finally:
         ledger.close()
     return {"budget_overrun_requests": overrun, "budget_served": served, "budget_refused": refused}
