@@ -10,6 +10,12 @@ target of issue 15 (first token within 1 s p50 for a 5-chunk context on 2 cores)
 ``ttft_p50_ms / 1000`` (below 1 meets it).
 
     python bench/llm.py --runs 7
+    python bench/llm.py --part routing            # routing, abstention, budgets, context fitting (bench/_routing.py)
+
+``--part routing`` adds ``routed_cost_share``, ``routed_quality_delta`` (containment, routed minus always-top),
+``escalation_rate``, ``budget_overrun_requests``, ``context_tokens_saved_share``,
+``abstention_recall_unanswerable`` and ``false_abstention_rate`` on demo_qa; its top tier is a SIMULATION (see
+``bench/_sim_llm.py``). ``--part all`` (the default) runs both parts into one JSON.
 """
 
 from __future__ import annotations
@@ -154,8 +160,48 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each completion")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
     parser.add_argument("--home", type=Path, default=None, help="RAGOPS_HOME whose cache keeps the conversion")
+    parser.add_argument("--part", choices=("ttft", "routing", "all"), default="all", help="what to measure")
+    parser.add_argument("--limit", type=int, default=None, help="routing: only the first N demo_qa questions")
+    parser.add_argument("--small-llm-url", default=None, help="routing: a served local small LLM as middle tier")
+    parser.add_argument("--small-llm-model", default=None, help="routing: its model name")
+    parser.add_argument("--fit-budget", type=int, default=256, help="routing: context tokens for context fitting")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    report: dict[str, object] = {"benchmark": "llm"}
+    if args.part in ("ttft", "all"):
+        report.update(measure_ttft(args))
+    if args.part in ("routing", "all"):
+        from bench._routing import run_routing
+
+        report.update(
+            run_routing(
+                home=args.home,
+                limit=args.limit,
+                small_llm_url=args.small_llm_url,
+                small_llm_model=args.small_llm_model,
+                fit_budget=args.fit_budget,
+            )
+        )
+        report["targets"] = {
+            "routed_cost_share<=0.5": _le(report.get("routed_cost_share"), 0.5),
+            "routed_quality_delta>=-tolerance": _ge(report.get("routed_quality_delta"), -0.02),
+            "abstention_recall_unanswerable>=0.8": _ge(report.get("abstention_recall_unanswerable"), 0.8),
+            "false_abstention_rate<=0.05": _le(report.get("false_abstention_rate"), 0.05),
+            "budget_overrun_requests==0": report.get("budget_overrun_requests") == 0,
+        }
+    print(json.dumps(report, indent=2))
+
+
+def _le(value: object, bound: float) -> bool | None:
+    return None if not isinstance(value, int | float) else value <= bound
+
+
+def _ge(value: object, bound: float) -> bool | None:
+    return None if not isinstance(value, int | float) else value >= bound
+
+
+def measure_ttft(args: argparse.Namespace) -> dict[str, object]:
+    """Time to first token and tokens/s of the local LLM server (see the module docstring)."""
 
     prompt = rag_prompt(args.chunks, args.words)
     with tempfile.TemporaryDirectory(prefix="bench-llm-") as scratch:
@@ -172,8 +218,7 @@ def main() -> None:
             runs = [stream_once(base_url, model, prompt, args.max_tokens) for _ in range(args.runs)]
             wall, cpu = time.perf_counter() - wall, process_cpu_seconds(pid) - cpu
     ttft = statistics.median(r["ttft_ms"] for r in runs)
-    report = {
-        "benchmark": "llm",
+    return {
         "model": model,
         "server": "transformers serve (rag.local_llm)",
         "cpu": {"model": cpu_model(), "cores": os.cpu_count(), **cpu_flags()},
@@ -194,7 +239,6 @@ def main() -> None:
         # busy machine it is much lower and the figures above scale with it.
         "server_core_share": round(cpu / wall / (os.cpu_count() or 1), 3),
     }
-    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ if TYPE_CHECKING:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Latency, token and cost metrics, and guardrail trigger/false-refusal rates: smaller is better (maxima)."""
+    """Latency, token and cost metrics, guardrail trigger/false-refusal rates and a tiered stack's escalation rate
+    and tier shares: smaller is better or descriptive (maxima only, never a regression)."""
     return (
         metric.endswith("_ms")
-        or metric.startswith(("tokens", "cost"))
-        or metric in ("guardrail_trigger_rate", "guardrail_false_refusal_rate")
+        or metric.startswith(("tokens", "cost", "tier_share_"))
+        or metric in ("guardrail_trigger_rate", "guardrail_false_refusal_rate", "escalation_rate")
     )
 
 

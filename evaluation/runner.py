@@ -77,6 +77,7 @@ class ExampleResult:
     cost_usd: float = 0.0
     blocked_by: str | None = None
     guardrails: tuple[Mapping[str, Any], ...] = ()
+    routing: Mapping[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
         """A flat row for the per-example table."""
@@ -93,6 +94,7 @@ class ExampleResult:
             "tokens": self.tokens,
             "cost_usd": self.cost_usd,
             "blocked_by": self.blocked_by or "",
+            "tier": (self.routing or {}).get("answered_by", ""),
             "guardrails": "; ".join(f"{v['name']}={v['verdict']}" for v in self.guardrails),
             "problems": "; ".join(self.problems),
             **{f"ms_{k}": round(v, 3) for k, v in self.timings_ms.items()},
@@ -288,6 +290,7 @@ def evaluate(
                     problems=check.problems,
                     blocked_by=ctx.refusal.check if ctx.refusal else None,
                     guardrails=tuple(v.to_json() for v in ctx.verdicts),
+                    routing=ctx.routing.to_json() if ctx.routing is not None else None,
                 )
             )
             answers.append((item, answer, context))
@@ -331,6 +334,7 @@ def evaluate(
     metrics["tokens_per_request"] = sum(e.tokens for e in examples) / len(examples)
     # the LLM's reported tokens at the stack's prices (0 for extractive answers and local models)
     metrics["cost_usd_per_request"] = sum(e.cost_usd for e in examples) / len(examples)
+    metrics.update(routing_metrics(examples))
     if engine.guards is None:
         skipped["guardrail_trigger_rate"] = "the stack has no guardrails (registered before they existed)"
     else:
@@ -360,6 +364,19 @@ def evaluate(
         skipped=skipped,
         seconds=time.perf_counter() - started,
     )
+
+
+def routing_metrics(examples: Sequence[ExampleResult]) -> dict[str, float]:
+    """A tiered stack's ``escalation_rate`` (requests that tried more than one tier) and ``tier_share_<name>`` (the
+    share each tier answered); nothing for a stack without tiers."""
+    traces = [e.routing for e in examples if e.routing is not None]
+    if not traces:
+        return {}
+    out = {"escalation_rate": sum(1 for t in traces if int(t.get("escalations", 0)) > 0) / len(traces)}
+    for trace in traces:
+        key = f"tier_share_{trace.get('answered_by')}"
+        out[key] = out.get(key, 0.0) + 1 / len(traces)
+    return out
 
 
 def _answer_scores(

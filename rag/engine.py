@@ -16,6 +16,7 @@ from rag.answer import Answerer, ExtractiveAnswerer
 from rag.context_fit import chunk_tokens
 from rag.errors import StackError, StackMismatch
 from rag.retrieve import Retriever
+from rag.routing import build_tiers
 from rag.types import Answer, Filters, RetrievedChunk, StackConfig
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ class RagEngine:
         self.retriever = Retriever(reader, embedder, config)
         self.retriever.warm_up()
         self.answerer = build_answerer(config)
+        self.extractive = ExtractiveAnswerer(config.answerer)  # the routed stack's features and first tier
+        self.extractive.warm_up()
+        self.tiers = build_tiers(config, self.extractive)
         self.guards = build_guards(config, settings=settings, embedder=embedder, reader=reader)
         self._owns_reader = owns_reader
 

@@ -71,6 +71,17 @@ class RateLimited(RagError):
         self.retry_after_s = retry_after_s
 
 
+class BudgetExceeded(RateLimited):
+    """A caller's daily or monthly budget (``budget``, e.g. ``key:daily_usd``) is used up until ``reset_at`` (ISO
+    8601, UTC): the service answers 429 with both in the message and ``Retry-After`` until the reset."""
+
+    def __init__(self, budget: str, reset_at: str, retry_after_s: float) -> None:
+        RagError.__init__(self, f"budget {budget} exceeded; it resets at {reset_at}")
+        self.limit = budget
+        self.reset_at = reset_at
+        self.retry_after_s = retry_after_s
+
+
 class CircuitOpen(RagError):
     """A dependency's circuit breaker is open: it failed repeatedly, calls are refused until ``retry_after_s``."""
 

@@ -156,6 +156,70 @@ class LlmConfig(BaseModel):
         return (prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok) / 1e6
 
 
+ROUTER_FEATURES: tuple[str, ...] = (
+    "question_words",
+    "open_question",
+    "top_similarity",
+    "similarity_spread",
+    "extractive_support",
+    "extractive_abstained",
+    "number_missing",
+    "question_overlap",
+)
+"""What the router knows before any generation, in the order its coefficients follow (see :mod:`rag.routing`)."""
+
+
+class TierConfig(BaseModel):
+    """One answering tier: the extractive answerer (free) or an OpenAI-compatible LLM with its own URL and prices."""
+
+    model_config = _FROZEN
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    kind: AnswererKind = "extractive"
+    llm: LlmConfig | None = None
+    coef: tuple[float, ...] | None = Field(
+        default=None,
+        description="Logistic coefficients over ROUTER_FEATURES for 'this tier's answer passes'; None: never "
+        "chosen up front (only reached by escalation), which is how the top tier is written.",
+    )
+    intercept: float = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> TierConfig:
+        if self.kind == "llm" and not (self.llm and self.llm.base_url and self.llm.model):
+            raise ValueError(f"tier {self.name!r} of kind 'llm' needs llm.base_url and llm.model")
+        if self.coef is not None and len(self.coef) != len(ROUTER_FEATURES):
+            raise ValueError(f"tier {self.name!r} needs {len(ROUTER_FEATURES)} coefficients, got {len(self.coef)}")
+        return self
+
+
+class RoutingConfig(BaseModel):
+    """Tiers cheapest first and the router's fitted parameters (versioned with the stack: a refit is a new stack).
+
+    The router picks the first tier whose predicted chance of passing the output check reaches ``threshold``; the
+    check (grounding share, abstention where the context has support) escalates a failed answer to the next tier.
+    """
+
+    model_config = _FROZEN
+
+    tiers: tuple[TierConfig, ...] = Field(min_length=1)
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    grounding_threshold: float = Field(default=0.6, ge=-1.0, le=1.0, description="Cosine a sentence needs.")
+    min_grounded_share: float = Field(default=0.5, ge=0.0, le=1.0, description="Supported sentences needed.")
+    answerable_similarity: float = Field(
+        default=0.55, ge=-1.0, le=1.0, description="Top retrieval similarity from which an abstention is a failure."
+    )
+    max_escalations: int = Field(default=2, ge=0, le=5)
+    fitted_on: str | None = Field(default=None, description="The evaluation set and metric the parameters came from.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RoutingConfig:
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        return self
+
+
 class PromptRef(BaseModel):
     """A prompt template in MLflow's Prompt Registry (``prompts:/<name>/<version>``)."""
 
@@ -198,6 +262,9 @@ class StackConfig(BaseModel):
     )
     guardrails: GuardrailsConfig | None = Field(
         default=None, description="None: a stack registered before guardrails (no checks, serves as before)."
+    )
+    routing: RoutingConfig | None = Field(
+        default=None, description="Tiers and router (rag.routing); None: the one answerer ``answerer`` names."
     )
 
     @model_validator(mode="after")
@@ -245,8 +312,9 @@ class StackConfig(BaseModel):
         """SHA-256 of the canonical JSON minus the name: two stacks that answer identically share it."""
         data = self.to_json()
         data.pop("name", None)
-        if data.get("prompt") is None:  # stacks from before prompt references keep their fingerprint
-            data.pop("prompt", None)
+        for key in ("prompt", "routing"):  # stacks from before these keys keep their fingerprint
+            if data.get(key) is None:
+                data.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def flat_params(self) -> dict[str, str]:

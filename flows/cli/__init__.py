@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "stack",
     "prompt",
     "evaluate",
+    "router",
     "serving",
     "guardrails",
     "monitor",

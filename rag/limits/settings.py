@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 
 
 class LimitsSettings(BaseModel):
-    """Per-key and per-tenant quotas, the admission queue, and the circuit breakers' thresholds."""
+    """Per-key and per-tenant quotas (per minute) and budgets (per day and month, in the request store: they hold
+    across workers and restarts), the admission queue, and the circuit breakers' thresholds."""
 
     redis_url: str | None = Field(
         default=None, description="Shared limit storage for all workers (redis://host:port/db); None: per worker."
@@ -36,3 +37,17 @@ class LimitsSettings(BaseModel):
     queue_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for a slot before shedding.")
     breaker_failures: int = Field(default=5, ge=1, description="Consecutive failures that open a circuit breaker.")
     breaker_reset_s: float = Field(default=30.0, gt=0, description="How long an open breaker refuses calls.")
+    key_daily_tokens: int | None = Field(default=None, ge=1, description="Tokens per API key per UTC day.")
+    key_monthly_tokens: int | None = Field(default=None, ge=1, description="Tokens per API key per UTC month.")
+    key_daily_usd: float | None = Field(default=None, gt=0, description="Dollars per API key per UTC day.")
+    key_monthly_usd: float | None = Field(default=None, gt=0, description="Dollars per API key per UTC month.")
+    tenant_daily_tokens: int | None = Field(default=None, ge=1, description="Tokens per tenant per UTC day.")
+    tenant_monthly_tokens: int | None = Field(default=None, ge=1, description="Tokens per tenant per UTC month.")
+    tenant_daily_usd: float | None = Field(default=None, gt=0, description="Dollars per tenant per UTC day.")
+    tenant_monthly_usd: float | None = Field(default=None, gt=0, description="Dollars per tenant per UTC month.")
+    budget_soft_fraction: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Share of a budget past which a soft-limit alert is raised.",
+    )

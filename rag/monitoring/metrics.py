@@ -141,6 +141,10 @@ class ServiceMetrics:
             registry=registry,
         )  # fmt: skip
         self.errors = Counter("ragops_errors", "Errors by kind.", ["kind"], registry=registry)
+        self.budget_soft = Counter(
+            "ragops_budget_soft_limit", "Budgets (key or tenant, daily or monthly) past their soft limit.", ["budget"],
+            registry=registry,
+        )  # fmt: skip
         self.records_dropped = Counter(
             "ragops_records_dropped", "Request records the request store could not queue (it was full or closed).",
             registry=registry,
@@ -224,6 +228,10 @@ class ServiceMetrics:
     def observe_error(self, kind: str) -> None:
         """An error outside a request's record (a stack reload that failed, a store write that failed)."""
         self.errors.labels(kind).inc()
+
+    def budget_soft_limit(self, budget: str) -> None:
+        """A key's or tenant's budget passed its soft limit (counted once per window and worker; alert on it)."""
+        self.budget_soft.labels(budget=budget).inc()
 
     def record_dropped(self) -> None:
         """The request store refused a record (``RequestStore.record`` returned False)."""

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rag.errors import (
     AnswerError,
     BadQuery,
+    BudgetExceeded,
     CircuitOpen,
     Overloaded,
     RateLimited,
@@ -44,6 +45,7 @@ ERROR_MAP: tuple[tuple[type[Exception], int, str, str], ...] = (
     (StackError, 503, "service_unavailable", "stack_error"),
     (RetrievalError, 503, "service_unavailable", "retrieval_error"),
     (AnswerError, 503, "service_unavailable", "answer_error"),
+    (BudgetExceeded, 429, "rate_limit_exceeded", "budget_exceeded"),
     (RateLimited, 429, "rate_limit_exceeded", "rate_limited"),
     (Overloaded, 503, "service_unavailable", "overloaded"),
     (CircuitOpen, 503, "service_unavailable", "dependency_unavailable"),

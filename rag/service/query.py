@@ -16,6 +16,7 @@ import anyio
 from rag.cache import AnswerCache, CacheBackend
 from rag.errors import Overloaded
 from rag.limits.admission import AdmissionController
+from rag.limits.budget import BudgetLedger
 from rag.limits.rate import RateLimiter
 from rag.service.batcher import BatchedVectors
 from rag.service.errors import error_kind
@@ -72,6 +73,8 @@ class QueryService:
         self._cache_settings = settings.answer_cache
         self._redis: Redis | None = None  # one connection pool for the caches of every served version
         self.limiter = RateLimiter(limits)
+        on_soft = (lambda budget, _: metrics.budget_soft_limit(budget.name)) if metrics is not None else None
+        self.budgets = BudgetLedger(settings.store.resolve_url(settings.home), limits, on_soft=on_soft)
         self.admission = AdmissionController(limits.max_concurrency, limits.max_queue, limits.queue_timeout_s)
 
     def _chain_and_recorder(self, served: Served) -> tuple[Chain, StoreRecorder]:
@@ -94,6 +97,7 @@ class QueryService:
             limiter=self.limiter,
             cache=cache,
             on_cache_lookup=self._observe_cache if self._metrics is not None else None,
+            budgets=self.budgets,
         )
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
         self._chains[id(served)] = (served, chain, recorder)
@@ -272,6 +276,8 @@ def usage(ctx: RequestContext) -> Usage:
         cost_usd=u.cost_usd,
         time_to_first_token_ms=ctx.first_token_ms,
         context_tokens_saved=ctx.context_tokens_saved,
+        tier=ctx.routing.answered_by if ctx.routing else None,
+        escalations=ctx.routing.escalations if ctx.routing else 0,
     )
 
 
@@ -300,4 +306,5 @@ def query_response(served: Served, ctx: RequestContext) -> QueryResponse:
         usage=usage(ctx),
         timings=ctx.all_timings(),
         notice=ctx.notice,
+        routing=ctx.routing.to_json() if ctx.routing else None,
     )

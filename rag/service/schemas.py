@@ -54,6 +54,8 @@ class Usage(BaseModel):
     context_tokens_saved: int | None = Field(
         default=None, description="Context tokens not sent to the LLM to fit the stack's input budget."
     )
+    tier: str | None = Field(default=None, description="A tiered stack: the tier whose answer is shown.")
+    escalations: int = Field(default=0, description="Tiers tried after the routed one (their tokens are counted).")
 
 
 class GuardrailOut(BaseModel):
@@ -88,6 +90,9 @@ class QueryResponse(BaseModel):
     usage: Usage
     timings: dict[str, float]
     notice: str | None = Field(default=None, description="E.g. that an LLM failed and the extractive answer was used.")
+    routing: dict[str, Any] | None = Field(
+        default=None, description="A tiered stack: the router's features, pick and every attempt (rag.routing)."
+    )
 
 
 class ChatMessage(BaseModel):

@@ -80,10 +80,15 @@ class AnswerStage:
         yield StreamEvent("done", answer=answer)
 
     @staticmethod
-    def _finish(ctx: RequestContext, answer: Answer) -> None:
+    def check_citations(ctx: RequestContext, answer: Answer) -> None:
+        """Refuse an answer citing a chunk that was not retrieved (an answerer bug, never shown to a reader)."""
         retrieved = {c.chunk_id for c in ctx.chunks}
         if any(c.chunk_id not in retrieved for c in answer.citations):
             raise AnswerError("the answer cited a chunk that was not retrieved")
+
+    @staticmethod
+    def _finish(ctx: RequestContext, answer: Answer) -> None:
+        AnswerStage.check_citations(ctx, answer)
         ctx.answer = answer
         ctx.notice = notice_of(answer)
         if answer.tokens is not None:  # the model's own count: what it bills

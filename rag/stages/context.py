@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from rag.engine import RagEngine
     from rag.guardrails.types import PreparedInput, Verdict
+    from rag.routing import RoutePlan, RoutingTrace
 
 REFUSAL_TEXT = "I can't help with that request."
 """What a blocked request is answered with (never any retrieved text)."""
@@ -84,7 +85,8 @@ class RequestContext:
         ``question`` is what the caller sent (validated); ``text`` is what every later stage works on: the question
         after the input guard normalised it and redacted what must not travel further (retrieval, the LLM, the logs
         and feedback all see ``text``). ``ranking`` is the whole retrieved list (evaluation asks for a deeper one than
-        the answerer gets: ``depth``); ``chunks`` are the ``top_k`` handed to the answerer. ``route`` is the HTTP route
+        the answerer gets: ``depth``); ``chunks`` are the ``top_k`` handed to the answerer. ``routing`` is a routed
+    stack's record of the tiers tried (:mod:`rag.routing`). ``route`` is the HTTP route
     template the request came in on (a metrics label and a column of the request store).
     """
 
@@ -109,6 +111,8 @@ class RequestContext:
     first_token_ms: float | None = None
     context_tokens_saved: int | None = None
     cache_hit: str | None = None
+    route_plan: RoutePlan | None = None
+    routing: RoutingTrace | None = None
     notice: str | None = None
     started: float = field(default_factory=time.perf_counter)
 

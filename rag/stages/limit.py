@@ -6,16 +6,21 @@ checked, embedded or answered, so a caller over quota costs the service almost n
 :class:`TokenChargeStage` at the end of the chain, so an expensive answer uses up the minute's token budget and the
 next request waits. Admission control (a bounded queue of concurrent requests) is not a stage: it has to hold a
 slot for the whole request, streams included, so the service takes it around the chain (``QueryService.request``).
+Daily and monthly budgets work the same way over the request store's database: :class:`BudgetStage` refuses a
+caller whose budget is used up, :class:`BudgetChargeStage` adds each answer's tokens and dollars.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
+
 from rag.errors import RateLimited
 from rag.stages.context import RequestContext
 
 if TYPE_CHECKING:
+    from rag.limits.budget import BudgetLedger
     from rag.limits.rate import RateLimiter
 
 
@@ -50,3 +55,38 @@ class TokenChargeStage:
         """Charge ``ctx.usage.total_tokens``."""
         principal = ctx.principal
         self.limiter.charge_tokens(api_key=principal.identity, tenant=principal.tenant, tokens=ctx.usage.total_tokens)
+
+
+class BudgetStage:
+    """Refuse a request whose key or tenant has used up a daily or monthly budget (:mod:`rag.limits.budget`)."""
+
+    name = "budget"
+    always = False
+
+    def __init__(self, ledger: BudgetLedger) -> None:
+        self.ledger = ledger
+
+    async def run(self, ctx: RequestContext) -> None:
+        """Raise :class:`rag.errors.BudgetExceeded` naming the budget and its reset (a database read, off the
+        event loop)."""
+        principal = ctx.principal
+        await anyio.to_thread.run_sync(lambda: self.ledger.check(api_key=principal.identity, tenant=principal.tenant))
+
+
+class BudgetChargeStage:
+    """Add the request's tokens and cost to its key's and tenant's budgets (refused requests spent nothing)."""
+
+    name = "charge_budget"
+    always = True
+
+    def __init__(self, ledger: BudgetLedger) -> None:
+        self.ledger = ledger
+
+    async def run(self, ctx: RequestContext) -> None:
+        """Charge ``ctx.usage``."""
+        principal, usage = ctx.principal, ctx.usage
+        await anyio.to_thread.run_sync(
+            lambda: self.ledger.charge(
+                api_key=principal.identity, tenant=principal.tenant, tokens=usage.total_tokens, cost_usd=usage.cost_usd
+            )
+        )

@@ -118,6 +118,7 @@ def request_record(
         cost_usd=ctx.usage.cost_usd,
         verdicts=verdicts_by_check(ctx),
         citations=citations,
+        routing=ctx.routing.to_json() if ctx.routing is not None else None,
     )
 
 

@@ -35,7 +35,8 @@ class RequestRecord:
     request is recorded too: ``status`` and ``error`` (a low-cardinality kind such as ``bad_query``) say why, and
     ``blocked`` is True when a guardrail refused it. ``timings_ms`` has one entry per stage that ran, plus
     ``total`` when known. ``verdicts`` maps a guardrail check to its verdict (``pass``, ``redact``, ``block``...).
-    ``feedback`` is only ever set on records read back from the store.
+    ``feedback`` is only ever set on records read back from the store. ``routing`` is a tiered stack's
+    :meth:`rag.routing.RoutingTrace.to_json` (which tier answered, each attempt and why it was escalated).
     """
 
     request_id: str
@@ -59,6 +60,7 @@ class RequestRecord:
     verdicts: Mapping[str, str] = field(default_factory=dict)
     citations: tuple[CitedChunk, ...] = ()
     feedback: Feedback | None = None
+    routing: Mapping[str, Any] | None = None
 
     @property
     def guardrail_triggered(self) -> bool:
@@ -117,6 +119,7 @@ class RequestRecord:
             "verdicts": dict(self.verdicts),
             "citations": [c.to_json() for c in self.citations],
             "guardrail_triggered": self.guardrail_triggered,
+            "routing": dict(self.routing) if self.routing is not None else None,
         }
 
     @classmethod
@@ -160,6 +163,7 @@ class RequestRecord:
                 for c in (row["citations"] or ())
             ),
             feedback=feedback,
+            routing=row.get("routing"),
         )
 
 

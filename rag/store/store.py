@@ -85,7 +85,7 @@ class RequestStore:
             raise ValueError(f"retention_days must be positive, got {retention_days}")
         self.retention_days = retention_days
         self._purge_interval_s = purge_interval_s
-        self._engine = _engine(url)
+        self._engine = store_engine(url)
         try:
             self.revision = upgrade(self._engine)
         except SQLAlchemyError as exc:
@@ -407,7 +407,7 @@ def _percentiles(values: Sequence[float], qs: tuple[float, ...]) -> tuple[float 
     return tuple(round(float(v), 3) for v in found)
 
 
-def _engine(url: str) -> Engine:
+def store_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets its folder created, WAL, NORMAL sync and a busy timeout."""
     try:
         parsed = make_url(url)

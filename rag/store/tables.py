@@ -22,7 +22,7 @@ Why the columns look the way they do:
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, false
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, false
 from sqlalchemy.dialects.postgresql import JSONB
 
 VERSION_TABLE = "ragops_store_version"
@@ -61,6 +61,7 @@ requests = Table(
     Column("feedback_comment", Text, nullable=True),
     Column("feedback_at", Float, nullable=True),
     Column("guardrail_triggered", Boolean, nullable=False, server_default=false()),
+    Column("routing", JSON_TYPE, nullable=True),
     Index(
         "requests_window",
         "at",
@@ -75,3 +76,14 @@ requests = Table(
         "guardrail_triggered",
     ),
 )
+
+budget_spend = Table(
+    "budget_spend",
+    METADATA,
+    Column("scope", String(8), primary_key=True),  # "key" | "tenant"
+    Column("identity", String(200), primary_key=True),
+    Column("window", String(16), primary_key=True),  # "day:2026-12-03" | "month:2026-12"
+    Column("tokens", BigInteger, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+)
+"""Spend per API key or tenant per day and month (:mod:`rag.limits.budget`); rows of past windows are history."""

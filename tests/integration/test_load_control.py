@@ -128,3 +128,22 @@ def test_past_capacity_a_request_is_shed_with_503_and_retry_after(home: Home) ->
     assert int(shed.headers["Retry-After"]) >= 1
     assert any(line.startswith("event: done") for line in streamed)  # the held stream finished normally
     assert after.status_code == 200  # the slot came back
+
+
+def test_a_used_up_budget_stops_the_next_request_across_a_restart(home: Home) -> None:
+    """Budgets live in the request store's database: the answer that crosses the daily token budget is served, and
+    a second app instance on the same database (a restart, or another worker) refuses the next request with 429
+    naming the budget and its reset."""
+    settings = _with_limits(home.settings, key_daily_tokens=50)
+    with _served(settings) as (_, client):
+        first = client.post("/v1/query", json={"question": QUESTION})
+    assert first.status_code == 200 and first.json()["usage"]["total_tokens"] > 50
+    asked = len(home.llm.requests)
+    with _served(settings) as (_, client):
+        refused = client.post("/v1/query", json={"question": QUESTION})
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "budget_exceeded"
+    assert "key:daily_tokens" in error["message"] and "resets at" in error["message"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert len(home.llm.requests) == asked  # refused before any work

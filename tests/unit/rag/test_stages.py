@@ -18,7 +18,7 @@ from rag.stages.build import build_chain
 from rag.stages.chain import Chain, StreamEvent
 from rag.stages.context import LOCAL, RequestContext
 from rag.stages.ports import DirectVectors
-from rag.types import StackConfig
+from rag.types import ROUTER_FEATURES, StackConfig
 from tests.fixtures.fake_openai import FakeOpenAI
 from tests.unit.rag.conftest import BuiltIndex
 
@@ -232,3 +232,62 @@ def test_the_cache_answers_repeats_and_paraphrases_within_a_scope(built_index: B
         assert lookups == [False, True, True, False, True]
     finally:
         engine.close()
+
+
+def _tiers(small: FakeOpenAI, large: FakeOpenAI, *, extractive_intercept: float) -> dict[str, Any]:
+    zero = [0.0] * len(ROUTER_FEATURES)
+
+    def llm(fake: FakeOpenAI, price: float) -> dict[str, Any]:
+        return {"base_url": fake.base_url, "model": fake.model, "timeout_s": 10, "output_usd_per_mtok": price}
+
+    return {
+        "routing": {
+            "tiers": [
+                {"name": "extractive", "coef": zero, "intercept": extractive_intercept},
+                {"name": "small", "kind": "llm", "llm": llm(small, 0.0), "coef": zero, "intercept": 5.0},
+                {"name": "large", "kind": "llm", "llm": llm(large, 10.0)},
+            ]
+        }
+    }
+
+
+def test_a_routed_stack_escalates_an_ungrounded_answer_and_records_why(built_index: BuiltIndex) -> None:
+    """The router picks the small tier; its invented answer fails the grounding check, the large tier answers; the
+    trace (pick, both attempts, the reason) is in the context, the store's record and the priced usage."""
+    from rag.stages.record import request_record
+
+    with FakeOpenAI(reply=INVENTED, model="small") as small, FakeOpenAI(reply=GROUNDED, model="large") as large:
+        engine = _engine(built_index, **_tiers(small, large, extractive_intercept=-5.0))
+        try:
+            chain = build_chain(engine, vectors=DirectVectors())
+            assert chain.names.index("route") == chain.names.index("answer") - 1
+            ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=LOCAL)
+            events = _stream(chain, ctx)
+            assert ctx.answer is not None and "1847" in ctx.answer.text and events[-1].kind == "done"
+            assert len(small.requests) == len(large.requests) == 1
+            trace = ctx.routing
+            assert trace is not None and (trace.chosen, trace.answered_by, trace.escalations) == ("small", "large", 1)
+            assert [(a.tier, a.passed, a.reason) for a in trace.attempts] == [
+                ("small", False, "ungrounded"),
+                ("large", True, None),
+            ]
+            large_words = len(GROUNDED.split())
+            assert ctx.usage.cost_usd == pytest.approx(large_words * 10.0 / 1e6)  # the small tier is free
+            record = request_record(ctx, stack_version=1, index_version=1)
+            assert record.routing is not None and record.routing["answered_by"] == "large"
+            assert record.routing["attempts"][0]["reason"] == "ungrounded"
+        finally:
+            engine.close()
+
+
+def test_a_routed_stack_answers_an_easy_question_extractively_without_an_llm_call(built_index: BuiltIndex) -> None:
+    with FakeOpenAI(reply=INVENTED, model="small") as small, FakeOpenAI(reply=GROUNDED, model="large") as large:
+        engine = _engine(built_index, **_tiers(small, large, extractive_intercept=5.0))
+        try:
+            ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=LOCAL)
+            asyncio.run(build_chain(engine, vectors=DirectVectors()).run(ctx))
+            assert ctx.routing is not None and ctx.routing.answered_by == "extractive" and ctx.routing.escalations == 0
+            assert ctx.answer is not None and "1847" in ctx.answer.text and ctx.usage.cost_usd == 0.0
+            assert small.requests == [] and large.requests == []
+        finally:
+            engine.close()
