@@ -24,6 +24,7 @@ EXPECTED_TYPES = {
     "ragops_cost_usd": "counter",
     "ragops_cache_requests": "counter",
     "ragops_cache_backend_errors": "counter",
+    "ragops_budget_soft_limit": "counter",
     "ragops_guardrail_verdicts": "counter",
     "ragops_abstentions": "counter",
     "ragops_feedback": "counter",
