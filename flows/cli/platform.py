@@ -88,6 +88,10 @@ def up(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # Python turns SIGINT into KeyboardInterrupt only when it was not ignored at start-up, and a non-interactive
+    # shell starts background commands with SIGINT ignored: `ragops up &` in a script would then never stop on
+    # `kill -INT`. Ctrl-C is this command's documented way to stop, so it is handled whatever was inherited.
+    signal.signal(signal.SIGINT, on_term)
     try:
         supervisor.check_ports()
         supervisor.start(["prefect", "mlflow"])
