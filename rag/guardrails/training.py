@@ -114,7 +114,7 @@ def fit(examples: Sequence[Example], embedder: Embedder) -> InjectionClassifier:
 
 def train_and_register(settings: RagSettings, data: Sequence[Path], embedder: Embedder) -> TrainOutcome:
     """Evaluate by grouped CV, fit on everything, log the run and register ``injection-classifier``."""
-    from pipelines.tracking import configure_mlflow
+    from pipelines.tracking import configure_mlflow, ensure_experiment
     from rag.guardrails.registry import log_classifier
 
     examples = [example for path in data for example in load_examples(path)]
@@ -123,8 +123,8 @@ def train_and_register(settings: RagSettings, data: Sequence[Path], embedder: Em
     report = evaluate(examples, embedder)
     classifier = fit(examples, embedder)
     mlflow = configure_mlflow(settings)
-    mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name="injection-classifier"), tempfile.TemporaryDirectory() as scratch:
+    experiment_id = ensure_experiment(settings, EXPERIMENT)  # artifacts under RAGOPS_HOME, not ./mlruns of the cwd
+    with mlflow.start_run(experiment_id=experiment_id, run_name="injection-classifier"), tempfile.TemporaryDirectory() as scratch:
         mlflow.log_params(
             {
                 "data": ",".join(str(p) for p in data),
