@@ -46,8 +46,9 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as replace_version
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,6 +57,7 @@ import numpy as np
 
 from pipelines.chunk import ChunkingParams
 from pipelines.embed import EmbedderIdentity
+from pipelines.erasure import ErasureTarget
 from pipelines.errors import IndexError_, WriterBusy
 from pipelines.settings import PipelineSettings
 from pipelines.sparse import SparseVector
@@ -63,6 +65,7 @@ from pipelines.store import (
     CHUNK_KEY,
     DENSE_VECTOR,
     SPARSE_VECTOR,
+    TENANT_KEY,
     V_FROM,
     V_TO,
     ClientStore,
@@ -85,6 +88,7 @@ __all__ = [
     "DENSE_VECTOR",
     "SPARSE_VECTOR",
     "DocEntry",
+    "IndexErasure",
     "IndexReader",
     "IndexVersion",
     "IndexWriter",
@@ -100,6 +104,8 @@ HEAD_DIR = "head"
 VERSIONS_DIR = "versions"
 _POINT_NAMESPACE = uuid.UUID("5b0c3f64-4c1e-4e0f-9a55-1d7f7a4f0d11")
 _VERSION_KEYS = (V_FROM, V_TO, CHUNK_KEY)
+DOC_KEY = "doc_id"
+"""The payload key llama-index's node layout gives a chunk's document id (indexed as a keyword)."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,27 @@ class Manifest:
         return cls(version=IndexVersion.from_json(data["version"]), docs=docs)
 
 
+@dataclass(frozen=True)
+class IndexErasure:
+    """What :meth:`VectorIndex.erase` removed."""
+
+    collection: str
+    doc_ids: tuple[str, ...]
+    sources: tuple[str, ...]
+    """The erased documents' source files (for the caller to remove those ragops owns)."""
+    points_removed: int
+    versions_rewritten: tuple[int, ...]
+    published: int | None
+    """The version published without the erased documents (services follow it and drop their old copies)."""
+    live_readers: int
+    """Private reader copies still held by running processes (embedded mode): they hold the old data until their
+    service follows ``published`` (within its poll interval) and deletes them."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (``ragops erase --json``)."""
+        return asdict(self)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -280,6 +307,8 @@ class _Catalog(Protocol):
 
     def forget(self, versions: Sequence[int]) -> None: ...
 
+    def replace(self, manifest: Manifest) -> None: ...
+
 
 class _FileCatalog:
     """Embedded mode: ``CURRENT`` names the published version, ``versions/v000007.json`` are the manifests."""
@@ -321,6 +350,10 @@ class _FileCatalog:
     def forget(self, versions: Sequence[int]) -> None:
         for version in versions:
             self._file(version).unlink(missing_ok=True)
+
+    def replace(self, manifest: Manifest) -> None:
+        """Rewrite a kept version's manifest in place (erasure); the pointer does not move."""
+        _atomic_write(self._file(manifest.version.version), json.dumps(manifest.to_json()))
 
     def clear_orphans(self) -> None:
         """Manifests above the pointer: a run killed between writing its manifest and switching the pointer."""
@@ -373,6 +406,14 @@ class _QdrantCatalog:
         self.client.upsert(self.meta, points=[models.PointStruct(id=self._id(version), vector={}, payload=payload)])
         state = {"current": version, "versions": sorted({*self.versions(), version}), "published_at": _now()}
         self.client.update_collection(self.data, metadata={"ragops": state})  # the atomic switch
+
+    def replace(self, manifest: Manifest) -> None:
+        """Rewrite a kept version's manifest in place (erasure); the published version does not move."""
+        from qdrant_client import models
+
+        version = manifest.version.version
+        payload = {"kind": "manifest", "version": version, "manifest": json.dumps(manifest.to_json())}
+        self.client.upsert(self.meta, points=[models.PointStruct(id=self._id(version), vector={}, payload=payload)])
 
     def forget(self, versions: Sequence[int]) -> None:
         from qdrant_client import models
@@ -1135,6 +1176,105 @@ class VectorIndex:
             store.compact()  # embedded: vacuum once deleted points pass 20% of a segment (no-op for a server)
         return removed
 
+    def erase(self, target: ErasureTarget) -> IndexErasure:
+        """Remove every point and manifest entry of the documents ``target`` names, from the published version and
+        from every version kept for rollback, then publish the current documents minus those as a new version.
+
+        Points are deleted physically, not stamped out of a version window. In embedded mode the shard is then
+        rewritten from its remaining points (Qdrant's own files keep deleted payloads in segments and the WAL until
+        they are vacuumed and rotated, and an erasure must leave no copy on disk); a server vacuums on its own
+        optimizer schedule. Takes the writer lock, like an ingestion.
+        """
+        nothing = IndexErasure(self.collection, (), (), 0, (), None, 0)
+        manifest = self.manifest()
+        if manifest is None:
+            return nothing
+        writer = self.begin(
+            embedder=manifest.version.embedder, chunking=manifest.version.chunking, avgdl=0.0, run_id="erase"
+        )
+        catalog, store = writer._catalog, writer._store
+        try:
+            kept = {v: self._manifest(catalog, v) for v in catalog.versions()}
+            current = catalog.current()
+            base = kept.get(current) if current is not None else None
+            ids, sources = _erased_docs(kept.values(), store, target)
+            if not ids or base is None:
+                return nothing
+            listed = sorted(ids)
+            with writer._guard():
+                before = store.count()
+                for start in range(0, len(listed), 1024):
+                    store.delete_where(PointFilter((Match(DOC_KEY, tuple(listed[start : start + 1024])),)))
+                removed = before - store.count()
+                rewritten = []
+                for v, old in kept.items():
+                    if old is not None and ids & set(old.docs):
+                        catalog.replace(_without(old, ids))
+                        rewritten.append(v)
+            embedded = isinstance(store, EdgeStore)
+            with self._head.hold(exclusive=True) if embedded else contextlib.nullcontext():
+                if isinstance(store, EdgeStore):
+                    store = self._rewrite_head(store, manifest.version.embedder.dim)
+                docs = {k: d for k, d in base.docs.items() if k not in ids}
+                version = replace_version(
+                    base.version,
+                    version=writer.version,
+                    points=sum(len(d.chunk_ids) for d in docs.values()),
+                    documents=len(docs),
+                    created_at=_now(),
+                    run_id="erase",
+                )
+                catalog.publish(Manifest(version=version, docs=docs))
+                self._collect(store, catalog, keep=None, protect=())
+                store.flush()
+        finally:
+            store.close()
+            writer._close()
+        self._clear_dead_readers()
+        readers = self.root / "readers"
+        live = sum(1 for _ in readers.iterdir()) if not self.server_mode and readers.is_dir() else 0
+        logger.info(
+            "erased documents from the index",
+            extra={"collection": self.collection, "documents": len(ids), "points": removed, "version": version.version},
+        )
+        return IndexErasure(
+            collection=self.collection,
+            doc_ids=tuple(listed),
+            sources=tuple(sorted(sources)),
+            points_removed=removed,
+            versions_rewritten=tuple(rewritten),
+            published=version.version,
+            live_readers=live,
+        )
+
+    def _rewrite_head(self, store: EdgeStore, dim: int) -> EdgeStore:
+        """Copy the head's remaining points into a fresh shard and put it in the head's place (caller holds the
+        head lock exclusively and the writer lock): nothing of deleted points survives in segments or the WAL."""
+        head = self.root / HEAD_DIR
+        scratch = self.root / f"{HEAD_DIR}.erasing-{os.getpid()}"
+        old = self.root / f"{HEAD_DIR}.erased-{os.getpid()}"
+        for leftover in (scratch, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        fresh = EdgeStore.create(scratch, _schema(dim), wal=False)
+        try:
+            batch: list[StoredPoint] = []
+            for point in store.scroll(dense=True, sparse=True, payload=True):
+                batch.append(point)
+                if len(batch) == 512:
+                    fresh.upsert(batch)
+                    batch = []
+            if batch:
+                fresh.upsert(batch)
+            fresh.flush()
+        finally:
+            fresh.close()
+        store.close()
+        os.rename(head, old)
+        os.rename(scratch, head)
+        _fsync_dir(self.root)
+        shutil.rmtree(old, ignore_errors=True)
+        return EdgeStore.load(head)
+
     def drop(self) -> None:
         """Delete the whole collection: every version, the pointer (server mode: its collections and alias).
 
@@ -1165,6 +1305,36 @@ class VectorIndex:
             pid = folder.name.split("-", 1)[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _erased_docs(
+    manifests: Iterable[Manifest | None], store: PointStore, target: ErasureTarget
+) -> tuple[set[str], set[str]]:
+    """Ids and source files of the documents ``target`` names, over every kept version (a tenant's documents are
+    also found by the points' ``tenant`` payload, which a sidecar may set on an untenanted id)."""
+    ids: set[str] = set()
+    sources: set[str] = set()
+    for manifest in manifests:
+        for entry in manifest.docs.values() if manifest else ():
+            if target.covers(entry.doc_id, entry.source, None):
+                ids.add(entry.doc_id)
+                sources.add(entry.source)
+    if target.kind == "tenant":
+        flt = PointFilter.of({TENANT_KEY: [target.value]})
+        for point in store.scroll(flt, payload=[DOC_KEY, "source"]):
+            payload = point.payload or {}
+            if payload.get(DOC_KEY):
+                ids.add(str(payload[DOC_KEY]))
+                sources.add(str(payload.get("source") or ""))
+    sources.discard("")
+    return ids, sources
+
+
+def _without(manifest: Manifest, ids: set[str]) -> Manifest:
+    docs = {k: d for k, d in manifest.docs.items() if k not in ids}
+    points = sum(len(d.chunk_ids) for d in docs.values())
+    version = replace_version(manifest.version, points=points, documents=len(docs))
+    return Manifest(version=version, docs=docs)
 
 
 def copy_sparse_tree(source: Path, target: Path) -> None:

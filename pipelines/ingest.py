@@ -32,6 +32,7 @@ import numpy as np
 
 from pipelines.chunk import Chunker
 from pipelines.embed import Embedder
+from pipelines.erasure import erased_items, tombstone_file, tombstones
 from pipelines.errors import DocumentRejected, FailureThresholdExceeded
 from pipelines.index import DocEntry, IndexVersion, IndexWriter, Manifest, VectorIndex
 from pipelines.quality import ChunkValidator, ValidationReport
@@ -228,7 +229,21 @@ def plan_step(ctx: IngestContext, discovery: Discovery) -> Plan:
         todo: list[SourceItem] = []
         unchanged: list[str] = []
         conflicts: list[QuarantineRecord] = []
+        erased = erased_items(discovery.items, tombstones(ctx.settings, ctx.collection))
+        if erased:
+            logger.warning(
+                "skipping erased documents still in the source; remove their lines from the tombstone file to "
+                "ingest them again",
+                extra={
+                    "collection": ctx.collection,
+                    "documents": len(erased),
+                    "example": sorted(erased)[0],
+                    "tombstones": str(tombstone_file(ctx.settings)),
+                },
+            )
         for item in discovery.items:
+            if item.doc_id in erased:
+                continue
             entry = known.get(item.doc_id)
             if entry is not None and entry.source_key != discovery.source_key:
                 conflicts.append(_conflict(item, entry))

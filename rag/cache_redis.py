@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -312,3 +312,22 @@ def redis_client(url: str, *, timeout_s: float) -> redis.Redis:
     import redis
 
     return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+
+
+def erase_cached(client: redis.Redis, doc_ids: Collection[str]) -> int:
+    """Delete every cached answer, of any stack and index version, made from a chunk of ``doc_ids`` (an erasure:
+    the entry holds the chunks' text). Keys that are not answer entries of ours are left alone. The scope's vector
+    of a deleted entry stays until a lookup meets it and finds no entry, which then forgets it (see above)."""
+    doomed = set(doc_ids)
+    deleted = 0
+    for key in client.scan_iter(match="*:e:*", count=1000):
+        raw = client.get(key)
+        if raw is None:
+            continue
+        try:
+            entry = decode_entry(raw)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if any(chunk.doc_id in doomed for chunk in entry.chunks):
+            deleted += int(client.delete(key))
+    return deleted

@@ -26,7 +26,7 @@ from __future__ import annotations
 import builtins
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,6 +352,30 @@ class FeedbackStore:
                 )
             ]
             return self._load(db, ids)
+
+    def erase(self, doc_ids: Collection[str], request_ids: Collection[str] = ()) -> int:
+        """Delete the ratings of ``request_ids`` and of every answer that cited one of ``doc_ids`` (its cited chunks
+        hold their text), then compact the file so nothing deleted survives in free pages or the WAL. Returns how
+        many ratings went (training pairs are built from these rows, so they go with them)."""
+        docs, requests = sorted(set(doc_ids)), set(request_ids)
+        with self._connect() as db:
+            for start in range(0, len(docs), 500):
+                part = docs[start : start + 500]
+                marks = ",".join("?" * len(part))
+                rows = db.execute(f"SELECT DISTINCT request_id FROM cited_chunks WHERE doc_id IN ({marks})", part)
+                requests.update(str(r[0]) for r in rows)
+        doomed = sorted(requests)
+        deleted = 0
+        with self._transaction() as db:
+            for start in range(0, len(doomed), 500):
+                part = doomed[start : start + 500]
+                marks = ",".join("?" * len(part))
+                deleted += db.execute(f"DELETE FROM feedback WHERE request_id IN ({marks})", part).rowcount
+        if deleted:
+            with self._connect() as db:
+                db.execute("VACUUM")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
 
     def count(self) -> int:
         """Requests rated so far."""

@@ -124,7 +124,10 @@ def train_and_register(settings: RagSettings, data: Sequence[Path], embedder: Em
     classifier = fit(examples, embedder)
     mlflow = configure_mlflow(settings)
     experiment_id = ensure_experiment(settings, EXPERIMENT)  # artifacts under RAGOPS_HOME, not ./mlruns of the cwd
-    with mlflow.start_run(experiment_id=experiment_id, run_name="injection-classifier"), tempfile.TemporaryDirectory() as scratch:
+    with (
+        mlflow.start_run(experiment_id=experiment_id, run_name="injection-classifier"),
+        tempfile.TemporaryDirectory() as scratch,
+    ):
         mlflow.log_params(
             {
                 "data": ",".join(str(p) for p in data),

@@ -27,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +257,27 @@ class RequestStore:
             logger.info("request store purged old records", extra={"deleted": deleted, "older_than": older_than})
         return deleted
 
+    def erase(self, doc_ids: Collection[str], *, tenant: str | None = None) -> tuple[str, ...]:
+        """Delete the records that cited any of ``doc_ids`` (their cited texts and answers quote them) and, for a
+        tenant's erasure, every record of ``tenant``; then compact the database so no deleted row survives in free
+        pages or the WAL. Returns the deleted request ids (their traces and feedback go too)."""
+        self.flush()
+        doubtful = set(doc_ids)
+        doomed: list[str] = []
+        query = select(requests.c.request_id, requests.c.tenant, requests.c.citations)
+        with self._engine.connect() as db:
+            for request_id, owner, citations in db.execute(query.execution_options(yield_per=1000)):
+                cited = {str(c.get("doc_id")) for c in citations or () if isinstance(c, Mapping)}
+                if (tenant is not None and owner == tenant) or cited & doubtful:
+                    doomed.append(str(request_id))
+        for start in range(0, len(doomed), PURGE_SLICE):
+            with self._engine.begin() as db:
+                db.execute(requests.delete().where(requests.c.request_id.in_(doomed[start : start + PURGE_SLICE])))
+        if doomed:
+            vacuum(self._engine)
+        logger.info("request store erased records", extra={"deleted": len(doomed), "tenant": tenant})
+        return tuple(doomed)
+
     def purge_expired(self, now: float | None = None) -> int:
         """Apply ``retention_days`` (nothing when it is None); returns how many records went."""
         if self.retention_days is None:
@@ -405,6 +426,15 @@ def _percentiles(values: Sequence[float], qs: tuple[float, ...]) -> tuple[float 
 
     found = np.percentile(np.asarray(values, dtype=np.float64), qs)
     return tuple(round(float(v), 3) for v in found)
+
+
+def vacuum(engine: Engine) -> None:
+    """Rewrite the database so deleted rows leave no copy behind: SQLite keeps them in free pages and the WAL until
+    ``VACUUM`` and a truncating checkpoint, PostgreSQL in dead tuples until ``VACUUM`` (run outside a transaction)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+        db.exec_driver_sql("VACUUM")
+        if engine.dialect.name == "sqlite":
+            db.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def store_engine(url: str) -> Engine:
