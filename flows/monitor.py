@@ -4,7 +4,9 @@ Each run evaluates the window (:func:`evaluation.monitor.run_window`: latency pe
 request, guardrail trigger rate, abstention rate, thumbs-down share, query drift), logs the figures as one run of
 the MLflow experiment ``monitoring`` (so the MLflow UI plots them over time), keeps the report for ``ragops monitor
 status``, POSTs each breach to the Alertmanager-compatible webhook ``RAGOPS_MONITOR__WEBHOOK_URL`` (retried), and
-then fails with the breaches' message, so the Prefect UI and its notifications show it. The deployment
+then fails with the breaches' message, so the Prefect UI and its notifications show it. When an A/B experiment runs
+(``ragops stack experiment start``) each run also compares its arms (:mod:`evaluation.ab`) and records the verdict
+on the candidate. The deployment
 ``monitor/every-15-min`` is defined in :mod:`flows.deployments`.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from evaluation.ab import check_experiment
 from evaluation.errors import MonitorBreach
 from evaluation.monitor import (
     MonitorReport,
@@ -59,6 +62,16 @@ def log_task(settings: Settings, report: MonitorReport) -> str:
     return run_id
 
 
+@task(name="compare-arms", cache_policy=NO_CACHE)
+def experiment_task(settings: Settings) -> dict[str, Any] | None:
+    """The running A/B experiment's comparison, recorded on the candidate (None when none runs)."""
+    found = check_experiment(settings)
+    if found is None:
+        return None
+    report, status = found
+    return {**report.to_json(), "status": status}
+
+
 @task(name="post-alerts", retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
 def alert_task(url: str, alerts: list[dict[str, Any]]) -> None:
     """POST the breaches (retried: a receiver may be briefly down)."""
@@ -73,9 +86,12 @@ def monitor_flow(window_minutes: float | None = None, drift: bool = True) -> dic
     report = window_task(settings, window_minutes, drift)
     run_id = log_task(settings, report)
     logger.info("monitor window: %s (MLflow run %s)", report.figures(), run_id)
+    experiment = experiment_task(settings)
+    if experiment is not None:
+        logger.info("experiment %s: %s", experiment["experiment"]["id"], experiment["status"])
     if report.breaches:
         url = settings.monitor.webhook_url
         if url:
             alert_task(url, alertmanager_alerts(report))
         raise MonitorBreach(report.message())
-    return report.to_json()
+    return {**report.to_json(), "experiment": experiment}

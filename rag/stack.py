@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rag.errors import BadQuery, StackError, StackNotFound
+from rag.experiment import EXPERIMENT_TAG, RESULT_TAG, STATUS_TAG, Experiment
 from rag.types import StackConfig
 
 if TYPE_CHECKING:
@@ -324,6 +325,93 @@ class StackRegistry:
         number = _version_number(version)
         self._model_version(number)
         self.client.set_registered_model_alias(self.model_name, CHALLENGER, str(number))
+
+    # ------------------------------------------------------------------------------------------ experiments
+    def experiment(self) -> Experiment | None:
+        """The running A/B experiment (:mod:`rag.experiment`), or None (also before any stack is registered)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(self.model_name)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                return None
+            raise
+        raw = (model.tags or {}).get(EXPERIMENT_TAG)
+        if not raw:
+            return None
+        try:
+            return Experiment.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            logger.warning("unreadable experiment tag; treating it as no experiment", extra={"tag": EXPERIMENT_TAG})
+            return None
+
+    def start_experiment(
+        self, version: int | str | None, *, share: float, alpha: float, actor: str, at: float
+    ) -> Experiment:
+        """Send ``share`` of the callers to ``version`` (default: the ``challenger`` alias) beside the champion.
+
+        Raises:
+            StackNotFound: No champion, no such version, or no challenger alias when ``version`` is None.
+            StackError: An experiment is already running (stop it first).
+        """
+        actor = _check_text(actor, "actor", 200)
+        running = self.experiment()
+        if running is not None:
+            raise StackError(
+                f"experiment {running.id} (v{running.challenger} against v{running.champion}) is running; "
+                "stop it first with `ragops stack experiment stop`"
+            )
+        champion = self.champion_version()
+        if champion is None:
+            raise StackNotFound(f"no version of {self.model_name!r} holds {CHAMPION!r}; promote one first")
+        if version is None:
+            mv = self._by_alias(CHALLENGER)
+            if mv is None:
+                raise StackNotFound(f"no version holds the alias {CHALLENGER!r}; name the version to try")
+            number = int(mv.version)
+        else:
+            number = _version_number(version)
+            self._model_version(number)  # raises StackNotFound
+        experiment = Experiment(
+            id=f"ab-{int(at)}-v{number}",
+            champion=champion,
+            challenger=number,
+            share=share,
+            alpha=alpha,
+            started_at=at,
+            started_by=actor,
+        )
+        self.client.set_registered_model_tag(self.model_name, EXPERIMENT_TAG, experiment.to_json())
+        self.client.set_model_version_tag(self.model_name, str(number), "ab_experiment_id", experiment.id)
+        self._log_event({"action": "experiment_start", "version": number, "previous": champion, "actor": actor})
+        logger.info(
+            "started experiment", extra={"experiment": experiment.id, "challenger": number, "champion": champion}
+        )
+        return experiment
+
+    def record_experiment(self, experiment: Experiment, *, status: str, result: str) -> None:
+        """Write an experiment's verdict and result JSON on its challenger version (the candidate)."""
+        client = self.client
+        client.set_model_version_tag(self.model_name, str(experiment.challenger), STATUS_TAG, status)
+        client.set_model_version_tag(self.model_name, str(experiment.challenger), RESULT_TAG, result)
+
+    def stop_experiment(self, *, actor: str) -> Experiment:
+        """End the running experiment: every caller goes back to the champion.
+
+        Raises:
+            StackNotFound: No experiment is running.
+        """
+        actor = _check_text(actor, "actor", 200)
+        running = self.experiment()
+        if running is None:
+            raise StackNotFound("no experiment is running")
+        self.client.set_registered_model_tag(self.model_name, EXPERIMENT_TAG, "")
+        self._log_event(
+            {"action": "experiment_stop", "version": running.challenger, "previous": running.champion, "actor": actor}
+        )
+        logger.info("stopped experiment", extra={"experiment": running.id, "actor": actor})
+        return running
 
     def previous_champion_version(self) -> int | None:
         """The version ``rollback`` would restore, or None."""

@@ -244,3 +244,126 @@ def stack_rollback(
         typer.echo(json.dumps(asdict(result)))
     else:
         typer.echo(f"champion: v{result.previous} -> v{result.version} (rolled back)")
+
+
+experiment_app = typer.Typer(
+    help=(
+        "Online A/B experiments: a share of the callers (sticky per API key) answered by a challenger stack beside "
+        "the champion; the monitor flow compares the arms with always-valid significance tests."
+    ),
+    no_args_is_help=True,
+)
+stack_app.add_typer(experiment_app, name="experiment")
+
+
+def _experiment_lines(report: Any, status: str) -> list[str]:
+    e = report.experiment
+    lines = [
+        f"experiment {e.id}: v{e.challenger} (challenger, {e.share:.0%} of callers) against v{e.champion} "
+        f"(champion), alpha={e.alpha}",
+        f"status: {status} (now: {report.verdict}); callers on both arms: {report.sticky_violations}",
+    ]
+    for arm in (report.champion, report.challenger):
+        rate = f"{arm.thumbs_up_rate:.3f}" if arm.thumbs_up_rate is not None else "-"
+        p50 = f"{arm.p50_ms:.1f} ms" if arm.p50_ms is not None else "-"
+        lines.append(
+            f"  {arm.arm:<10} v{arm.stack_version}: {arm.requests} requests from {arm.callers} callers, "
+            f"thumbs-up {rate} of {arm.rated} rated, abstained {arm.abstained}, guardrails {arm.guardrail_triggered}, "
+            f"p50 {p50}, ${arm.cost_per_request:.6f}/request"
+        )
+    for t in report.tests:
+        if not t.tested:
+            lines.append(f"    {t.metric:<24} not tested yet (fewer than 30 per arm)")
+            continue
+        mark = "*" if t.significant else " "
+        lines.append(
+            f"  {mark} {t.metric:<24} {t.champion:.4g} -> {t.challenger:.4g} ({t.difference:+.4g}), "
+            f"always-valid p={t.p_value:.3g} (level {t.alpha:.3g})"
+        )
+    return lines
+
+
+@experiment_app.command("start")
+def experiment_start(
+    version: Annotated[
+        int | None,
+        typer.Argument(help="The challenger version (default: the version holding the 'challenger' alias)."),
+    ] = None,
+    share: Annotated[float, typer.Option("--share", help="Share of callers sent to the challenger (0-1).")] = 0.1,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the arm comparison.")] = 0.05,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start answering --share of the callers with VERSION beside the champion.
+
+    Callers are assigned by a hash of the experiment id and their tenant and key name, so each stays on one arm.
+    Every replica of the service picks the experiment up within its reload interval; the monitor flow compares the
+    arms and records the verdict on VERSION (tags ab_status and ab_result). Promotion still goes through the gate.
+    """
+    import time
+    from dataclasses import asdict
+
+    from flows.cli.security import audit_action
+    from rag.stack import StackRegistry
+
+    settings = build_settings()
+    registry = StackRegistry(settings)
+    experiment = guarded(
+        lambda: registry.start_experiment(version, share=share, alpha=alpha, actor=actor(), at=time.time())
+    )
+    audit_action(
+        settings,
+        "stack.experiment",
+        target=f"v{experiment.challenger}",
+        detail={"experiment": experiment.id, "share": share, "champion": experiment.champion, "action": "start"},
+    )
+    if as_json:
+        typer.echo(json.dumps(asdict(experiment)))
+    else:
+        typer.echo(
+            f"experiment {experiment.id}: v{experiment.challenger} answers {share:.0%} of callers beside champion "
+            f"v{experiment.champion}"
+        )
+
+
+@experiment_app.command("status")
+def experiment_status(as_json: JsonOpt = False) -> None:
+    """Each arm's requests, thumbs-up rate, abstention, guardrail triggers, latency and cost so far, the tests and
+    the verdict (recorded on the candidate, as the monitor flow does)."""
+    from evaluation.ab import check_experiment
+
+    settings = build_settings()
+    found = guarded(lambda: check_experiment(settings))
+    if found is None:
+        if as_json:
+            typer.echo(json.dumps(None))
+        else:
+            typer.echo("no experiment is running (ragops stack experiment start)")
+        return
+    report, status = found
+    if as_json:
+        typer.echo(json.dumps({**report.to_json(), "status": status}))
+        return
+    for line in _experiment_lines(report, status):
+        typer.echo(line)
+
+
+@experiment_app.command("stop")
+def experiment_stop(as_json: JsonOpt = False) -> None:
+    """Record the final comparison on the candidate and send every caller back to the champion."""
+    from evaluation.ab import stop_experiment
+    from flows.cli.security import audit_action
+
+    settings = build_settings()
+    report, status = guarded(lambda: stop_experiment(settings, actor=actor()))
+    audit_action(
+        settings,
+        "stack.experiment",
+        target=f"v{report.experiment.challenger}",
+        detail={"experiment": report.experiment.id, "status": status, "action": "stop"},
+    )
+    if as_json:
+        typer.echo(json.dumps({**report.to_json(), "status": status}))
+        return
+    for line in _experiment_lines(report, status):
+        typer.echo(line)
+    typer.echo("stopped: every caller is answered by the champion again")

@@ -58,6 +58,8 @@ ACTIONS: dict[str, Role] = {
     "retrain": Role.operator,
     "stack.promote": Role.admin,
     "stack.rollback": Role.admin,
+    "stack.experiment": Role.admin,  # start or stop an A/B experiment (it changes what callers are answered by)
+    "stack.experiment.status": Role.operator,
     "keys.create": Role.admin,
     "keys.list": Role.admin,
     "keys.revoke": Role.admin,

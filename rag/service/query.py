@@ -101,7 +101,7 @@ class QueryService:
         )
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
         self._chains[id(served)] = (served, chain, recorder)
-        if self._metrics is not None:
+        if self._metrics is not None and served.arm == "champion":
             self._metrics.set_stack(
                 stack_name=served.config.name,
                 stack_version=served.version,
@@ -140,11 +140,12 @@ class QueryService:
         return self._chain_and_recorder(served)[0]
 
     @contextmanager
-    def _acquire(self, route: str) -> Iterator[Served]:
-        """The served stack; a request refused for want of one is counted in the metrics (it has no record)."""
+    def _acquire(self, route: str, identity: str) -> Iterator[Served]:
+        """The stack serving ``identity`` (its experiment arm's, if one runs); a request refused for want of one is
+        counted in the metrics (it has no record)."""
         with ExitStack() as stack:
             try:
-                served = stack.enter_context(self._holder.acquire())
+                served = stack.enter_context(self._holder.acquire(identity))
             except Exception as exc:
                 self._count_unserved(route, exc)
                 raise
@@ -180,7 +181,8 @@ class QueryService:
         route: str = "/v1/query",
         auth_ms: float | None = None,
     ) -> AsyncIterator[tuple[Served, Chain, RequestContext]]:
-        """The stack, its chain and a fresh context for one question; the stack and an admission slot are held
+        """The stack (the caller's experiment arm's when an A/B experiment runs: :mod:`rag.experiment`), its chain
+        and a fresh context for one question; the stack and an admission slot are held
         until the block ends (a stream's whole life). Past capacity, :class:`rag.errors.Overloaded` is raised here,
         before any work or response.
 
@@ -190,7 +192,7 @@ class QueryService:
         status and kind; a request that completes is audited when ``RAGOPS_SECURITY__AUDIT_QUERIES`` is on.
         """
         async with self._admitted(route):
-            with self._acquire(route) as served:
+            with self._acquire(route, principal.identity) as served:
                 chain, recorder = self._chain_and_recorder(served)
                 # question and filters come as the caller sent them: the validate stage checks and normalises them
                 ctx = RequestContext(

@@ -172,8 +172,9 @@ class WindowStats:
     """Aggregates over the requests of ``[since, until)``: what the monitor compares against its thresholds.
 
     Shares are of ``requests`` (0.0 for an empty window); ``mean_total_ms`` and the latency percentiles
-    (``p50_ms``/``p95_ms``/``p99_ms``, exact, of the requests' ``total``) are None when no request in the window
-    recorded a total.
+    (``p50_ms``/``p95_ms``/``p99_ms``, exact, of the requests' ``total``; ``sd_total_ms`` their sample standard
+    deviation) are None when no request in the window recorded a total. ``cost_sq_usd`` is the sum of squared
+    costs (for the cost's spread).
     """
 
     since: float
@@ -192,6 +193,17 @@ class WindowStats:
     p50_ms: float | None = None
     p95_ms: float | None = None
     p99_ms: float | None = None
+    sd_total_ms: float | None = None
+    cost_sq_usd: float = 0.0
+
+    @property
+    def cost_sd_usd(self) -> float:
+        """Sample standard deviation of the requests' cost (0.0 below two requests)."""
+        n = self.requests
+        if n < 2:
+            return 0.0
+        mean = self.cost_usd / n
+        return max((self.cost_sq_usd - n * mean * mean) / (n - 1), 0.0) ** 0.5
 
     @property
     def guardrail_trigger_share(self) -> float:

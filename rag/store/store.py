@@ -178,11 +178,15 @@ class RequestStore:
         old = previous[0]
         return normalise_rating(old) if old is not None else None
 
-    def window(self, since: float, until: float) -> WindowStats:
-        """Aggregates over the records with ``since <= at < until`` (one indexed range scan)."""
+    def window(self, since: float, until: float, *, stack_version: int | None = None) -> WindowStats:
+        """Aggregates over the records with ``since <= at < until`` (one indexed range scan), optionally only those
+        answered by ``stack_version`` (an A/B experiment's arm)."""
         if until < since:
             raise BadQuery(f"window ends ({until}) before it starts ({since})")
         c = requests.c
+        where = [c.at >= since, c.at < until]
+        if stack_version is not None:
+            where.append(c.stack_version == stack_version)
         query = select(
             func.count(),
             func.coalesce(func.sum(case((c.status >= 500, 1), else_=0)), 0),
@@ -195,13 +199,21 @@ class RequestStore:
             func.coalesce(func.sum(case((c.feedback_rating == "down", 1), else_=0)), 0),
             func.avg(c.total_ms),
             func.coalesce(func.sum(case((c.guardrail_triggered, 1), else_=0)), 0),
-        ).where(c.at >= since, c.at < until)
-        totals = select(c.total_ms).where(c.at >= since, c.at < until, c.total_ms.is_not(None))
+            func.coalesce(func.sum(c.cost_usd * c.cost_usd), 0.0),
+            func.sum(c.total_ms * c.total_ms),
+        ).where(*where)
+        totals = select(c.total_ms).where(*where, c.total_ms.is_not(None))
         with self._engine.connect() as db:
             row = db.execute(query).one()
             latencies = _column(db, totals) if row[0] else []
-        n, errors, blocked, abstained, prompt, completion, cost, up, down, mean, triggered = row
+        n, errors, blocked, abstained, prompt, completion, cost, up, down, mean, triggered, cost_sq, ms_sq = row
         p50, p95, p99 = _percentiles(latencies, (50, 95, 99))
+        timed = len(latencies)
+        sd_ms = (
+            max((float(ms_sq) - timed * float(mean) ** 2) / (timed - 1), 0.0) ** 0.5
+            if timed >= 2 and mean is not None and ms_sq is not None
+            else None
+        )
         return WindowStats(
             since=since,
             until=until,
@@ -219,7 +231,26 @@ class RequestStore:
             p50_ms=p50,
             p95_ms=p95,
             p99_ms=p99,
+            sd_total_ms=sd_ms,
+            cost_sq_usd=float(cost_sq),
         )
+
+    def arm_callers(self, since: float, until: float, versions: Sequence[int]) -> tuple[dict[int, int], int]:
+        """Callers (tenant and key name) per stack version over ``[since, until)`` among ``versions``, and how many
+        callers were answered by more than one of them (an A/B experiment's stickiness check: 0 expected)."""
+        c = requests.c
+        query = (
+            select(c.principal, c.tenant, c.stack_version)
+            .where(c.at >= since, c.at < until, c.stack_version.in_(list(versions)))
+            .distinct()
+        )
+        per_version: dict[int, int] = {}
+        seen: dict[tuple[str, str | None], int] = {}
+        with self._engine.connect() as db:
+            for principal, tenant, version in db.execute(query):
+                per_version[int(version)] = per_version.get(int(version), 0) + 1
+                seen[(principal, tenant)] = seen.get((principal, tenant), 0) + 1
+        return per_version, sum(1 for n in seen.values() if n > 1)
 
     def spend(self, by: Grouping, since: float, until: float) -> list[SpendRow]:
         """The spend ledger over ``[since, until)`` by tenant, key or stack version (:mod:`rag.store.ledger`)."""

@@ -113,3 +113,56 @@ def test_champion_loads_as_a_pyfunc_and_answers(
         assert all(c["doc_id"].startswith("acme/") for c in filtered[0]["citations"])
     finally:
         model.unwrap_python_model().close()
+
+
+def test_an_experiment_runs_from_the_cli_and_its_verdict_is_recorded_on_the_candidate(
+    settings: Settings, stack_config: StackConfig
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from evaluation.ab import check_experiment
+    from flows.cli import app
+    from rag.experiment import RESULT_TAG, STATUS_TAG
+
+    runner = CliRunner()
+    registry = StackRegistry(settings)
+    assert registry.experiment() is None  # no stack registered yet: no experiment, no error
+    v1 = registry.register(stack_config)
+    registry.promote(v1, actor="alice", reason="first")
+    refused = runner.invoke(app, ["stack", "experiment", "start"])
+    assert refused.exit_code != 0 and "challenger" in refused.output  # no version named, no challenger alias
+    top1 = stack_config.model_copy(
+        update={"name": "top1", "retrieval": stack_config.retrieval.model_copy(update={"top_k": 1})}
+    )
+    v2 = registry.register(top1)
+    registry.set_challenger(v2)
+
+    started = runner.invoke(app, ["stack", "experiment", "start", "--share", "0.2", "--json"])
+    assert started.exit_code == 0, started.output
+    body = json.loads(started.stdout)
+    assert (body["champion"], body["challenger"], body["share"]) == (v1, v2, 0.2)
+    running = registry.experiment()
+    assert running is not None and running.id == body["id"]
+    again = runner.invoke(app, ["stack", "experiment", "start", str(v2)])
+    assert again.exit_code != 0 and "stop it first" in again.output
+
+    status = runner.invoke(app, ["stack", "experiment", "status", "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["status"] == "collecting"  # no traffic yet
+    assert registry.get(v2).tags[STATUS_TAG] == "collecting"
+
+    # a sequential test's crossing is final: a later look that sees less evidence does not undo it
+    registry.record_experiment(running, status="challenger_worse", result="{}")
+    found = check_experiment(settings, registry=registry)
+    assert found is not None and found[0].verdict == "collecting" and found[1] == "challenger_worse"
+
+    stopped = runner.invoke(app, ["stack", "experiment", "stop"])
+    assert stopped.exit_code == 0, stopped.output
+    assert "every caller is answered by the champion" in stopped.stdout
+    assert registry.experiment() is None
+    tags = registry.get(v2).tags
+    assert tags[STATUS_TAG] == "challenger_worse" and json.loads(tags[RESULT_TAG])["experiment"] == running.id
+    assert runner.invoke(app, ["stack", "experiment", "stop"]).exit_code != 0  # nothing to stop
+    assert json.loads(runner.invoke(app, ["stack", "experiment", "status", "--json"]).stdout) is None
