@@ -216,14 +216,20 @@ def decide(tests: tuple[MetricTest, ...], primary: MetricTest) -> Verdict:
     return "no_difference"
 
 
-def analyse(store: RequestStore, experiment: Experiment, *, now: float) -> ExperimentReport:
-    """The experiment's report from the request store's records since it started."""
-    callers, violations = store.arm_callers(experiment.started_at, now, (experiment.champion, experiment.challenger))
+def analyse(store: RequestStore, experiment: Experiment, *, now: float, settle_s: float = 0.0) -> ExperimentReport:
+    """The experiment's report from the request store's records since it started.
+
+    ``settle_s``: how long after the start the records count. A replica of the service picks an experiment up at
+    its next registry check, so until every replica has had one reload interval the challenger's callers may
+    still be answered by the champion; those records belong to neither arm.
+    """
+    since = min(experiment.started_at + settle_s, now)
+    callers, violations = store.arm_callers(since, now, (experiment.champion, experiment.challenger))
     arms = {
         arm: ArmFigures.of(
             arm,
             experiment.version(arm),
-            store.window(experiment.started_at, now, stack_version=experiment.version(arm)),
+            store.window(since, now, stack_version=experiment.version(arm)),
             callers.get(experiment.version(arm), 0),
         )
         for arm in ARMS
@@ -275,7 +281,12 @@ def _report(settings: EvaluationSettings, experiment: Experiment, now: float | N
     from evaluation.monitor import open_store
 
     with open_store(settings) as store:
-        return analyse(store, experiment, now=time.time() if now is None else now)
+        return analyse(store, experiment, now=time.time() if now is None else now, settle_s=settle_seconds(settings))
+
+
+def settle_seconds(settings: EvaluationSettings) -> float:
+    """How long after its start an experiment's records count: two of the service's reload intervals."""
+    return 2.0 * settings.service.reload_interval_s
 
 
 def record_report(registry: StackRegistry, report: ExperimentReport) -> str:
