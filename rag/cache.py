@@ -77,6 +77,11 @@ class CacheBackend(Protocol):
 
     threshold: float
 
+    @property
+    def degraded(self) -> bool:
+        """True while the cache's store is unreachable (lookups miss, nothing is stored)."""
+        ...
+
     def exact(self, scope: str, question: str) -> CachedAnswer | None:
         """The entry for this normalised question in ``scope``, if fresh."""
         ...
@@ -169,6 +174,11 @@ class AnswerCache:
         self._scopes: dict[str, _Scope] = {}
         self._size = 0
         self._lock = threading.Lock()
+
+    @property
+    def degraded(self) -> bool:
+        """Never: the in-process cache has no store to lose."""
+        return False
 
     def __len__(self) -> int:
         return self._size

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,6 +141,12 @@ class ServiceMetrics:
             registry=registry,
         )  # fmt: skip
         self.errors = Counter("ragops_errors", "Errors by kind.", ["kind"], registry=registry)
+        self.degraded = Counter(
+            "ragops_degraded_requests",
+            "Requests served in a degraded mode (LLM fallback, cache or limit store down, registry down), by kind.",
+            ["kind"],
+            registry=registry,
+        )
         self.budget_soft = Counter(
             "ragops_budget_soft_limit", "Budgets (key or tenant, daily or monthly) past their soft limit.", ["budget"],
             registry=registry,
@@ -224,6 +230,11 @@ class ServiceMetrics:
     def observe_feedback(self, rating: str) -> None:
         """A rating was recorded (``up`` or ``down``)."""
         self.feedback.labels(rating).inc()
+
+    def observe_degraded(self, kinds: Sequence[str]) -> None:
+        """Count one request served in each of the degraded modes ``kinds``."""
+        for kind in kinds:
+            self.degraded.labels(kind=kind).inc()
 
     def observe_error(self, kind: str) -> None:
         """An error outside a request's record (a stack reload that failed, a store write that failed)."""

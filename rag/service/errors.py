@@ -52,6 +52,10 @@ ERROR_MAP: tuple[tuple[type[Exception], int, str, str], ...] = (
 )
 
 
+DEFAULT_RETRY_AFTER_S = 1.0
+"""``Retry-After`` of a 503 whose error does not say when to come back (the index or a stack not answering)."""
+
+
 def error_kind(exc: BaseException) -> tuple[int, str]:
     """The status a library error is answered with and its low-cardinality kind (the ``code``); 500/``internal``
     for anything unexpected. What the request store and the ``ragops_errors_total`` metric record."""
@@ -72,6 +76,8 @@ def _library_error_handler(
     async def handle(_: Request, exc: Exception) -> JSONResponse:
         response = error_response(status, str(exc), kind, code)
         retry_after = getattr(exc, "retry_after_s", None)  # load control's errors say when to come back
+        if not isinstance(retry_after, int | float) and status == 503:
+            retry_after = DEFAULT_RETRY_AFTER_S  # a dependency down: worth retrying, soon
         if isinstance(retry_after, int | float):
             response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         return response

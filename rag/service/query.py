@@ -16,6 +16,7 @@ import anyio
 from rag.cache import AnswerCache, CacheBackend
 from rag.errors import Overloaded
 from rag.limits.admission import AdmissionController
+from rag.limits.breaker import CircuitBreaker
 from rag.limits.budget import BudgetLedger
 from rag.limits.rate import RateLimiter
 from rag.service.batcher import BatchedVectors
@@ -76,6 +77,7 @@ class QueryService:
         on_soft = (lambda budget, _: metrics.budget_soft_limit(budget.name)) if metrics is not None else None
         self.budgets = BudgetLedger(settings.store.resolve_url(settings.home), limits, on_soft=on_soft)
         self.admission = AdmissionController(limits.max_concurrency, limits.max_queue, limits.queue_timeout_s)
+        self.index_breaker = CircuitBreaker("qdrant", limits.breaker_failures, limits.breaker_reset_s)
 
     def _chain_and_recorder(self, served: Served) -> tuple[Chain, StoreRecorder]:
         known = self._chains.get(id(served))
@@ -98,6 +100,7 @@ class QueryService:
             cache=cache,
             on_cache_lookup=self._observe_cache if self._metrics is not None else None,
             budgets=self.budgets,
+            breaker=self.index_breaker,
         )
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
         self._chains[id(served)] = (served, chain, recorder)
@@ -205,6 +208,8 @@ class QueryService:
                 )
                 if auth_ms is not None:
                     ctx.timings["authenticate"] = auth_ms
+                if not self._holder.status.registry_ok and self._holder.status.registry_error:
+                    ctx.degrade("registry_unreachable")
                 status, error = ABANDONED
                 try:
                     yield served, chain, ctx
@@ -308,5 +313,6 @@ def query_response(served: Served, ctx: RequestContext) -> QueryResponse:
         usage=usage(ctx),
         timings=ctx.all_timings(),
         notice=ctx.notice,
+        degraded=list(ctx.degraded),
         routing=ctx.routing.to_json() if ctx.routing else None,
     )

@@ -90,6 +90,11 @@ class QueryResponse(BaseModel):
     usage: Usage
     timings: dict[str, float]
     notice: str | None = Field(default=None, description="E.g. that an LLM failed and the extractive answer was used.")
+    degraded: list[str] = Field(
+        default_factory=list,
+        description="Degraded modes this request was served in (rag.stages.context.DEGRADATIONS): llm_fallback, "
+        "cache_unavailable, limits_per_worker, registry_unreachable.",
+    )
     routing: dict[str, Any] | None = Field(
         default=None, description="A tiered stack: the router's features, pick and every attempt (rag.routing)."
     )

@@ -91,6 +91,8 @@ class AnswerStage:
         AnswerStage.check_citations(ctx, answer)
         ctx.answer = answer
         ctx.notice = notice_of(answer)
+        if ctx.notice is not None:
+            ctx.degrade("llm_fallback")
         if answer.tokens is not None:  # the model's own count: what it bills
             prompt, completion = answer.tokens.prompt, answer.tokens.completion
         else:

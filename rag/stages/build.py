@@ -24,6 +24,7 @@ from rag.stages.validate import RequestLimits, ValidateStage
 if TYPE_CHECKING:
     from rag.cache import CacheBackend
     from rag.engine import RagEngine
+    from rag.limits.breaker import CircuitBreaker
     from rag.limits.budget import BudgetLedger
     from rag.limits.rate import RateLimiter
     from rag.stages.ports import VectorPort
@@ -39,6 +40,7 @@ def build_chain(
     cache: CacheBackend | None = None,
     on_cache_lookup: Callable[[bool], None] | None = None,
     budgets: BudgetLedger | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> Chain:
     """The stages for ``engine``'s stack, in order: limit, budget, validate, check_input, cache_exact, embed,
     screen_input, cache, retrieve, fit_context, route, answer, check_output, cache_store, charge_tokens,
@@ -46,7 +48,7 @@ def build_chain(
     stack with ``llm.max_input_tokens``; route, with the tiered answer stage, only for a stack with ``routing``; the
     limit stages only with a ``limiter`` with quotas, the budget stages only with ``budgets`` configured and the
     cache stages only with a ``cache``: the service's, never evaluation's; ``on_cache_lookup(hit)`` is told each
-    lookup's outcome)."""
+    lookup's outcome; ``breaker`` guards the index searches)."""
     guards = engine.guards
     quotas = limiter is not None and limiter.enabled
     stages: list[Stage] = []
@@ -67,7 +69,7 @@ def build_chain(
         stages.append(InputScreenStage(guards.input))
     if cache is not None:
         stages.append(SemanticCacheStage(cache, on_cache_lookup))
-    stages.append(RetrieveStage(vectors))
+    stages.append(RetrieveStage(vectors, breaker))
     budget = engine.config.llm.max_input_tokens
     if engine.config.answerer.kind == "llm" and budget is not None:
         stages.append(FitContextStage(budget))

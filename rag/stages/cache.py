@@ -21,6 +21,12 @@ def _scope(ctx: RequestContext) -> str:
     return scope_key(scope_of(ctx.principal), ctx.filters, ctx.k)
 
 
+def _check_backend(cache: CacheBackend, ctx: RequestContext) -> None:
+    """Announce a cache whose store is down (every lookup misses, nothing is stored) after using it."""
+    if cache.degraded:
+        ctx.degrade("cache_unavailable")
+
+
 def _hit(ctx: RequestContext, entry: CachedAnswer, kind: str) -> None:
     ctx.answer = entry.answer
     ctx.chunks = list(entry.chunks)
@@ -42,6 +48,7 @@ class ExactCacheStage:
     async def run(self, ctx: RequestContext) -> None:
         """On a hit, set the answer and end the request."""
         entry = self.cache.exact(_scope(ctx), ctx.text)
+        _check_backend(self.cache, ctx)
         if entry is not None:
             _hit(ctx, entry, "exact")
             if self.on_lookup is not None:
@@ -63,6 +70,7 @@ class SemanticCacheStage:
         if ctx.vector is None:
             return
         found = self.cache.similar(_scope(ctx), ctx.vector)
+        _check_backend(self.cache, ctx)
         if found is not None:
             _hit(ctx, found[0], "semantic")
         if self.on_lookup is not None:
@@ -84,3 +92,4 @@ class CacheStoreStage:
             return  # a fallback answer (the LLM failed) is not what the stack normally says: do not keep it
         entry = CachedAnswer(ctx.text, ctx.answer, tuple(ctx.chunks), time.monotonic())
         self.cache.put(_scope(ctx), ctx.text, ctx.vector, entry)
+        _check_backend(self.cache, ctx)

@@ -69,6 +69,16 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+DEGRADATIONS: dict[str, str] = {
+    "llm_fallback": "the LLM failed or timed out; the extractive answer is shown",
+    "cache_unavailable": "the answer cache's store is unreachable; answered without the cache",
+    "limits_per_worker": "the shared rate-limit store is unreachable; quotas are counted per worker",
+    "registry_unreachable": "the stack registry (MLflow) is unreachable; the last loaded stack answers",
+}
+"""Ways a request is served in a degraded mode instead of failing: kind -> what it means. Each is announced in the
+response (``degraded``) and counted in ``ragops_degraded_requests_total{kind}``."""
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why a stage ended the request before an answer was produced (a guardrail block)."""
@@ -114,6 +124,7 @@ class RequestContext:
     route_plan: RoutePlan | None = None
     routing: RoutingTrace | None = None
     notice: str | None = None
+    degraded: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -125,6 +136,13 @@ class RequestContext:
         """A stage refused the request or answered it from the cache: the remaining stages that do not always
         run are skipped."""
         return self.refusal is not None or self.cache_hit is not None
+
+    def degrade(self, kind: str) -> None:
+        """Note that the request was served in the degraded mode ``kind`` (a key of :data:`DEGRADATIONS`)."""
+        if kind not in DEGRADATIONS:
+            raise ValueError(f"unknown degradation {kind!r}")
+        if kind not in self.degraded:
+            self.degraded.append(kind)
 
     @property
     def k(self) -> int:

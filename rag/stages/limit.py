@@ -38,6 +38,8 @@ class LimitStage:
         principal = ctx.principal
         # tokens=1 asks "is there any room left in the token budget"; the real count follows the answer
         decision = self.limiter.check(api_key=principal.identity, tenant=principal.tenant, tokens=1)
+        if decision.degraded:
+            ctx.degrade("limits_per_worker")
         if not decision.allowed:
             raise RateLimited(decision.limit or "quota", decision.retry_after_s)
 

@@ -181,5 +181,7 @@ class StoreRecorder:
                 output_tokens=record.completion_tokens,
                 duration_s=record.timings_ms.get("total", ctx.first_token_ms) / 1000.0,
             )
+        if ctx.degraded:
+            metrics.observe_degraded(ctx.degraded)
         if not queued:
             metrics.record_dropped()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rag.access import scope_of
+from rag.errors import RetrievalError
 from rag.stages.context import RequestContext
 from rag.stages.ports import VectorPort
+
+if TYPE_CHECKING:
+    from rag.limits.breaker import CircuitBreaker
 
 
 class RetrieveStage:
@@ -15,25 +21,39 @@ class RetrieveStage:
 
     ``ctx.depth`` asks for a deeper ranking than the answerer needs (evaluation's ranking metrics); the answerer
     still gets the first ``top_k`` chunks of that same ranking.
+
+    ``breaker`` (the service's): after consecutive index failures, requests fail at once with
+    :class:`rag.errors.CircuitOpen` (503 with ``Retry-After``) instead of each waiting for the index to time out.
     """
 
     name = "retrieve"
     always = False
 
-    def __init__(self, vectors: VectorPort) -> None:
+    def __init__(self, vectors: VectorPort, breaker: CircuitBreaker | None = None) -> None:
         self.vectors = vectors
+        self.breaker = breaker
 
     async def run(self, ctx: RequestContext) -> None:
         """Set ``ctx.ranking`` and ``ctx.chunks``."""
         if ctx.vector is None:
             raise RuntimeError("the retrieve stage needs the embed stage before it")
         k = ctx.k
-        ctx.ranking = await self.vectors.search(
-            ctx.engine,
-            ctx.text,
-            ctx.vector,
-            filters=ctx.filters,
-            top_k=max(k, ctx.depth or k),
-            scope=scope_of(ctx.principal),
-        )
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.before_call()
+        try:
+            ctx.ranking = await self.vectors.search(
+                ctx.engine,
+                ctx.text,
+                ctx.vector,
+                filters=ctx.filters,
+                top_k=max(k, ctx.depth or k),
+                scope=scope_of(ctx.principal),
+            )
+        except RetrievalError:  # the index failed (a bad request is not the index's fault and is not counted)
+            if breaker is not None:
+                breaker.record_failure()
+            raise
+        if breaker is not None:
+            breaker.record_success()
         ctx.chunks = ctx.ranking[:k]

@@ -86,6 +86,7 @@ class TieredAnswerStage:
         else:  # every tier failed to answer at all
             answer, answered_by = plan.extractive, "extractive-fallback"
             ctx.notice = "every answering tier failed; the extractive answer is shown"
+            ctx.degrade("llm_fallback")
         AnswerStage.check_citations(ctx, answer)
         ctx.answer = answer
         ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=completion, cost_usd=round(cost, 8))

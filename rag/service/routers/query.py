@@ -157,6 +157,7 @@ def _extra(served: Served, ctx: RequestContext) -> dict[str, Any]:
         "blocked_by": ctx.refusal.check if ctx.refusal else None,
         "guardrails": [g.model_dump(exclude_none=True) for g in guardrails(ctx)],
         "notice": ctx.notice,
+        "degraded": list(ctx.degraded),
     }
 
 
