@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "monitor",
     "security",
     "spend",
+    "capacity",
     "erase",
 )
 """The command groups, in help order (each module registers its commands on :data:`app` when imported)."""
