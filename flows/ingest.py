@@ -4,8 +4,12 @@ Tasks are thin: each calls one step function, and ``pipelines.ingest.run_ingest`
 :class:`~pipelines.ingest.StepRunner` made of these tasks, so the flow and the in-process CLI run cannot drift.
 Steps that touch files or the index can fail transiently (a file being rewritten, a Qdrant server restarting) and
 are retried; chunking and embedding are pure and are not. Partitioning is mapped over batches of files on a thread
-pool (file I/O and pdfminer overlap). Task inputs hold models and clients, so Prefect's result caching is off
-(``NO_CACHE``): idempotency comes from content hashes instead.
+pool (file I/O and pdfminer overlap), or, with ``RAGOPS_INGEST__DASK_WORKERS`` or ``RAGOPS_INGEST__DASK_ADDRESS``,
+on Dask through prefect-dask: a subflow ``ingest-partition`` whose task runner is a ``DaskTaskRunner`` (a local
+cluster of single-threaded worker processes, or a running scheduler), since partitioning is single-threaded Python
+per document and only processes run it in parallel. Only the files travel (paths, ids, hashes); every other step,
+embedding included (it already uses every core), stays in the flow's process. Task inputs hold models and
+clients, so Prefect's result caching is off (``NO_CACHE``): idempotency comes from content hashes instead.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from flows.settings import Settings
 from pipelines import ingest as steps
 from pipelines.env import apply_offline_env
 from pipelines.ingest import IngestContext, IngestReport, ReadResult, StepRunner
+from pipelines.settings import PipelineSettings
 from pipelines.tracking import log_ingest_report
 from pipelines.types import SourceItem
 from rag.embedders import ingest_target
@@ -40,10 +45,55 @@ delete_stale_task = task(name="delete-stale", **_RETRY)(steps.delete_stale_step)
 publish_task = task(name="publish", cache_policy=NO_CACHE)(steps.publish_step)
 
 
-def _partition_mapped(ctx: IngestContext, batches: Sequence[Sequence[SourceItem]]) -> list[ReadResult]:
-    """Partition batches concurrently on the flow's thread pool."""
-    futures = [partition_task.submit(ctx, list(batch)) for batch in batches]
+@task(name="partition-files", **_RETRY)
+def partition_files_task(items: list[SourceItem], max_bytes: int, encodings: list[str]) -> ReadResult:
+    """Partition files in whichever process the task runner chose (plain values in and out)."""
+    return steps.read_items(items, max_bytes=max_bytes, encodings=encodings)
+
+
+@flow(name="ingest-partition", validate_parameters=False)
+def partition_flow(batches: list[list[SourceItem]], max_bytes: int, encodings: list[str]) -> list[ReadResult]:
+    """Partition batches of files on the task runner it is given (Dask: see :func:`dask_runner`)."""
+    futures = [partition_files_task.submit(batch, max_bytes, encodings) for batch in batches]
     return [future.result() for future in futures]
+
+
+def dask_runner(settings: PipelineSettings) -> Any | None:
+    """The Dask task runner the settings ask for, or None (partition on the flow's threads)."""
+    ingest = settings.ingest
+    if ingest.dask_address is None and ingest.dask_workers == 0:
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if ingest.dask_address is not None:
+        return DaskTaskRunner(address=ingest.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": ingest.dask_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,  # no port for a web page nobody opens
+        }
+    )
+
+
+def _partition_mapped(ctx: IngestContext, batches: Sequence[Sequence[SourceItem]]) -> list[ReadResult]:
+    """Partition batches concurrently: on the flow's thread pool, or on Dask when configured."""
+    runner = dask_runner(ctx.settings)
+    if runner is None:
+        futures = [partition_task.submit(ctx, list(batch)) for batch in batches]
+        return [future.result() for future in futures]
+    files = [[item for item in batch if item.kind == "file"] for batch in batches]
+    records = [item for batch in batches for item in batch if item.kind != "file"]
+    results: list[ReadResult] = [steps.read_step(ctx, records)] if records else []
+    with ctx.timed("partition"):
+        results += partition_flow.with_options(task_runner=runner)(
+            [batch for batch in files if batch],
+            ctx.settings.ingest.max_file_bytes,
+            list(ctx.settings.ingest.text_encodings),
+        )
+    ctx.progress.advance("partition", sum(len(batch) for batch in files))
+    return results
 
 
 TASKS = StepRunner(

@@ -278,35 +278,46 @@ def _conflict(item: SourceItem, owner: DocEntry) -> QuarantineRecord:
 
 def read_step(ctx: IngestContext, items: Sequence[SourceItem]) -> tuple[list[Document], list[QuarantineRecord]]:
     """Turn items into documents (files through unstructured); every failure becomes a quarantine record."""
+    with ctx.timed("partition"):
+        return read_items(
+            items,
+            max_bytes=ctx.settings.ingest.max_file_bytes,
+            encodings=ctx.settings.ingest.text_encodings,
+            on_file=lambda: ctx.progress.advance("partition", 1),
+        )
+
+
+def read_items(
+    items: Sequence[SourceItem],
+    *,
+    max_bytes: int,
+    encodings: Sequence[str],
+    on_file: Callable[[], None] | None = None,
+) -> tuple[list[Document], list[QuarantineRecord]]:
+    """:func:`read_step` without the run's context: plain values in and out, so another process (a Dask worker)
+    can run it. ``on_file`` is called after each file."""
     from pipelines.partition import partition_file
 
     docs: list[Document] = []
     rejected: list[QuarantineRecord] = []
-    with ctx.timed("partition"):
-        for item in items:
-            try:
-                if item.kind == "record":
-                    text = (item.text or "").strip()
-                    if not text:
-                        raise DocumentRejected("record has empty text", stage="read")
-                    docs.append(_document(item, title=item.title or "", text=text, file_type="jsonl"))
-                    continue
-                assert item.path is not None
-                part = partition_file(
-                    item.path,
-                    max_bytes=ctx.settings.ingest.max_file_bytes,
-                    encodings=ctx.settings.ingest.text_encodings,
-                )
-                docs.append(
-                    _document(item, title=part.title or item.path.stem, text=part.text, file_type=part.file_type)
-                )
-            except DocumentRejected as exc:
-                rejected.append(_reject(item, exc.reason, exc.stage))
-            except Exception as exc:
-                logger.exception("unexpected failure reading a document", extra={"doc_id": item.doc_id})
-                rejected.append(_reject(item, f"unexpected error: {type(exc).__name__}: {exc}", "partition"))
-            if item.kind == "file":
-                ctx.progress.advance("partition", 1)
+    for item in items:
+        try:
+            if item.kind == "record":
+                text = (item.text or "").strip()
+                if not text:
+                    raise DocumentRejected("record has empty text", stage="read")
+                docs.append(_document(item, title=item.title or "", text=text, file_type="jsonl"))
+                continue
+            assert item.path is not None
+            part = partition_file(item.path, max_bytes=max_bytes, encodings=list(encodings))
+            docs.append(_document(item, title=part.title or item.path.stem, text=part.text, file_type=part.file_type))
+        except DocumentRejected as exc:
+            rejected.append(_reject(item, exc.reason, exc.stage))
+        except Exception as exc:
+            logger.exception("unexpected failure reading a document", extra={"doc_id": item.doc_id})
+            rejected.append(_reject(item, f"unexpected error: {type(exc).__name__}: {exc}", "partition"))
+        if item.kind == "file" and on_file is not None:
+            on_file()
     return docs, rejected
 
 

@@ -123,6 +123,19 @@ class IngestSettings(BaseModel):
         default=0.25, ge=0.0, le=1.0, description="The run fails when more than this share of documents fails."
     )
     workers: int = Field(default=2, ge=1, le=64, description="Parallel partitioning workers.")
+    dask_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="The ingest flow partitions files on a local Dask cluster of this many single-threaded worker "
+        "processes (0: on the flow's threads). Partitioning is single-threaded Python per document, so processes "
+        "scale where threads cannot.",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="The ingest flow partitions files on this Dask scheduler (tcp://host:8786); overrides "
+        "dask_workers. The workers must see the same file paths (a shared volume).",
+    )
 
 
 class QualitySettings(BaseModel):

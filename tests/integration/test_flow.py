@@ -71,3 +71,37 @@ def test_flow_ingests_logs_to_mlflow_and_publishes_summary(
     second = ingest_flow(source=str(source), tenant="acme")
     assert second["embeddings_computed"] == 0
     assert second["published"] is False
+
+
+def test_the_flow_partitions_on_a_local_dask_cluster_with_the_same_outcome(
+    prefect_harness: None, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files partitioned by two Dask worker processes land exactly as on the flow's threads: the same documents,
+    the same quarantine reasons, each once; the subflow ran on the Dask task runner."""
+    from prefect.client.orchestration import get_client
+
+    from flows.ingest import ingest_flow
+
+    source = tmp_path / "docs"
+    write_sample_docs(source)
+    write_bad_inputs(source / "bad")
+    monkeypatch.setenv("RAGOPS_INGEST__MAX_FAILURE_SHARE", "1.0")
+    monkeypatch.setenv("RAGOPS_INGEST__DASK_WORKERS", "2")
+    on_dask = ingest_flow(source=str(source), collection="on_dask")
+    monkeypatch.setenv("RAGOPS_INGEST__DASK_WORKERS", "0")
+    on_threads = ingest_flow(source=str(source), collection="on_threads")
+    for key in ("documents_new", "documents_failed", "points_total", "chunks_upserted"):
+        assert on_dask[key] == on_threads[key], key
+    assert on_dask["documents_new"] == 5 and on_dask["points_total"] >= 5
+    reasons = {q["doc_id"]: q["reason"] for q in on_dask["quarantined"]}
+    assert reasons == {q["doc_id"]: q["reason"] for q in on_threads["quarantined"]}
+    assert len(on_dask["quarantined"]) == len(reasons)  # each failure once
+
+    async def subflow_runs() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs()
+            flows = {f.id: f.name for f in await client.read_flows()}
+            return [flows[r.flow_id] for r in runs if r.state is not None and r.state.is_completed()]
+
+    names = asyncio.run(subflow_runs())
+    assert names.count("ingest-partition") == 1  # only the Dask run used the partition subflow
