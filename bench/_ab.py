@@ -155,32 +155,15 @@ def _wait_for_arms(
 
 def measure_ab(params: AbParams, *, home: Path, repo: Path) -> dict[str, Any]:
     """Run both experiments against a real service and return the ``ab_*`` figures."""
+    from bench._common import demo_platform
     from bench.query import free_port, wait_ready
-    from flows.settings import Settings
-    from pipelines.demo import build_demo_corpus
-    from pipelines.env import apply_offline_env, child_env
-    from pipelines.index import VectorIndex
-    from pipelines.ingest import run_ingest
+    from pipelines.env import child_env
     from rag.security.gate import Gate
-    from rag.stack import StackRegistry
-    from rag.types import StackConfig
 
-    base = Settings(home=home)
-    settings = base.model_copy(update={"service": base.service.model_copy(update={"reload_interval_s": 1.0})})
-    apply_offline_env(settings)
-    settings.ensure_dirs()
-    corpus = home.parent / "corpus"
-    build_demo_corpus(corpus)
-    run_ingest(settings, corpus)
-    current = VectorIndex(settings).current()
-    assert current is not None
-    registry = StackRegistry(settings)
-    champion = StackConfig.for_index(current, name="bench-ab")
+    settings, registry, champion, v_champion = demo_platform(home, name="bench-ab", reload_interval_s=1.0)
     worse = champion.model_copy(
         update={"name": "bench-ab-top1", "retrieval": champion.retrieval.model_copy(update={"top_k": 1})}
     )
-    v_champion = registry.register(champion, description="bench/review.py: champion")
-    registry.promote(v_champion, actor="bench", reason="benchmark")
     v_worse = registry.register(worse, description="bench/review.py: top-k 1 challenger")
     v_same = registry.register(champion, description="bench/review.py: the champion again")
     gate = Gate(settings)

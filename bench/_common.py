@@ -14,7 +14,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -198,3 +198,52 @@ def rounded(value: float | None, digits: int = 3) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return round(value, digits)
+
+
+def run_measured(prefix: str, measure: Callable[[Path], Mapping[str, object]], out_path: Path | None) -> int:
+    """Run ``measure`` in a fresh temporary folder (removed after), with the CPU and load before and after, and
+    print the JSON (also written to ``out_path``): the shape every ``bench/`` script's stdout has."""
+    import shutil
+    import sys
+    import tempfile
+
+    temp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        out: dict[str, object] = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "load_before": load_average()}
+        out.update(measure(temp))
+        out["load_after"] = load_average()
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    text = json.dumps(out, indent=2)
+    sys.stdout.write(text + "\n")
+    if out_path is not None:
+        out_path.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def demo_platform(home: Path, *, name: str, reload_interval_s: float = 5.0) -> tuple[Any, Any, Any, int]:
+    """The demo corpus ingested into ``home`` and a dense extractive stack over it registered and promoted:
+    (settings, registry, the stack's config, its version). The corpus is written beside ``home``."""
+    from flows.settings import Settings
+    from pipelines.demo import build_demo_corpus
+    from pipelines.env import apply_offline_env
+    from pipelines.index import VectorIndex
+    from pipelines.ingest import run_ingest
+    from rag.stack import StackRegistry
+    from rag.types import StackConfig
+
+    base = Settings(home=home)
+    service = base.service.model_copy(update={"reload_interval_s": reload_interval_s})
+    settings = base.model_copy(update={"service": service})
+    apply_offline_env(settings)
+    settings.ensure_dirs()
+    corpus = home.parent / "corpus"
+    build_demo_corpus(corpus)
+    run_ingest(settings, corpus)
+    current = VectorIndex(settings).current()
+    assert current is not None
+    registry = StackRegistry(settings)
+    config = StackConfig.for_index(current, name=name)
+    version = registry.register(config, description=f"bench: {name}")
+    registry.promote(version, actor="bench", reason="benchmark")
+    return settings, registry, config, version

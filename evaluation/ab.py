@@ -284,9 +284,14 @@ def _report(settings: EvaluationSettings, experiment: Experiment, now: float | N
         return analyse(store, experiment, now=time.time() if now is None else now, settle_s=settle_seconds(settings))
 
 
+SETTLE_LOAD_S = 5.0
+"""Allowance for a replica to open the challenger's engine once it has seen the experiment."""
+
+
 def settle_seconds(settings: EvaluationSettings) -> float:
-    """How long after its start an experiment's records count: two of the service's reload intervals."""
-    return 2.0 * settings.service.reload_interval_s
+    """How long after its start an experiment's records count: two of the service's reload intervals plus the
+    time to load the challenger (bench/review.py once saw a caller on both arms with two intervals alone)."""
+    return 2.0 * settings.service.reload_interval_s + SETTLE_LOAD_S
 
 
 def record_report(registry: StackRegistry, report: ExperimentReport) -> str:

@@ -58,6 +58,16 @@ def partition_flow(batches: list[list[SourceItem]], max_bytes: int, encodings: l
     return [future.result() for future in futures]
 
 
+DASK_BATCH = 4
+"""Files per Dask task: small, so two workers finish together (a PDF takes from milliseconds to seconds)."""
+
+
+def file_batches(batches: Sequence[Sequence[SourceItem]], size: int = DASK_BATCH) -> list[list[SourceItem]]:
+    """The files of ``batches`` regrouped ``size`` at a time (records are read in the flow's process)."""
+    files = [item for batch in batches for item in batch if item.kind == "file"]
+    return [files[i : i + size] for i in range(0, len(files), size)]
+
+
 def dask_runner(settings: PipelineSettings) -> Any | None:
     """The Dask task runner the settings ask for, or None (partition on the flow's threads)."""
     ingest = settings.ingest
@@ -83,16 +93,15 @@ def _partition_mapped(ctx: IngestContext, batches: Sequence[Sequence[SourceItem]
     if runner is None:
         futures = [partition_task.submit(ctx, list(batch)) for batch in batches]
         return [future.result() for future in futures]
-    files = [[item for item in batch if item.kind == "file"] for batch in batches]
+    files = file_batches(batches)
     records = [item for batch in batches for item in batch if item.kind != "file"]
     results: list[ReadResult] = [steps.read_step(ctx, records)] if records else []
-    with ctx.timed("partition"):
-        results += partition_flow.with_options(task_runner=runner)(
-            [batch for batch in files if batch],
-            ctx.settings.ingest.max_file_bytes,
-            list(ctx.settings.ingest.text_encodings),
-        )
-    ctx.progress.advance("partition", sum(len(batch) for batch in files))
+    if files:
+        with ctx.timed("partition"):
+            results += partition_flow.with_options(task_runner=runner)(
+                files, ctx.settings.ingest.max_file_bytes, list(ctx.settings.ingest.text_encodings)
+            )
+        ctx.progress.advance("partition", sum(len(batch) for batch in files))
     return results
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 from pipelines.settings import PipelineSettings
 from rag.limits.settings import LimitsSettings
 from rag.monitoring.tracing import TracingSettings
+from rag.review import ReviewSettings
 from rag.security.settings import SecuritySettings
 
 
@@ -166,3 +167,4 @@ class RagSettings(PipelineSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "ingest",
     "platform",
     "stack",
+    "review",
     "prompt",
     "evaluate",
     "router",

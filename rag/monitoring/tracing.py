@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
+    from rag.review import ReviewLabel
     from rag.settings import RagSettings
     from rag.store.records import RequestRecord
 
@@ -50,6 +51,12 @@ class _Rating:
     rating: str
 
 
+@dataclass(frozen=True)
+class _Label:
+    request_id: str
+    label: ReviewLabel
+
+
 class TraceExporter:
     """A background thread that writes sampled request records as MLflow traces (see the module docstring)."""
 
@@ -59,7 +66,8 @@ class TraceExporter:
         self.dropped = 0
         self.exported = 0
         self._random = random.Random(seed)
-        self._queue: queue.Queue[RequestRecord | _Rating | None] = queue.Queue(maxsize=config.queue_size)
+        self._queue: queue.Queue[RequestRecord | _Rating | _Label | None] = queue.Queue(maxsize=config.queue_size)
+        self.labels_logged = 0
         self._traced: dict[str, str] = {}  # request id -> trace id (bounded below)
         self._thread = threading.Thread(target=self._run, name="ragops-trace-exporter", daemon=True)
         self._thread.start()
@@ -74,12 +82,16 @@ class TraceExporter:
         """Log a rating on the request's trace, if it was traced (never blocks)."""
         self._put(_Rating(request_id, rating))
 
+    def label(self, request_id: str, label: ReviewLabel) -> None:
+        """Log a reviewer's label as expectations on the request's trace, if it was traced (never blocks)."""
+        self._put(_Label(request_id, label))
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Export what is queued, then stop."""
         self._queue.put(None)
         self._thread.join(timeout=timeout_s)
 
-    def _put(self, item: RequestRecord | _Rating) -> None:
+    def _put(self, item: RequestRecord | _Rating | _Label) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -95,6 +107,8 @@ class TraceExporter:
                     experiment_id = ensure_experiment(self.settings, EXPERIMENT)
                 if isinstance(item, _Rating):
                     self._log_rating(item)
+                elif isinstance(item, _Label):
+                    self._log_label(item, experiment_id)
                 else:
                     self._export(item, experiment_id)
             except Exception:  # an unreachable MLflow must never take the service down
@@ -159,6 +173,39 @@ class TraceExporter:
             source=AssessmentSource(source_type="HUMAN", source_id="playground/api"),
             rationale=f"thumbs {item.rating}",
         )
+
+    def _trace_of(self, request_id: str, experiment_id: str) -> str | None:
+        """The trace of ``request_id``: exported by this process, or found by its tag (another worker, a restart)."""
+        known = self._traced.get(request_id)
+        if known is not None:
+            return known
+        from mlflow import MlflowClient
+
+        found = MlflowClient().search_traces(
+            locations=[experiment_id], filter_string=f"tag.`{REQUEST_TAG}` = '{request_id}'", max_results=1
+        )
+        return str(found[0].info.trace_id) if found else None
+
+    def _log_label(self, item: _Label, experiment_id: str) -> None:
+        import mlflow
+        from mlflow.entities import AssessmentSource
+
+        trace_id = self._trace_of(item.request_id, experiment_id)
+        if trace_id is None:
+            return  # not sampled: the review queue keeps the label anyway
+        label = item.label
+        source = AssessmentSource(source_type="HUMAN", source_id=label.reviewer)
+        mlflow.log_expectation(trace_id=trace_id, name="review_verdict", value=label.verdict, source=source)
+        if label.right_answer:
+            mlflow.log_expectation(trace_id=trace_id, name="expected_response", value=label.right_answer, source=source)
+        if label.relevant_chunk_ids:
+            mlflow.log_expectation(
+                trace_id=trace_id,
+                name="relevant_chunk_ids",
+                value=list(label.relevant_chunk_ids),
+                source=source,
+            )
+        self.labels_logged += 1
 
 
 def retrieved_documents(record: RequestRecord) -> list[dict[str, object]]:

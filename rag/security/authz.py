@@ -50,6 +50,8 @@ ACTIONS: dict[str, Role] = {
     "sources.read": Role.reader,
     "models.list": Role.reader,
     "stack.show": Role.operator,
+    "review.read": Role.operator,
+    "review.label": Role.operator,
     "metrics.read": Role.operator,
     # platform actions (CLI today; any HTTP or Prefect trigger must map to these)
     "stack.list": Role.operator,
@@ -72,6 +74,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): "health",
     ("GET", "/readyz"): "health",
     ("GET", "/"): "playground",
+    ("GET", "/review"): "playground",
     ("GET", "/docs"): "docs",
     ("GET", "/openapi.json"): "docs",
     ("POST", "/v1/query"): "query",
@@ -81,6 +84,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/sources/{chunk_id}"): "sources.read",
     ("GET", "/v1/stack"): "stack.show",
     ("GET", "/metrics"): "metrics.read",
+    ("GET", "/v1/review"): "review.read",
+    ("GET", "/v1/review/{request_id}"): "review.read",
+    ("POST", "/v1/review/{request_id}"): "review.label",
 }
 """(method, route path template) -> action. HEAD is treated as GET. Static file mounts (``/static``,
 ``/docs-assets``) are public and never reach this table."""

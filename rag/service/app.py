@@ -28,7 +28,7 @@ from rag.service.feedback import FeedbackIntake
 from rag.service.hardening import HardeningMiddleware
 from rag.service.holder import StackHolder
 from rag.service.query import QueryService
-from rag.service.routers import feedback, health, metrics, query
+from rag.service.routers import feedback, health, metrics, query, review
 from rag.service.routers.pages import mount_pages
 from rag.settings import RagSettings
 from rag.store import RequestStore
@@ -61,7 +61,9 @@ def create_app(
         app.state.queries = QueryService(
             settings, stack_holder, vectors, requests, service_metrics, gate=gate, tracer=tracer
         )
-        app.state.feedback = FeedbackIntake(store, requests, stack_holder, service_metrics, tracer)
+        app.state.feedback = FeedbackIntake(
+            store, requests, stack_holder, service_metrics, tracer, review=settings.review
+        )
 
         async def follow() -> None:
             while True:
@@ -114,7 +116,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     mount_pages(app)
-    for router in (health.router, query.router, feedback.router, metrics.router):
+    for router in (health.router, query.router, feedback.router, metrics.router, review.router):
         app.include_router(router)
     return app
 

@@ -25,6 +25,7 @@ from rag.service.sources import fetch_chunk
 if TYPE_CHECKING:
     from rag.monitoring.metrics import ServiceMetrics
     from rag.monitoring.tracing import TraceExporter
+    from rag.review import ReviewSettings
     from rag.stages.context import Principal
     from rag.store import RequestStore
 
@@ -39,6 +40,7 @@ class FeedbackIntake:
         requests: The request store (lookups, and the rating joined to its request).
         holder: The served stack (to fill in chunk texts that a record lacks).
         metrics: The service's metrics (``ragops_feedback_total``); None counts nothing.
+        review: The review queue's rules: an answer rated down is queued for a reviewer (None: never).
     """
 
     def __init__(
@@ -48,7 +50,9 @@ class FeedbackIntake:
         holder: StackHolder,
         metrics: ServiceMetrics | None = None,
         tracer: TraceExporter | None = None,
+        review: ReviewSettings | None = None,
     ) -> None:
+        self._review = review
         self.store = store
         self.requests = requests
         self._holder = holder
@@ -87,6 +91,10 @@ class FeedbackIntake:
             self.requests.set_feedback(record.request_id, record.rating, record.comment, at=record.updated_at)
         except UnknownRequest:  # purged by retention between the lookup and now: the training copy is kept
             logger.warning("rated request left the request store", extra={"request_id": record.request_id})
+        else:
+            review = self._review
+            if record.rating == "down" and review is not None and review.enabled and review.thumbs_down:
+                self.requests.queue_review(record.request_id, ("thumbs_down",))
         if self._metrics is not None:
             self._metrics.observe_feedback(record.rating)
         if self._tracer is not None:

@@ -72,6 +72,7 @@ class QueryService:
         self._chains: dict[int, tuple[Served, Chain, StoreRecorder]] = {}
         limits = settings.limits
         self._cache_settings = settings.answer_cache
+        self._review = settings.review
         self._redis: Redis | None = None  # one connection pool for the caches of every served version
         self.limiter = RateLimiter(limits)
         on_soft = (lambda budget, _: metrics.budget_soft_limit(budget.name)) if metrics is not None else None
@@ -89,6 +90,7 @@ class QueryService:
             stack_version=served.version,
             index_version=served.index_version,
             tracer=self._tracer,
+            review=self._review,
         )
         cache = self._new_cache(served) if self._cache_settings.enabled else None
         chain = build_chain(

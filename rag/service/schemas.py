@@ -100,6 +100,52 @@ class QueryResponse(BaseModel):
     )
 
 
+class ReviewLabelIn(BaseModel):
+    """``POST /v1/review/{request_id}``: a reviewer's verdict on a queued answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: str = Field(description="correct, incorrect (give right_answer) or unanswerable (from the corpus).")
+    right_answer: str | None = Field(default=None, description="The right answer, when the answer was incorrect.")
+    relevant_chunk_ids: list[str] = Field(
+        default_factory=list, max_length=50, description="The cited chunks that were relevant to the question."
+    )
+
+
+class ReviewLabelOut(BaseModel):
+    """A recorded label."""
+
+    verdict: str
+    reviewer: str
+    at: float
+    right_answer: str | None
+    relevant_chunk_ids: list[str]
+
+
+class ReviewItemOut(BaseModel):
+    """One queued answer as the reviewer sees it."""
+
+    request_id: str
+    queued_at: float
+    reasons: list[str] = Field(description="thumbs_down, low_support, guardrail, sampled.")
+    question: str
+    answer: str
+    abstained: bool
+    blocked: bool
+    tenant: str | None
+    stack_version: int | None
+    guardrails: dict[str, str] = Field(description="Each guardrail check's verdict on the request.")
+    citations: list[dict[str, Any]] = Field(description="The cited chunks with their text.")
+    label: ReviewLabelOut | None = None
+
+
+class ReviewListOut(BaseModel):
+    """``GET /v1/review``."""
+
+    items: list[ReviewItemOut]
+    counts: dict[str, int] = Field(description="Queued items per status (pending, labelled).")
+
+
 class ChatMessage(BaseModel):
     """An OpenAI chat message."""
 

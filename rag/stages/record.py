@@ -11,10 +11,13 @@ what a request was. Requests that never reach this stage (an error, a client tha
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import time
 from typing import TYPE_CHECKING, Protocol
 
 from rag.feedback import CitedChunk
+from rag.review import ReviewSettings, queue_reasons
 from rag.stages.context import RequestContext
 from rag.store.records import RequestRecord
 
@@ -131,6 +134,7 @@ class StoreRecorder:
         tracer: Sampled MLflow traces of the records (None: no tracing).
         stack_version: The served stack's registry version.
         index_version: The index version it reads.
+        review: The review queue's rules (:mod:`rag.review`); None queues nothing.
     """
 
     def __init__(
@@ -141,7 +145,9 @@ class StoreRecorder:
         stack_version: int | None,
         index_version: int | None,
         tracer: TraceExporter | None = None,
+        review: ReviewSettings | None = None,
     ) -> None:
+        self._review = review
         self._store = store
         self._metrics = metrics
         self._tracer = tracer
@@ -149,8 +155,21 @@ class StoreRecorder:
         self._index_version = index_version
 
     def record(self, ctx: RequestContext) -> None:
-        """Write a request that went through the chain (answered or refused by a guardrail)."""
-        self._write(ctx, request_record(ctx, stack_version=self._stack_version, index_version=self._index_version))
+        """Write a request that went through the chain (answered or refused by a guardrail), queued for review when
+        a rule says so."""
+        record = request_record(ctx, stack_version=self._stack_version, index_version=self._index_version)
+        if self._review is not None:
+            answered = ctx.answer is not None and ctx.refusal is None
+            reasons = queue_reasons(
+                self._review,
+                answered=answered,
+                support=ctx.answer.support if ctx.answer is not None and answered else None,
+                guardrail_triggered=record.guardrail_triggered,
+                draw=random.random(),
+            )
+            if reasons:
+                record = dataclasses.replace(record, review=reasons)
+        self._write(ctx, record)
 
     def record_unfinished(self, ctx: RequestContext, *, status: int, error: str) -> None:
         """Write a request the chain did not finish: an error (``status``/``error`` say which) or, with

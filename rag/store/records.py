@@ -37,6 +37,8 @@ class RequestRecord:
     ``total`` when known. ``verdicts`` maps a guardrail check to its verdict (``pass``, ``redact``, ``block``...).
     ``feedback`` is only ever set on records read back from the store. ``routing`` is a tiered stack's
     :meth:`rag.routing.RoutingTrace.to_json` (which tier answered, each attempt and why it was escalated).
+    ``review`` is why the record stage queued the request for human review (:mod:`rag.review`); written to the
+    review queue with the record, never a column of the request.
     """
 
     request_id: str
@@ -61,6 +63,7 @@ class RequestRecord:
     citations: tuple[CitedChunk, ...] = ()
     feedback: Feedback | None = None
     routing: Mapping[str, Any] | None = None
+    review: tuple[str, ...] = ()
 
     @property
     def guardrail_triggered(self) -> bool:

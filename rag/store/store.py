@@ -37,11 +37,12 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from rag.errors import BadQuery, StoreError
 from rag.feedback import Rating, UnknownRequest, clean_comment, normalise_rating
-from rag.store import ledger
+from rag.review import ReviewItem, ReviewLabel
+from rag.store import ledger, review
 from rag.store.ledger import DailySpend, Grouping, SpendRow
 from rag.store.migrate import upgrade
 from rag.store.records import RequestRecord, StoreStats, WindowStats
-from rag.store.tables import requests
+from rag.store.tables import requests, review_items
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +253,57 @@ class RequestStore:
                 seen[(principal, tenant)] = seen.get((principal, tenant), 0) + 1
         return per_version, sum(1 for n in seen.values() if n > 1)
 
+    # -- the review queue (rag/store/review.py) --------------------------------------------------------------------
+
+    def queue_review(self, request_id: str, reasons: Sequence[str]) -> bool:
+        """Queue a recorded request for human review (reasons merge into an item already queued); True when new.
+
+        Raises:
+            UnknownRequest: The store has no record of ``request_id``.
+        """
+        with self._lock:
+            waiting = request_id in self._pending
+        if waiting:
+            self.flush()
+        if self.get(request_id) is None:
+            raise UnknownRequest(f"the request store has no record of request {request_id!r}")
+        return review.enqueue(self._engine, [(request_id, reasons, time.time())]) == 1  # type: ignore[list-item]
+
+    def review_items(self, *, status: str | None = "pending", limit: int = 50, offset: int = 0) -> list[ReviewItem]:
+        """Queued items with their requests, oldest first."""
+        return review.items(self._engine, status=status, limit=limit, offset=offset)
+
+    def labelled_reviews(self) -> list[ReviewItem]:
+        """Every labelled item (the export's input)."""
+        return review.labelled(self._engine)
+
+    def review_item(self, request_id: str) -> ReviewItem | None:
+        """One queued item, or None."""
+        return review.get(self._engine, request_id)
+
+    def review_counts(self) -> dict[str, int]:
+        """Items per status (pending, labelled)."""
+        return review.counts(self._engine)
+
+    def label_review(
+        self,
+        request_id: str,
+        *,
+        verdict: object,
+        reviewer: str,
+        right_answer: object = None,
+        relevant_chunk_ids: Sequence[object] = (),
+    ) -> tuple[ReviewItem, ReviewLabel]:
+        """Record a reviewer's label (see :func:`rag.store.review.label`)."""
+        return review.label(
+            self._engine,
+            request_id,
+            verdict=verdict,
+            reviewer=reviewer,
+            right_answer=right_answer,
+            relevant_chunk_ids=relevant_chunk_ids,
+        )
+
     def spend(self, by: Grouping, since: float, until: float) -> list[SpendRow]:
         """The spend ledger over ``[since, until)`` by tenant, key or stack version (:mod:`rag.store.ledger`)."""
         return ledger.spend(self._engine, by, since, until)
@@ -285,6 +337,8 @@ class RequestStore:
             if n < PURGE_SLICE:
                 break
         if deleted:
+            with self._engine.begin() as db:  # queued items of purged requests go with them
+                db.execute(review_items.delete().where(review_items.c.request_id.not_in(select(requests.c.request_id))))
             logger.info("request store purged old records", extra={"deleted": deleted, "older_than": older_than})
         return deleted
 
@@ -302,6 +356,7 @@ class RequestStore:
                 if (tenant is not None and owner == tenant) or cited & doubtful:
                     doomed.append(str(request_id))
         for start in range(0, len(doomed), PURGE_SLICE):
+            review.delete(self._engine, doomed[start : start + PURGE_SLICE])  # the queue quotes them too
             with self._engine.begin() as db:
                 db.execute(requests.delete().where(requests.c.request_id.in_(doomed[start : start + PURGE_SLICE])))
         if doomed:
@@ -383,6 +438,9 @@ class RequestStore:
 
     def _insert(self, batch: list[RequestRecord]) -> None:
         written = self._insert_rows([r.to_row() for r in batch])
+        queued = [(r.request_id, r.review, r.at) for r in batch if r.review]
+        if queued and written:
+            review.enqueue(self._engine, queued)  # type: ignore[arg-type]
         with self._lock:
             self._written += written
             for r in batch:

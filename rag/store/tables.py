@@ -87,3 +87,20 @@ budget_spend = Table(
     Column("cost_usd", Float, nullable=False),
 )
 """Spend per API key or tenant per day and month (:mod:`rag.limits.budget`); rows of past windows are history."""
+
+review_items = Table(
+    "review_items",
+    METADATA,
+    Column("request_id", String(64), primary_key=True),
+    Column("queued_at", Float, nullable=False),
+    Column("reasons", JSON_TYPE, nullable=False),
+    Column("status", String(16), nullable=False),  # "pending" | "labelled"
+    Column("verdict", String(16), nullable=True),
+    Column("right_answer", Text, nullable=True),
+    Column("relevant_chunk_ids", JSON_TYPE, nullable=True),
+    Column("reviewer", String(200), nullable=True),
+    Column("labelled_at", Float, nullable=True),
+    Index("review_items_status", "status", "queued_at"),
+)
+"""The human review queue (:mod:`rag.review`): one row per queued request; the question, answer and citations are
+the request's own row (joined), so an erased or purged request leaves the queue with it."""

@@ -666,3 +666,117 @@ def test_playground_asks_for_a_key_once_and_again_after_a_401(browser: Browser, 
     expect(page.get_by_label("API key")).to_be_visible()
     expect(page.get_by_role("alert")).to_contain_text("revoked")
     assert page.evaluate("sessionStorage.getItem('ragops.key')") is None
+
+
+# ------------------------------------------------------------------------------------- the review queue (issue 18)
+def _queued_by_thumbs_down(env: Env, question: str = QUESTION) -> dict[str, Any]:
+    """Ask, rate the answer down (which queues it for review) and return the answer."""
+    with env.client() as client:
+        answer = env.ask(client, question)
+        rated = client.post("/v1/feedback", json={"request_id": answer["request_id"], "rating": "down"})
+    assert rated.status_code == 200, rated.text
+    return answer
+
+
+def test_review_queue_api_labels_an_answer_rated_down(env: Env, tmp_path: Path) -> None:
+    from evaluation.review import export_reviewed
+    from evaluation.testsets import load_testset
+
+    answer = _queued_by_thumbs_down(env)
+    gate = env.service.app.state.gate
+    reader = gate.keys.create(role="reader", name="review-reader", created_by="tests").secret
+    with httpx.Client(base_url=env.url, headers={"Authorization": f"Bearer {reader}"}, timeout=60) as as_reader:
+        assert as_reader.get("/v1/review").status_code == 403  # reviewing is the operators'
+    operator = gate.keys.create(role="operator", name="reviewer", created_by="tests").secret
+    with httpx.Client(base_url=env.url, headers={"Authorization": f"Bearer {operator}"}, timeout=60) as client:
+        listed = client.get("/v1/review", params={"limit": 1000})
+        assert listed.status_code == 200, listed.text
+        mine = [i for i in listed.json()["items"] if i["request_id"] == answer["request_id"]]
+        assert mine and "thumbs_down" in mine[0]["reasons"] and mine[0]["question"] == QUESTION
+        assert mine[0]["citations"][0]["text"]  # the reviewer reads what was cited
+        path = f"/v1/review/{answer['request_id']}"
+        assert_error(client.post(path, json={"verdict": "incorrect"}), 422, "needs the right answer")
+        assert_error(client.post(path, json={"verdict": "correct", "relevant_chunk_ids": ["x"]}), 422, "not cited")
+        assert_error(client.post("/v1/review/nope", json={"verdict": "correct"}), 404, "not in the review queue")
+        chunk = answer["citations"][0]["chunk_id"]
+        labelled = client.post(path, json={"verdict": "correct", "relevant_chunk_ids": [chunk]})
+        assert labelled.status_code == 200, labelled.text
+        label = labelled.json()["label"]
+        assert (
+            label["verdict"] == "correct" and label["reviewer"] == "reviewer" and label["relevant_chunk_ids"] == [chunk]
+        )
+    result = export_reviewed(env.service.app.state.requests.labelled_reviews(), tmp_path, test_share=1.0)
+    testset = load_testset(result.testset)
+    item = next(i for i in testset.items if i.id == f"r-{answer['request_id']}")
+    assert item.question == QUESTION and FOUNDED_IN in item.relevant  # the reviewed answer is now a test item
+
+
+def _label_shown_item(page: Any, env: Env) -> str:
+    """Label the item the review page shows (whichever is oldest) from the keyboard; its request id."""
+    from playwright.sync_api import expect
+
+    section = page.locator("#item")
+    expect(section).to_be_visible()
+    request_id = section.get_attribute("data-request-id")
+    page.keyboard.press("Tab")  # the skip link comes first ...
+    expect(page.locator(".skip")).to_be_focused()
+    page.keyboard.press("Enter")  # ... and takes you to the verdict
+    expect(page.locator("#verdict-correct")).to_be_focused()
+    page.keyboard.press("ArrowDown")  # radio buttons move with the arrows: "Incorrect"
+    expect(page.locator("#verdict-incorrect")).to_be_checked()
+    page.keyboard.press("Tab")
+    expect(page.locator("#right-answer")).to_be_focused()
+    page.keyboard.type("Dr. Amara Okafor and Tobias Lindqvist")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("#label-status")).to_contain_text("Saved")
+    return str(request_id)
+
+
+def test_review_page_labels_from_the_keyboard(browser: Browser, env: Env) -> None:
+    _queued_by_thumbs_down(env)
+    tab = browser.open(env.url + "/review", viewport={"width": 1024, "height": 800})
+    page = tab.page
+    request_id = _label_shown_item(page, env)
+    item = env.service.app.state.requests.review_item(request_id)
+    assert item is not None and item.label is not None and item.label.verdict == "incorrect"
+    assert item.label.right_answer == "Dr. Amara Okafor and Tobias Lindqvist" and item.label.reviewer == "tests"
+    assert not tab.problems, tab.problems
+    _only_loopback(browser, env.url)
+
+
+def test_review_page_on_a_phone(browser: Browser, env: Env) -> None:
+    from playwright.sync_api import expect
+
+    _queued_by_thumbs_down(env, KEYBOARD_QUESTION)
+    phone = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+    tab = browser.open(env.url + "/review", **phone)
+    page = tab.page
+    expect(page.locator("#item")).to_be_visible()
+    request_id = page.locator("#item").get_attribute("data-request-id")
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the review page is {overflow} px wider than a phone's screen"
+    boxes = page.locator("input[name=relevant]")
+    if boxes.count():
+        boxes.first.check()
+    page.get_by_role("radio", name="Correct", exact=True).check()
+    save = page.get_by_role("button", name="Save and next")
+    box = save.bounding_box()
+    assert box is not None and box["height"] >= 44  # a comfortable touch target
+    save.tap()
+    expect(page.locator("#label-status")).to_contain_text("Saved")
+    item = env.service.app.state.requests.review_item(request_id)
+    assert item is not None and item.label is not None and item.label.verdict == "correct"
+    assert not tab.problems, tab.problems
+
+
+def test_review_page_asks_for_an_operator_key(browser: Browser, env: Env) -> None:
+    from playwright.sync_api import expect
+
+    tab = browser.open(env.url + "/review", with_key=False)
+    page = tab.page
+    expect(page.locator("#key-form")).to_be_visible()
+    reader = env.service.app.state.gate.keys.create(role="reader", name="not-a-reviewer", created_by="tests").secret
+    page.get_by_label("API key (operator)").fill(reader)
+    page.get_by_role("button", name="Use this key").click()
+    expect(page.locator("#error")).to_contain_text("operator")
+    expect(page.locator("#key-form")).to_be_visible()

@@ -19,8 +19,9 @@ BODIES: dict[str, Any] = {
     "/v1/query": {"question": "What is the warranty?"},
     "/v1/chat/completions": {"model": "rag-stack", "messages": [{"role": "user", "content": "What is the warranty?"}]},
     "/v1/feedback": {"request_id": "0" * 32, "rating": "up"},
+    "/v1/review/{request_id}": {"verdict": "correct"},
 }
-SAMPLE_PARAMS = {"chunk_id": "0123456789abcdef"}
+SAMPLE_PARAMS = {"chunk_id": "0123456789abcdef", "request_id": "0" * 32}
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,16 @@ class Cell:
 
 def app_routes(app: Any) -> list[tuple[str, str]]:
     """(method, path template) of every route of ``app``: those in its OpenAPI schema plus the pages kept out of
-    it (the playground, the docs, the schema itself). HEAD is left out: it is treated as GET."""
-    from rag.service.routers.pages import router as pages
+    it (the playground, the review page, the docs, the schema itself). HEAD is left out: it is treated as GET.
+    Static file mounts are not routes of the table (see :data:`rag.security.authz.ROUTES`)."""
+    from fastapi.routing import APIRoute
 
     out = {("GET", "/openapi.json")}
     for path, operations in app.openapi()["paths"].items():
         out.update((method.upper(), path) for method in operations)
-    for route in pages.routes:
-        out.update((method, route.path) for method in getattr(route, "methods", ()) if method != "HEAD")
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            out.update((method, route.path) for method in route.methods if method != "HEAD")
     return sorted(out)
 
 

@@ -379,6 +379,11 @@ def test_sampled_requests_are_mlflow_traces_with_a_span_per_stage_and_the_rating
         wait_for(lambda: tracer.exported >= 1, timeout=60)
         rated = client.post("/v1/feedback", json={"request_id": body["request_id"], "rating": "down"})
         assert rated.status_code == 200, rated.text
+        # rated down, so queued for review; the reviewer's label becomes expectations on the trace
+        chunk = body["citations"][0]["chunk_id"]
+        label = {"verdict": "incorrect", "right_answer": "In 1917.", "relevant_chunk_ids": [chunk]}
+        labelled = client.post(f"/v1/review/{body['request_id']}", json=label)
+        assert labelled.status_code == 200, labelled.text
     # the service has stopped: its exporter wrote everything queued
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
@@ -404,6 +409,11 @@ def test_sampled_requests_are_mlflow_traces_with_a_span_per_stage_and_the_rating
         assert document["metadata"]["doc_uri"] == cited.source and document["metadata"]["doc_id"] == cited.doc_id
     ratings = [a for a in trace.info.assessments if a.name == "user_rating"]
     assert len(ratings) == 1 and ratings[0].value is False
+    expected = {a.name: a for a in trace.info.assessments if a.name != "user_rating"}
+    assert expected["review_verdict"].value == "incorrect" and expected["expected_response"].value == "In 1917."
+    assert expected["relevant_chunk_ids"].value == [chunk]
+    assert expected["review_verdict"].source.source_type == "HUMAN"
+    assert expected["review_verdict"].source.source_id == "tests"  # the reviewer's key
 
 
 # ------------------------------------------------------------------------------------- a real Prometheus, end to end

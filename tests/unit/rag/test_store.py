@@ -270,7 +270,7 @@ class TestWindow:
             ))  # fmt: skip
         engine.dispose()
         with RequestStore(store_url) as store:
-            assert store.revision == head_revision() == "0003"
+            assert store.revision == head_revision() == "0004"
             assert store.window(0.0, 10.0).requests == 1 and store.get(make(1, 0).request_id) is not None
 
     def test_a_backwards_window_is_refused(self, store: RequestStore) -> None:
