@@ -710,11 +710,17 @@ def test_review_queue_api_labels_an_answer_rated_down(env: Env, tmp_path: Path) 
     item = next(i for i in testset.items if i.id == f"r-{answer['request_id']}")
     assert item.question == QUESTION and FOUNDED_IN in item.relevant  # the reviewed answer is now a test item
 
+    # what `ragops eval --testset reviewed.jsonl` runs: the gate's evaluation on the reviewed set, by its hash
+    # (in a thread of its own: the module's Chromium runs Playwright's event loop on this one)
+    from concurrent.futures import ThreadPoolExecutor
+
     from evaluation.deploy import evaluate_stack
     from rag.stack import StackRegistry
 
-    # what `ragops eval --testset reviewed.jsonl` runs: the gate's evaluation on the reviewed set, by its hash
-    outcome = evaluate_stack(env.settings, StackRegistry(env.settings), str(env.stack_version), testset=testset)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        outcome = pool.submit(
+            evaluate_stack, env.settings, StackRegistry(env.settings), str(env.stack_version), testset=testset
+        ).result()
     run = outcome.to_json()
     assert run["testset"] == {"name": "reviewed", "sha256": result.testset_sha256, "kind": "qa"}
     assert run["metrics"]["hit_rate@10"] > 0  # the stack is scored on what the reviewer said

@@ -30,6 +30,7 @@ EXPECTED_TYPES = {
     "ragops_feedback": "counter",
     "ragops_stream_abandoned": "counter",
     "ragops_errors": "counter",
+    "ragops_degraded_requests": "counter",
     "ragops_records_dropped": "counter",
     "ragops_batcher_queue_depth": "gauge",
     "ragops_stack_info": "gauge",
