@@ -214,7 +214,7 @@ class StackHolder:
             if (
                 challenger is None
                 or challenger.version != experiment.challenger
-                or challenger.index_version != (index_version)
+                or challenger.index_version != index_version
             ):
                 challenger = self._open(experiment.challenger, config, arm="challenger")
         except (StackError, OSError, ValueError) as exc:

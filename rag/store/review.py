@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from rag.errors import BadQuery
@@ -132,8 +132,6 @@ def get(engine: Engine, request_id: str) -> ReviewItem | None:
 
 def counts(engine: Engine) -> dict[str, int]:
     """Items per status."""
-    from sqlalchemy import func
-
     q = review_items.c
     with engine.connect() as db:
         rows = db.execute(select(q.status, func.count()).group_by(q.status)).all()
