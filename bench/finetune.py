@@ -1,6 +1,7 @@
 """Fine-tuning benchmark: one whole retraining cycle on a BEIR folder, and retrieval quality before and after.
 
-Usage: ``python bench/finetune.py [--data DIR] [--home DIR] [--epochs N] [--out FILE]``. Prints one JSON object.
+Usage: ``python bench/finetune.py [--data DIR] [--home DIR] [--epochs N] [--no-labels] [--out FILE]``. Prints one JSON
+object.
 
 1. Ingests DIR's corpus (default ``../shared/datasets/scifact``) into a RAGOPS_HOME (temporary, or ``--home`` to
    reuse an index: re-ingesting an unchanged corpus embeds nothing).
@@ -13,6 +14,11 @@ Usage: ``python bench/finetune.py [--data DIR] [--home DIR] [--epochs N] [--out 
 
 Targets on SciFact: ``ndcg10_dense_after >= 0.70``, ``ndcg10_hybrid_after >= 0.74``, ``cycle_seconds <= 900`` on
 2 cores, and ``promoted``.
+
+``--no-labels`` runs the same cycle as a team with no labelled questions would: the train split is ignored and the
+training set is synthetic (LLM questions from the bundled SmolLM2 plus title and sentence pairs, filtered; see
+:mod:`evaluation.synthetic`). Its targets: dense nDCG@10 up by at least 0.01, hybrid not lower, ``promoted``, and
+``cycle_seconds <= 1200``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (corpus, queries, qrels).")
     parser.add_argument("--home", type=Path, default=None, help="Reuse this RAGOPS_HOME (keeps the index).")
     parser.add_argument("--epochs", type=int, default=None, help="Override RAGOPS_FINETUNE__EPOCHS.")
+    parser.add_argument("--no-labels", action="store_true", help="Ignore the train split: synthetic pairs only.")
     parser.add_argument("--out", type=Path, default=None, help="Also write the JSON here.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
@@ -95,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("champion: hybrid stack v%s; retraining", registry.champion_version())
 
     cycle_started = time.perf_counter()
-    outcome = retrain(settings, RetrainRequest(epochs=args.epochs, actor="bench"), progress=LogProgress(logger))
+    request = RetrainRequest(epochs=args.epochs, actor="bench", no_labels=args.no_labels)
+    outcome = retrain(settings, request, progress=LogProgress(logger))
     cycle = time.perf_counter() - cycle_started
     out["cycle_seconds"] = round(cycle, 1)
     out["stage_seconds"] = outcome.seconds
@@ -116,12 +124,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     out["ndcg10_dense_after"] = round(after_dense.result.metrics["ndcg@10"], 4)
     out["recall100_dense_after"] = round(after_dense.result.metrics["recall@100"], 4)
     out["published"] = {"minilm_ndcg10": 0.645, "bge_small_ndcg10": 0.713, "untuned_hybrid_ndcg10": 0.717}
-    out["targets"] = {
-        "ndcg10_dense_after>=0.70": out["ndcg10_dense_after"] >= 0.70,
-        "ndcg10_hybrid_after>=0.74": out["ndcg10_hybrid_after"] >= 0.74,
-        "cycle_seconds<=900": out["cycle_seconds"] <= 900,
-        "promoted": bool(out["promoted"]),
-    }
+    out["no_labels"] = args.no_labels
+    synthetic = outcome.training.get("synthetic") or {}
+    out["pairs_generated"] = sum((synthetic.get("generated") or {}).values())
+    out["pairs_kept"] = sum((synthetic.get("kept") or {}).values())
+    if args.no_labels:
+        out["targets"] = {
+            "dense_gain>=0.01": out["ndcg10_dense_after"] - out["ndcg10_dense_before"] >= 0.01,
+            "hybrid_not_lower": out["ndcg10_hybrid_after"] >= out["ndcg10_hybrid_before"],
+            "cycle_seconds<=1200": out["cycle_seconds"] <= 1200,
+            "promoted": bool(out["promoted"]),
+        }
+    else:
+        out["targets"] = {
+            "ndcg10_dense_after>=0.70": out["ndcg10_dense_after"] >= 0.70,
+            "ndcg10_hybrid_after>=0.74": out["ndcg10_hybrid_after"] >= 0.74,
+            "cycle_seconds<=900": out["cycle_seconds"] <= 900,
+            "promoted": bool(out["promoted"]),
+        }
     out["cpu_count"] = os.cpu_count()
     out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     out["total_wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -4,6 +4,7 @@ RagopsError
  └── EvaluationError
       ├── BadTestSet         a test set that cannot be used (malformed line, duplicate id, missing field)
       ├── BadTrainingSet     training data that cannot be used (malformed, empty, or leaking test questions)
+      ├── QuestionGenerationError  synthetic questions could not be generated (LLM missing or failing)
       ├── RetrainError       the retraining cycle could not run (no champion, nothing to train on)
       ├── GateFailed         a candidate missed a quality gate
       ├── PromotionRefused   a promotion was refused (gate not passed, or not significantly better)
@@ -28,6 +29,10 @@ class BadTestSet(EvaluationError):
 
 class BadTrainingSet(EvaluationError):
     """Training data that cannot be used; the message names the file and line, or the failed expectation."""
+
+
+class QuestionGenerationError(EvaluationError):
+    """Synthetic questions could not be generated: the local model cannot load or the endpoint failed (named)."""
 
 
 class RetrainError(EvaluationError):

@@ -38,15 +38,18 @@ from evaluation.trainset import (
     default_training_data,
     exclude,
     load_labelled,
-    synthetic_pairs,
     validate_training_set,
 )
 from pipelines.ingest import NoProgress, Progress
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from evaluation.deploy import EvalOutcome
     from evaluation.finetune import FinetunedModel
-    from evaluation.settings import EvaluationSettings
+    from evaluation.settings import EvaluationSettings, FinetuneSettings
+    from evaluation.synthetic import SyntheticReport
+    from pipelines.reembed import StoredChunk
     from rag.embedders import EmbedderVersion
     from rag.stack import StackRegistry
     from rag.types import StackConfig
@@ -67,6 +70,7 @@ class RetrainRequest:
         train: Labelled data (BEIR folder or JSONL) instead of ``RAGOPS_FINETUNE__TRAIN``.
         epochs: Instead of ``RAGOPS_FINETUNE__EPOCHS``.
         shuffle_labels: Train on deliberately wrong pairs (positives permuted): a drill that the gate refuses it.
+        no_labels: Ignore labelled data (as a team with none would run): feedback and synthetic pairs only.
         promote: False registers and evaluates the candidate but never promotes it.
         actor: Recorded as who promoted.
     """
@@ -74,6 +78,7 @@ class RetrainRequest:
     train: str | None = None
     epochs: int | None = None
     shuffle_labels: bool = False
+    no_labels: bool = False
     promote: bool = True
     actor: str = "retrain"
 
@@ -154,7 +159,11 @@ def assemble(
             depth=ft.mine_depth,
             skip=ft.mine_skip,
         )
-        source = default_training_data(request.train or ft.train, settings.eval.testset, ft.train_split)
+        source = (
+            None
+            if request.no_labels
+            else default_training_data(request.train or ft.train, settings.eval.testset, ft.train_split)
+        )
         if source:
             labelled = []
             for query in load_labelled(source, split=ft.train_split):
@@ -171,10 +180,14 @@ def assemble(
             found, lost = miner.feedback(FeedbackStore(settings).training_pairs())
             pairs += found
             dropped.update(lost)
+        report = None
         if len(pairs) < ft.synthetic_min_pairs and ft.synthetic_max_pairs:
-            pairs += synthetic_pairs(chunks, embed_text=embed_text, limit=ft.synthetic_max_pairs, seed=ft.seed)
+            found, report = synthetic_source(
+                settings, miner, chunks, embed_text=embed_text, dropped=dropped, progress=progress
+            )
+            pairs += found
     pairs = deduplicate(exclude(pairs, exclusions, dropped), dropped)
-    training = TrainingSet(pairs=tuple(pairs), dropped={k: v for k, v in dropped.items() if v})
+    training = TrainingSet(pairs=tuple(pairs), dropped={k: v for k, v in dropped.items() if v}, synthetic=report)
     if request.shuffle_labels:
         training = training.shuffled_labels(ft.seed)
     if len(training.pairs) < 2:
@@ -183,6 +196,67 @@ def assemble(
             "synthetic pairs from the index"
         )
     return training, exclusions
+
+
+def synthetic_source(
+    settings: EvaluationSettings,
+    miner: PairMiner,
+    chunks: Sequence[StoredChunk],
+    *,
+    embed_text: Callable[[StoredChunk], str],
+    dropped: Counter[str],
+    progress: Progress,
+) -> tuple[list[TrainPair], SyntheticReport]:
+    """Synthetic pairs from the corpus (:mod:`evaluation.synthetic`): generated, filtered, mined, capped."""
+    from evaluation import synthetic as syn
+
+    ft = settings.finetune
+    spec = ft.synthetic
+    llm = syn.question_llm(spec, settings.local_llm, settings.cache_dir)
+    if llm is not None:
+        progress.start("questions", min(spec.llm_chunks, len(chunks)))
+    candidates, generation = syn.synthetic_candidates(
+        chunks,
+        spec,
+        llm=llm,
+        embed_text=embed_text,
+        limit=ft.synthetic_max_pairs,
+        seed=ft.seed,
+        progress=(lambda n: progress.advance("questions", n)) if llm is not None else None,
+    )
+    generated = syn.counts(candidates)
+    progress.start("round-trip", len(candidates))
+    kept, rankings = syn.filtered(
+        candidates, miner, spec, dropped, progress=lambda n: progress.advance("round-trip", n)
+    )
+    mined, refused = syn.with_negatives(
+        kept, rankings, miner, negatives=ft.hard_negatives, skip=ft.mine_skip, margin=spec.negative_margin
+    )
+    mined = mined[: ft.synthetic_max_pairs]
+    if refused:
+        dropped["synthetic negative: scored like the positive (likely false negative)"] += refused
+    pairs = [
+        TrainPair(
+            m.candidate.query,
+            m.candidate.passage,
+            m.negatives,
+            "synthetic",
+            m.candidate.query_id,
+            m.candidate.chunk.chunk_id,
+        )
+        for m in mined
+    ]
+    report = syn.SyntheticReport(
+        generated=generated,
+        kept=syn.counts(m.candidate for m in mined),
+        model=generation.model if generation else None,
+        llm_seconds=generation.seconds if generation else 0.0,
+        shots=syn.few_shots(chunks, count=spec.shots, seed=ft.seed) if llm is not None else (),
+        examples=syn.examples([m.candidate for m in mined]),
+        false_negatives=refused,
+    )
+    logger.info("synthetic pairs: generated %s, kept %s", report.generated, report.kept)
+    return pairs, report
 
 
 def _log_training(mlflow: Any, training: TrainingSet, report: Any, model: FinetunedModel) -> None:
@@ -195,6 +269,18 @@ def _log_training(mlflow: Any, training: TrainingSet, report: Any, model: Finetu
     mlflow.log_metrics({"train_seconds": model.seconds, "steps": float(model.steps), "pairs": float(model.pairs)})
     mlflow.log_dict(report.to_json(), "training_validation.json")
     mlflow.log_dict({"dropped": dict(training.dropped), "counts": training.counts()}, "training_set.json")
+    if training.synthetic is not None:
+        report_json = training.synthetic.to_json()
+        mlflow.log_dict(report_json, "synthetic.json")
+        mlflow.log_metrics(
+            {f"synthetic_generated_{k}": float(v) for k, v in training.synthetic.generated.items()}
+            | {f"synthetic_kept_{k}": float(v) for k, v in training.synthetic.kept.items()}
+            | {"synthetic_llm_seconds": training.synthetic.llm_seconds}
+        )
+        for reason, n in training.dropped.items():
+            if reason.startswith("synthetic"):
+                key = re.sub(r"[^A-Za-z0-9_]+", "_", reason).strip("_")[:200]
+                mlflow.log_metric(f"dropped_{key}", float(n))
     if model.losses:
         import matplotlib
 
@@ -209,6 +295,15 @@ def _log_training(mlflow: Any, training: TrainingSet, report: Any, model: Finetu
         fig.tight_layout()
         mlflow.log_figure(fig, "loss_curve.png")
         plt.close(fig)
+
+
+def training_settings(ft: FinetuneSettings, training: TrainingSet) -> FinetuneSettings:
+    """``ft``, with the conservative epochs and learning rate of the synthetic settings when most pairs are
+    synthetic: generated pairs are noisier than labels, and a gentler run forgets less of what the base model knew."""
+    synthetic = training.counts().get("synthetic", 0)
+    if synthetic * 2 <= len(training.pairs):
+        return ft
+    return ft.model_copy(update={"epochs": ft.synthetic.epochs, "learning_rate": ft.synthetic.learning_rate})
 
 
 def validated(training: TrainingSet, exclusions: Exclusions) -> TrainingSetReport:
@@ -238,7 +333,7 @@ def train_embedder(
     from pipelines.tracking import configure_mlflow, ensure_experiment
     from rag.embedders import EXPERIMENT, EmbedderRegistry, model_folder
 
-    ft = settings.finetune
+    ft = training_settings(settings.finetune, training)
     if request.epochs:
         ft = ft.model_copy(update={"epochs": request.epochs})
     if ft.base == "champion":
@@ -441,6 +536,9 @@ def retrain(
             "sha256": training.sha256,
             "steps": model.steps,
             "final_loss": model.final_loss,
+            "epochs": model.epochs,
+            "learning_rate": float(model.params.get("learning_rate", "nan")),
+            "synthetic": training.synthetic.to_json() if training.synthetic else None,
         },
         primary_metric=settings.finetune.primary_metric,
         champion_score=champ_score,

@@ -68,6 +68,55 @@ class EvalSettings(BaseModel):
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
 
+class SyntheticSettings(BaseModel):
+    """Training questions made from the corpus when labels are scarce (:mod:`evaluation.synthetic`).
+
+    Defaults chosen on SciFact's *train* split used as a dev set (never its test split) and on the demo corpus; the
+    figures are in ``bench/README.md`` (``bench/finetune.py --no-labels``).
+    """
+
+    questions: Literal["local", "endpoint", "off"] = Field(
+        default="local",
+        description="Who writes LLM questions: local = the bundled SmolLM2-135M in process (batched); endpoint = "
+        "an OpenAI-compatible server (endpoint_url/endpoint_model: `ragops server llm`, vLLM, a hosted model); off.",
+    )
+    llm_chunks: int = Field(default=600, ge=0, description="Chunks sampled for an LLM question each.")
+    shots: int = Field(default=3, ge=0, le=8, description="Few-shot examples (corpus titles) in the prompt.")
+    batch: int = Field(default=24, ge=1, le=256, description="Prompts per forward pass of the local model.")
+    threads: int = Field(default=2, ge=1, description="torch threads of the local model while it generates.")
+    max_new_tokens: int = Field(default=32, ge=4, le=256, description="Longest question, in tokens.")
+    endpoint_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://host:8081/v1.")
+    endpoint_model: str | None = Field(default=None, description="Model name sent to the endpoint.")
+    endpoint_api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the endpoint's API key (never the key)."
+    )
+    endpoint_concurrency: int = Field(default=4, ge=1, le=64, description="Requests in flight to the endpoint.")
+    endpoint_timeout_s: float = Field(default=60.0, gt=0, description="Timeout per endpoint request.")
+    heuristics: tuple[Literal["title", "ict"], ...] = Field(
+        default=("title", "ict"),
+        description="Cheap pairs beside the LLM's: title -> first chunk (title line removed), sentence -> rest.",
+    )
+    min_words: int = Field(default=4, ge=1, description="Shorter questions are dropped.")
+    max_words: int = Field(default=40, ge=2, description="Longer questions are dropped.")
+    near_duplicate_cosine: float = Field(
+        default=0.95, gt=0.0, le=1.0, description="Questions closer than this (champion cosine) are duplicates."
+    )
+    round_trip_k: int = Field(
+        default=5, ge=1, le=1000, description="Kept only when the champion ranks the source chunk within this."
+    )
+    negative_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=2.0,
+        description="A mined negative the champion scores within this of the positive (cosine) is a likely false "
+        "negative and is not used.",
+    )
+    epochs: int = Field(default=1, ge=1, le=100, description="Epochs when the set is mostly synthetic.")
+    learning_rate: float = Field(
+        default=2e-5, gt=0.0, lt=1.0, description="Learning rate when the set is mostly synthetic (forgets less)."
+    )
+
+
 class FinetuneSettings(BaseModel):
     """Fine-tuning the embedder and the retraining cycle (``ragops finetune``, the weekly ``retrain`` flow)."""
 
@@ -96,7 +145,8 @@ class FinetuneSettings(BaseModel):
     synthetic_min_pairs: int = Field(
         default=200, ge=0, description="With fewer labelled and feedback pairs than this, synthetic pairs are added."
     )
-    synthetic_max_pairs: int = Field(default=2000, ge=0, description="Synthetic pairs generated at most.")
+    synthetic_max_pairs: int = Field(default=2000, ge=0, description="Synthetic pairs kept at most.")
+    synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
     base: Literal["bundled", "champion"] = Field(
         default="bundled",
         description="Start from the bundled MiniLM (reproducible, no drift across retrains) or the champion's model.",

@@ -8,8 +8,8 @@ Three sources, in order of trust:
   query (its first chunk when the champion does not find it), which is the passage the model must learn to find.
 * **Feedback** from the query service (:meth:`rag.feedback.FeedbackStore.training_pairs`): a thumbs-up makes
   (question, cited chunk) a positive, a thumbs-down makes the chunk a hard negative of that question.
-* **Synthetic** pairs generated offline from the indexed chunks when labels are scarce: a document's title to its
-  first chunk, and a sentence to the rest of its chunk (the inverse cloze task). No model, no network.
+* **Synthetic** pairs made from the indexed chunks when labels are scarce: LLM questions, titles and sentences,
+  filtered by round trip through the champion (:mod:`evaluation.synthetic`).
 
 Hard negatives are mined from the champion's own index: chunks it ranks in ``[mine_skip, mine_depth)`` that belong
 to no positive document of the query. The index already holds every chunk's vector, so mining costs one search per
@@ -29,10 +29,9 @@ import hashlib
 import json
 import logging
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -41,8 +40,10 @@ from evaluation.metrics import normalize_answer
 from evaluation.testsets import jsonl_records
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
+    from evaluation.synthetic import SyntheticReport
     from evaluation.testsets import TestSet
     from pipelines.quality import ExpectationOutcome
     from pipelines.reembed import StoredChunk
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Origin = Literal["labelled", "feedback", "synthetic"]
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
-_MIN_SYNTHETIC_WORDS = 5
 
 
 @dataclass(frozen=True)
@@ -118,6 +117,7 @@ class TrainingSet:
 
     pairs: tuple[TrainPair, ...]
     dropped: Mapping[str, int] = field(default_factory=dict)
+    synthetic: SyntheticReport | None = None
 
     @property
     def sha256(self) -> str:
@@ -274,6 +274,14 @@ class PairMiner:
         """The chunk as the embedder sees it."""
         return self._embed_text(chunk)
 
+    def chunk(self, chunk_id: str) -> StoredChunk:
+        """A chunk of the index by id."""
+        return self.by_id[chunk_id]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """The champion's unit embeddings of ``texts``, row for row."""
+        return self._engine.embedder.encode(list(texts))
+
     def ranked(self, queries: Sequence[str], *, progress: Callable[[int], None] | None = None) -> list[list[str]]:
         """Chunk ids the champion ranks for each query, best first (``depth`` deep)."""
         out: list[list[str]] = []
@@ -347,35 +355,6 @@ class PairMiner:
         if lone:
             dropped["thumbs-down without a thumbs-up for the same question"] += lone
         return pairs, dropped
-
-
-def synthetic_pairs(
-    chunks: Sequence[StoredChunk], *, embed_text: Callable[[StoredChunk], str], limit: int, seed: int
-) -> list[TrainPair]:
-    """Pairs generated from the corpus alone: title -> first chunk, and a sentence -> the rest of its chunk."""
-    rng = random.Random(seed)
-    by_doc: dict[str, list[StoredChunk]] = {}
-    for chunk in chunks:
-        by_doc.setdefault(chunk.doc_id, []).append(chunk)
-    pairs: list[TrainPair] = []
-    for doc_id in sorted(by_doc):
-        doc_chunks = sorted(by_doc[doc_id], key=lambda c: c.position)
-        first = doc_chunks[0]
-        if len(first.title.split()) >= _MIN_SYNTHETIC_WORDS:
-            pairs.append(TrainPair(first.title, embed_text(first), (), "synthetic", f"title:{doc_id}", first.chunk_id))
-        chunk = rng.choice(doc_chunks)
-        sentences = [s for s in _SENTENCE.split(chunk.text) if len(s.split()) >= _MIN_SYNTHETIC_WORDS]
-        if len(sentences) >= 3:
-            pick = rng.randrange(len(sentences))
-            rest = " ".join(s for i, s in enumerate(sentences) if i != pick)
-            passage = embed_text(_with_text(chunk, rest))
-            pairs.append(TrainPair(sentences[pick], passage, (), "synthetic", f"ict:{chunk.chunk_id}", chunk.chunk_id))
-    rng.shuffle(pairs)
-    return pairs[:limit]
-
-
-def _with_text(chunk: StoredChunk, text: str) -> StoredChunk:
-    return replace(chunk, text=text)
 
 
 def exclude(pairs: Iterable[TrainPair], exclusions: Exclusions, dropped: Counter[str]) -> list[TrainPair]:

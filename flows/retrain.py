@@ -32,6 +32,7 @@ def retrain_markdown(outcome: RetrainOutcome) -> str:
         f"- embedder version {outcome.embedder_version}, shadow collection `{outcome.collection}`",
         f"- training pairs {outcome.training['pairs']} {outcome.training['by_origin']}, "
         f"dropped {outcome.training['dropped']}",
+        *_synthetic_lines(outcome),
         f"- MLflow: fine-tuning run `{outcome.finetune_run_id}`, evaluation run `{outcome.eval_run_id}`",
         f"- garbage collected: {outcome.garbage_collected}",
         "",
@@ -46,19 +47,32 @@ def retrain_markdown(outcome: RetrainOutcome) -> str:
     return "\n".join(lines)
 
 
+def _synthetic_lines(outcome: RetrainOutcome) -> list[str]:
+    synthetic = outcome.training.get("synthetic")
+    if not synthetic:
+        return []
+    return [
+        f"- synthetic candidates {synthetic['generated']}, kept {synthetic['kept']} "
+        f"(questions by {synthetic['model'] or 'no LLM'} in {synthetic['llm_seconds']} s)"
+    ]
+
+
 @flow(name="retrain")
-def retrain_flow(train: str | None = None, epochs: int | None = None, promote: bool = True) -> dict[str, Any]:
+def retrain_flow(
+    train: str | None = None, epochs: int | None = None, promote: bool = True, no_labels: bool = False
+) -> dict[str, Any]:
     """Fine-tune the embedder on labelled pairs, feedback and synthetic pairs; promote the result if it is better.
 
     Args:
         train: Labelled data, a BEIR folder (train split) or JSONL (default RAGOPS_FINETUNE__TRAIN).
         epochs: Training epochs (default RAGOPS_FINETUNE__EPOCHS).
         promote: False evaluates the candidate without promoting it.
+        no_labels: Ignore labelled data: feedback and synthetic pairs only.
     """
     settings = Settings()
     apply_offline_env(settings)
     settings.ensure_dirs()
-    request = RetrainRequest(train=train, epochs=epochs, promote=promote, actor="prefect")
+    request = RetrainRequest(train=train, epochs=epochs, promote=promote, no_labels=no_labels, actor="prefect")
     outcome = retrain(settings, request, progress=LogProgress(get_run_logger()))
     create_markdown_artifact(key="retrain", markdown=retrain_markdown(outcome), description="retraining cycle")
     get_run_logger().info("retrain: %s", outcome.reason)

@@ -125,6 +125,14 @@ def finetune(
             "--shuffle-labels", help="Drill: train on deliberately wrong pairs; the gate must refuse the result."
         ),
     ] = False,
+    no_labels: Annotated[
+        bool,
+        typer.Option(
+            "--no-labels",
+            help="Ignore labelled data, as a team with none would: train on feedback and synthetic pairs (LLM "
+            "questions and title/sentence pairs kept by the round-trip filter; RAGOPS_FINETUNE__SYNTHETIC__*).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -145,6 +153,7 @@ def finetune(
         epochs=epochs,
         promote=promote,
         shuffle_labels=shuffle_labels,
+        no_labels=no_labels,
         actor=actor(),
     )
     progress = None if as_json else RichProgress()

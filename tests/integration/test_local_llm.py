@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -159,3 +160,59 @@ def test_a_stack_answers_through_the_local_llm(llm_server: str) -> None:
     deltas = list(answerer.stream("How long is the NR-200 warranty?", chunks))
     assert len(deltas) > 1  # token by token, not one block
     assert "".join(deltas).strip()
+
+
+# ------------------------------------------------------------------------------------------ synthetic questions
+QUESTION_CHUNKS = [
+    (
+        "volcano",
+        "Mount Kerrigan and the eruption of 1847 in the Aldren Range",
+        "Mount Kerrigan is a dormant volcano in the Aldren Range. Its last eruption happened in 1847 and covered the "
+        "valley of Tesh in ash. The summit reaches 3,412 metres above sea level, and the crater holds a lake that "
+        "freezes over in the coldest winters.",
+    ),
+    (
+        "bakery",
+        "The Copper Kettle Bakery on Harbour Street and its rye sourdough",
+        "The Copper Kettle Bakery opened in 1962 on Harbour Street. Its best-known product is a rye sourdough loaf "
+        "baked in a wood-fired oven. The bakery is closed every Monday and opens at six on other days, "
+        "when the first loaves leave the oven.",
+    ),
+    (
+        "satellite",
+        "The Orion-7 weather satellite launched from Kourou in 2019",
+        "The Orion-7 weather satellite was launched on 3 March 2019 from the Kourou spaceport. It circles the Earth "
+        "at an altitude of 705 kilometres and measures sea surface temperature until the "
+        "mission ends in 2031, when it will be moved to a graveyard orbit.",
+    ),
+]
+
+
+def _question_chunks() -> list[Any]:
+    from pipelines.reembed import StoredChunk
+
+    return [StoredChunk(f"{doc}-0", doc, title, text, 0, {}, None) for doc, title, text in QUESTION_CHUNKS]
+
+
+def test_questions_from_the_local_llm_server(llm_server: str) -> None:
+    """The synthetic-question generator through `ragops server llm`, as any OpenAI-compatible endpoint."""
+    from evaluation.synthetic import EndpointQuestionLlm, llm_candidates
+
+    llm = EndpointQuestionLlm(
+        llm_server, "smollm2-135m-instruct", api_key=None, concurrency=2, max_new_tokens=24, timeout_s=120
+    )
+    generation = llm_candidates(_question_chunks(), llm, limit=5, shots=1, seed=0, embed_text=lambda c: c.text)
+    assert generation.asked == 2 and generation.model == "smollm2-135m-instruct"  # one chunk is the example
+    assert generation.candidates and all(c.query and "\n" not in c.query for c in generation.candidates)
+
+
+def test_questions_from_the_bundled_model_in_process(shared_cache: Path) -> None:
+    """The default generator: the same weights in this process, batched; greedy, so the same questions twice."""
+    from evaluation.synthetic import LocalQuestionLlm, llm_candidates
+
+    _weights_or_skip()
+    llm = LocalQuestionLlm(LocalLlmSettings(), shared_cache, batch=2, max_new_tokens=24, threads=1)
+    first = llm_candidates(_question_chunks(), llm, limit=5, shots=1, seed=0, embed_text=lambda c: c.text)
+    again = llm_candidates(_question_chunks(), llm, limit=5, shots=1, seed=0, embed_text=lambda c: c.text)
+    assert first.asked == 2 and len(first.candidates) >= 1
+    assert [c.query for c in first.candidates] == [c.query for c in again.candidates]

@@ -288,3 +288,43 @@ def test_garbage_collection_keeps_what_is_served(home: Home, retrained: dict[str
     assert [v.version for v in EmbedderRegistry(home.settings).list()] == [retrained["embedder_version"] + 1]
     assert VectorIndex(home.settings).current() is not None  # the champion's index is untouched
     assert registry.champion_version() == home.first
+
+
+def test_a_cycle_without_labels_trains_on_filtered_synthetic_questions(home: Home, retrained: dict[str, Any]) -> None:
+    """`ragops finetune --no-labels`: the bundled LLM writes questions, filters keep some, and training, the MLflow
+    run and the gate see only synthetic pairs (no test question among them)."""
+    import mlflow
+
+    from evaluation.deploy import current_testset
+    from evaluation.trainset import normalize_query
+    from flows.cli import app
+
+    registry = StackRegistry(home.settings)
+    champion = registry.champion_version()
+    result = CliRunner().invoke(
+        app, ["finetune", "--no-labels", "--no-promote", "--json"], env={}, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    cycle = json.loads(result.stdout)
+    training = cycle["training"]
+    assert set(training["by_origin"]) == {"synthetic"} and training["pairs"] >= 4
+    synthetic = training["synthetic"]
+    assert synthetic["model"] == "smollm2-135m-instruct" and synthetic["generated"]["llm"] >= 1
+    assert {"title", "ict"} <= set(synthetic["generated"])
+    assert sum(synthetic["kept"].values()) == training["pairs"]
+    assert any(reason.startswith("synthetic") for reason in training["dropped"]) or sum(
+        synthetic["generated"].values()
+    ) == sum(synthetic["kept"].values())
+    # the conservative settings of a mostly synthetic set
+    assert training["epochs"] == home.settings.finetune.synthetic.epochs
+    assert training["learning_rate"] == home.settings.finetune.synthetic.learning_rate
+    # nothing the gate tests on was trained on
+    client = mlflow.MlflowClient(home.settings.mlflow_tracking_uri)
+    run = client.get_run(cycle["finetune_run_id"])
+    assert "synthetic.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert run.data.metrics["synthetic_generated_llm"] == synthetic["generated"]["llm"]
+    questions = {normalize_query(item.question) for item in current_testset(home.settings).items}
+    examples = synthetic["examples"]
+    assert examples and not {normalize_query(e["query"]) for e in examples} & questions
+    # --no-promote: the candidate is kept for inspection and the champion stays
+    assert cycle["promoted"] is False and registry.champion_version() == champion

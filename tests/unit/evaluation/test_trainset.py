@@ -19,7 +19,6 @@ from evaluation.trainset import (
     default_training_data,
     exclude,
     load_labelled,
-    synthetic_pairs,
     validate_training_set,
 )
 from pipelines.reembed import StoredChunk
@@ -109,27 +108,6 @@ def test_exclusions_catch_test_ids_and_reworded_punctuation_of_test_questions() 
 
 def _chunk(doc: str, position: int, title: str, text: str) -> StoredChunk:
     return StoredChunk(f"{doc}-{position}", doc, title, text, position, {}, None)
-
-
-def test_synthetic_pairs_come_from_titles_and_sentences_of_the_corpus() -> None:
-    text = (
-        "The first sentence says something about lava flows. The second sentence mentions the ash cloud of 1847. "
-        "A third sentence describes the valley below the crater. Short one."
-    )
-    chunks = [
-        _chunk("v", 0, "Mount Kerrigan and its eruptions over time", text),
-        _chunk("b", 0, "Bakery", "Too short. Only two sentences here."),
-    ]
-    pairs = synthetic_pairs(chunks, embed_text=lambda c: f"{c.title}\n\n{c.text}", limit=10, seed=3)
-    titles = [p for p in pairs if p.query_id.startswith("title:")]
-    cloze = [p for p in pairs if p.query_id.startswith("ict:")]
-    assert [p.query for p in titles] == ["Mount Kerrigan and its eruptions over time"]  # "Bakery" is too short
-    assert titles[0].positive == f"Mount Kerrigan and its eruptions over time\n\n{text}"
-    assert len(cloze) == 1 and cloze[0].query in text and cloze[0].query not in cloze[0].positive
-    assert all(p.origin == "synthetic" for p in pairs)
-    again = synthetic_pairs(chunks, embed_text=lambda c: f"{c.title}\n\n{c.text}", limit=10, seed=3)
-    assert again == pairs
-    assert len(synthetic_pairs(chunks, embed_text=lambda c: c.text, limit=1, seed=3)) == 1
 
 
 def test_validation_passes_a_clean_set_and_names_leaks_and_duplicates() -> None:
