@@ -73,7 +73,8 @@ class RateLimited(RagError):
 
 class BudgetExceeded(RateLimited):
     """A caller's daily or monthly budget (``budget``, e.g. ``key:daily_usd``) is used up until ``reset_at`` (ISO
-    8601, UTC): the service answers 429 with both in the message and ``Retry-After`` until the reset."""
+    8601, UTC): with ``limits.over_budget = "refuse"`` the service answers 429 with both in the message and
+    ``Retry-After`` until the reset (by default it answers extractively instead: :mod:`rag.stages.limit`)."""
 
     def __init__(self, budget: str, reset_at: str, retry_after_s: float) -> None:
         RagError.__init__(self, f"budget {budget} exceeded; it resets at {reset_at}")

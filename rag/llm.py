@@ -415,15 +415,20 @@ class FallbackAnswerer:
         yield StreamEvent("done", answer=answer)
 
     def _extractive(self, question: str, chunks: Sequence[RetrievedChunk], notice: str) -> NoticedAnswer:
-        base = self.fallback.answer(question, chunks)
-        return NoticedAnswer(
-            text=base.text,
-            citations=base.citations,
-            abstained=base.abstained,
-            support=base.support,
-            sentences=base.sentences,
-            notice=notice,
-        )
+        return noticed(self.fallback.answer(question, chunks), notice)
+
+
+def noticed(answer: Answer, notice: str) -> NoticedAnswer:
+    """The extractive ``answer`` standing in for an LLM's, with ``notice`` saying why (the LLM failed, or the caller's
+    budget is used up): shown with the notice, never stored in the answer cache (:mod:`rag.stages.cache`)."""
+    return NoticedAnswer(
+        text=answer.text,
+        citations=answer.citations,
+        abstained=answer.abstained,
+        support=answer.support,
+        sentences=answer.sentences,
+        notice=notice,
+    )
 
 
 def _notice(exc: BaseException, *, mid_stream: bool) -> str:

@@ -5,11 +5,12 @@ used up by one worker stops the next request on any other, and a restart does no
 charge is one atomic ``UPDATE ... SET tokens = tokens + :n`` per window (an ``INSERT`` the first time), so workers
 racing each other never lose a charge. A check is one indexed read of at most four rows.
 
-Semantics: the request that crosses a hard limit is answered (its cost is known only afterwards) and charged; the
-next one is refused with :class:`rag.errors.BudgetExceeded` naming the budget and its reset (the next UTC midnight,
-or the first of the next month). Crossing ``budget_soft_fraction`` of a budget logs a warning and calls the
-``on_soft`` hook (the service counts it in Prometheus, where the monitoring rules alert), once per window and
-process.
+Semantics: the request that crosses a hard limit is answered (its cost is known only afterwards) and charged; for
+the next one :meth:`BudgetLedger.check` raises :class:`rag.errors.BudgetExceeded` naming the budget and its reset
+(the next UTC midnight, or the first of the next month). What the service does then is ``over_budget``'s choice
+(:class:`rag.stages.limit.BudgetStage`): answer extractively at no charge (the default), or refuse with 429.
+Crossing ``budget_soft_fraction`` of a budget logs a warning and calls the ``on_soft`` hook (the service counts it
+in Prometheus, where the monitoring rules alert), once per window and process.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class BudgetLedger:
     ) -> None:
         self.budgets = budgets_of(settings)
         self.soft_fraction = settings.budget_soft_fraction
+        self.over_budget = settings.over_budget
         self._url = url
         self._engine: Engine | None = None
         self._on_soft = on_soft

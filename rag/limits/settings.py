@@ -51,3 +51,9 @@ class LimitsSettings(BaseModel):
         le=1,
         description="Share of a budget past which a soft-limit alert is raised.",
     )
+    over_budget: Literal["extractive", "refuse"] = Field(
+        default="extractive",
+        description="A request whose key or tenant has used up a budget: 'extractive' answers it without the LLM "
+        "(no spend, nothing charged; announced as degraded 'llm_over_budget' with a notice naming the budget and "
+        "its reset); 'refuse' answers 429 (budget_exceeded, with Retry-After until the reset).",
+    )

@@ -93,7 +93,7 @@ class QueryResponse(BaseModel):
     degraded: list[str] = Field(
         default_factory=list,
         description="Degraded modes this request was served in (rag.stages.context.DEGRADATIONS): llm_fallback, "
-        "cache_unavailable, limits_per_worker, registry_unreachable.",
+        "llm_over_budget, cache_unavailable, limits_per_worker, registry_unreachable.",
     )
     routing: dict[str, Any] | None = Field(
         default=None, description="A tiered stack: the router's features, pick and every attempt (rag.routing)."

@@ -5,6 +5,10 @@ an LLM answer blocks for up to ``llm.timeout_s`` and runs on a worker thread, it
 from the thread so the event loop never waits on the network. Token usage is counted here, once the answer is
 known: an LLM's own reported usage (what it bills, priced by the stack's ``llm`` prices into ``cost_usd``), else
 the embedder's word pieces of the question, the chunks and the answer (an extractive answer costs nothing).
+
+A caller whose budget is used up (``ctx.over_budget``, set by :class:`rag.stages.limit.BudgetStage`) gets what a
+failed LLM gets: the extractive answer with a notice (a ``notice`` event first on a stream), announced as
+``llm_over_budget``; the answerer is not called, and the usage is zero, so nothing is charged to any budget or quota.
 """
 
 from __future__ import annotations
@@ -21,9 +25,17 @@ from rag.stages.chain import StreamEvent, sentence_deltas
 from rag.stages.context import RequestContext, Usage
 
 if TYPE_CHECKING:
+    from rag.stages.context import OverBudget
     from rag.types import Answer
 
 _END = object()
+
+
+def over_budget_answer(ctx: RequestContext, over: OverBudget) -> Answer:
+    """The extractive answer over ``ctx.chunks`` with the notice that ``over`` is used up (the LLM fallback's shape)."""
+    from rag.llm import noticed  # the LLM client's module: imported when first needed, as rag.engine does
+
+    return noticed(ctx.engine.extractive.answer(ctx.text, ctx.chunks), over.notice)
 
 
 def notice_of(answer: Answer | None) -> str | None:
@@ -41,7 +53,9 @@ class AnswerStage:
     async def run(self, ctx: RequestContext) -> None:
         """The whole answer."""
         answerer = ctx.engine.answerer
-        if isinstance(answerer, ExtractiveAnswerer):
+        if ctx.over_budget is not None:
+            answer = over_budget_answer(ctx, ctx.over_budget)
+        elif isinstance(answerer, ExtractiveAnswerer):
             answer = answerer.answer(ctx.text, ctx.chunks)
         else:
             answer = await anyio.to_thread.run_sync(answerer.answer, ctx.text, ctx.chunks)
@@ -53,7 +67,13 @@ class AnswerStage:
         answerer = ctx.engine.answerer
         events = getattr(answerer, "stream_events", None)
         try:
-            if events is None:
+            if ctx.over_budget is not None:
+                answer = over_budget_answer(ctx, ctx.over_budget)
+                ctx.first_token_ms = ctx.total_ms()
+                yield StreamEvent("notice", ctx.over_budget.notice)
+                for delta in sentence_deltas(answer):
+                    yield delta
+            elif events is None:
                 answer = answerer.answer(ctx.text, ctx.chunks)
                 ctx.first_token_ms = ctx.total_ms()
                 for delta in sentence_deltas(answer):
@@ -91,6 +111,10 @@ class AnswerStage:
         AnswerStage.check_citations(ctx, answer)
         ctx.answer = answer
         ctx.notice = notice_of(answer)
+        if ctx.over_budget is not None:
+            ctx.degrade("llm_over_budget")
+            ctx.usage = Usage()  # no model was called: nothing billed, nothing charged to budgets or token quotas
+            return
         if ctx.notice is not None:
             ctx.degrade("llm_fallback")
         if answer.tokens is not None:  # the model's own count: what it bills

@@ -71,12 +71,28 @@ class Usage:
 
 DEGRADATIONS: dict[str, str] = {
     "llm_fallback": "the LLM failed or timed out; the extractive answer is shown",
+    "llm_over_budget": "the caller's budget is used up; the extractive answer is shown (no LLM call, nothing charged)",
     "cache_unavailable": "the answer cache's store is unreachable; answered without the cache",
     "limits_per_worker": "the shared rate-limit store is unreachable; quotas are counted per worker",
     "registry_unreachable": "the stack registry (MLflow) is unreachable; the last loaded stack answers",
 }
 """Ways a request is served in a degraded mode instead of failing: kind -> what it means. Each is announced in the
 response (``degraded``) and counted in ``ragops_degraded_requests_total{kind}``."""
+
+
+@dataclass(frozen=True)
+class OverBudget:
+    """A used-up budget (``key:daily_usd``) that the request is answered past, extractively and at no charge, until
+    ``reset_at`` (ISO 8601, UTC): set by the budget stage when ``limits.over_budget`` is ``"extractive"``, acted on
+    by the answer stage (a cache hit, which costs nothing either, is served as usual)."""
+
+    budget: str
+    reset_at: str
+
+    @property
+    def notice(self) -> str:
+        """What the caller is told instead of the 429 it would otherwise get."""
+        return f"Budget {self.budget} is used up until {self.reset_at}; this is the extractive answer."
 
 
 @dataclass(frozen=True)
@@ -97,7 +113,8 @@ class RequestContext:
         and feedback all see ``text``). ``ranking`` is the whole retrieved list (evaluation asks for a deeper one than
         the answerer gets: ``depth``); ``chunks`` are the ``top_k`` handed to the answerer. ``routing`` is a routed
     stack's record of the tiers tried (:mod:`rag.routing`). ``route`` is the HTTP route
-    template the request came in on (a metrics label and a column of the request store).
+    template the request came in on (a metrics label and a column of the request store). ``over_budget`` is the
+    caller's used-up budget, when the request is to be answered past it (extractively, at no charge).
     """
 
     engine: RagEngine
@@ -125,6 +142,7 @@ class RequestContext:
     routing: RoutingTrace | None = None
     notice: str | None = None
     degraded: list[str] = field(default_factory=list)
+    over_budget: OverBudget | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:

@@ -88,10 +88,12 @@ class OutputGuardStage:
 
     async def wrap(self, ctx: RequestContext, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
         """An LLM stream passes sentence by sentence through the checks; an extractive answer (computed whole
-        before its first sentence is sent) is checked whole, then sent."""
+        before its first sentence is sent) is checked whole, then sent. Notices (no answer text) pass at once."""
         if isinstance(ctx.engine.answerer, ExtractiveAnswerer):
             async for event in events:
-                if event.kind == "done":
+                if event.kind == "notice":
+                    yield event
+                elif event.kind == "done":
                     started = time.perf_counter()
                     await self.run(ctx)
                     _add_ms(ctx, self.name, started)

@@ -6,8 +6,12 @@ checked, embedded or answered, so a caller over quota costs the service almost n
 :class:`TokenChargeStage` at the end of the chain, so an expensive answer uses up the minute's token budget and the
 next request waits. Admission control (a bounded queue of concurrent requests) is not a stage: it has to hold a
 slot for the whole request, streams included, so the service takes it around the chain (``QueryService.request``).
-Daily and monthly budgets work the same way over the request store's database: :class:`BudgetStage` refuses a
-caller whose budget is used up, :class:`BudgetChargeStage` adds each answer's tokens and dollars.
+Daily and monthly budgets work over the request store's database: :class:`BudgetChargeStage` adds each answer's
+tokens and dollars, and :class:`BudgetStage` acts on a caller whose budget is used up as ``limits.over_budget``
+says: ``"extractive"`` (the default) lets the request on and marks it (``ctx.over_budget``), so the answer stage
+answers it extractively, without the LLM, charging nothing and announcing ``llm_over_budget``: a used-up budget stops
+the spending, not the service. ``"refuse"`` ends it with :class:`rag.errors.BudgetExceeded` (HTTP 429 naming the
+budget and its reset, ``Retry-After`` until then).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from rag.errors import RateLimited
-from rag.stages.context import RequestContext
+from rag.errors import BudgetExceeded, RateLimited
+from rag.stages.context import OverBudget, RequestContext
 
 if TYPE_CHECKING:
     from rag.limits.budget import BudgetLedger
@@ -60,7 +64,8 @@ class TokenChargeStage:
 
 
 class BudgetStage:
-    """Refuse a request whose key or tenant has used up a daily or monthly budget (:mod:`rag.limits.budget`)."""
+    """Answer extractively, or refuse, a request whose key or tenant has used up a daily or monthly budget
+    (:mod:`rag.limits.budget`; which of the two: ``ledger.over_budget``, see the module docstring)."""
 
     name = "budget"
     always = False
@@ -69,10 +74,17 @@ class BudgetStage:
         self.ledger = ledger
 
     async def run(self, ctx: RequestContext) -> None:
-        """Raise :class:`rag.errors.BudgetExceeded` naming the budget and its reset (a database read, off the
-        event loop)."""
+        """Check the caller's budgets (a database read, off the event loop); past one, set ``ctx.over_budget``, or
+        raise :class:`rag.errors.BudgetExceeded` naming the budget and its reset when the ledger refuses."""
         principal = ctx.principal
-        await anyio.to_thread.run_sync(lambda: self.ledger.check(api_key=principal.identity, tenant=principal.tenant))
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: self.ledger.check(api_key=principal.identity, tenant=principal.tenant)
+            )
+        except BudgetExceeded as exc:
+            if self.ledger.over_budget == "refuse":
+                raise
+            ctx.over_budget = OverBudget(budget=exc.limit, reset_at=exc.reset_at)
 
 
 class BudgetChargeStage:

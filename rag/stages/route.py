@@ -4,7 +4,9 @@
 module's :class:`TieredAnswerStage`, in place of :class:`rag.stages.answer.AnswerStage` for a stack with
 ``routing``) runs the chosen tier, checks its output and escalates to the next tier while the check fails. A
 streamed request gets the answer that passed, sentence by sentence: text that fails the check must not reach the
-reader before the escalation replaces it, so a routed stack's first token comes after the check.
+reader before the escalation replaces it, so a routed stack's first token comes after the check. A caller whose
+budget is used up gets the route stage's extractive answer with a notice and no tier is called (``llm_over_budget``,
+as in :mod:`rag.stages.answer`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rag.stages.context import RequestContext, Usage
 
 if TYPE_CHECKING:
     from rag.routing import Tier
-    from rag.types import Answer
+    from rag.types import Answer, RoutingConfig
 
 
 class RouteStage:
@@ -55,6 +57,15 @@ class TieredAnswerStage:
         plan = ctx.route_plan
         routing = ctx.engine.config.routing
         assert plan is not None and routing is not None
+        if ctx.over_budget is not None:  # no tier is called: nothing is spent, nothing charged
+            from rag.llm import noticed
+
+            stand_in = noticed(plan.extractive, ctx.over_budget.notice)
+            AnswerStage.check_citations(ctx, stand_in)
+            ctx.answer, ctx.notice, ctx.usage = stand_in, ctx.over_budget.notice, Usage()
+            ctx.degrade("llm_over_budget")
+            ctx.routing = self._trace(plan, routing, "extractive-over-budget", ())
+            return
         tiers = ctx.engine.tiers
         attempts: list[Attempt] = []
         answers: list[tuple[Tier, Answer]] = []
@@ -90,12 +101,18 @@ class TieredAnswerStage:
         AnswerStage.check_citations(ctx, answer)
         ctx.answer = answer
         ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=completion, cost_usd=round(cost, 8))
-        ctx.routing = RoutingTrace(
+        ctx.routing = self._trace(plan, routing, answered_by, tuple(attempts))
+
+    @staticmethod
+    def _trace(
+        plan: RoutePlan, routing: RoutingConfig, answered_by: str, attempts: tuple[Attempt, ...]
+    ) -> RoutingTrace:
+        return RoutingTrace(
             chosen=plan.decision.name,
             answered_by=answered_by,
             probabilities={t.name: p for t, p in zip(routing.tiers, plan.decision.probabilities, strict=True)},
             features=dict(zip(plan.features.__dataclass_fields__, plan.features.vector(), strict=True)),
-            attempts=tuple(attempts),
+            attempts=attempts,
         )
 
     async def stream(self, ctx: RequestContext) -> AsyncIterator[StreamEvent]:
@@ -103,6 +120,8 @@ class TieredAnswerStage:
         await self.run(ctx)
         ctx.first_token_ms = ctx.total_ms()
         assert ctx.answer is not None
+        if ctx.over_budget is not None:
+            yield StreamEvent("notice", ctx.over_budget.notice)
         for delta in sentence_deltas(ctx.answer):
             yield delta
         yield StreamEvent("done", answer=ctx.answer)

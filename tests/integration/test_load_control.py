@@ -1,5 +1,6 @@
 """Load control in the served request path: quotas answer 429 and a full admission queue 503, both with
-``Retry-After`` and before any work; token budgets are charged from the answer's real usage.
+``Retry-After`` and before any work; token budgets are charged from the answer's real usage, and past a used-up
+budget the answer is extractive, without the LLM (or 429, when the limits say refuse).
 
 A real service on loopback over the tiny corpus, with an LLM stack whose fake OpenAI-compatible server streams
 slowly, so a request can be held open while others arrive.
@@ -8,6 +9,7 @@ slowly, so a request can be held open while others arrive.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -132,9 +134,9 @@ def test_past_capacity_a_request_is_shed_with_503_and_retry_after(home: Home) ->
 
 def test_a_used_up_budget_stops_the_next_request_across_a_restart(home: Home) -> None:
     """Budgets live in the request store's database: the answer that crosses the daily token budget is served, and
-    a second app instance on the same database (a restart, or another worker) refuses the next request with 429
-    naming the budget and its reset."""
-    settings = _with_limits(home.settings, key_daily_tokens=50)
+    a second app instance on the same database (a restart, or another worker) set to refuse past a budget refuses
+    the next request with 429 naming the budget and its reset."""
+    settings = _with_limits(home.settings, key_daily_tokens=50, over_budget="refuse")
     with _served(settings) as (_, client):
         first = client.post("/v1/query", json={"question": QUESTION})
     assert first.status_code == 200 and first.json()["usage"]["total_tokens"] > 50
@@ -147,3 +149,52 @@ def test_a_used_up_budget_stops_the_next_request_across_a_restart(home: Home) ->
     assert "key:daily_tokens" in error["message"] and "resets at" in error["message"]
     assert int(refused.headers["Retry-After"]) >= 1
     assert len(home.llm.requests) == asked  # refused before any work
+
+
+def _sse(lines: list[str]) -> list[tuple[str, object]]:
+    """A server-sent event stream's ``(event, data)`` pairs."""
+    events: list[tuple[str, object]] = []
+    name = ""
+    for line in lines:
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def test_past_a_used_up_budget_the_answer_is_extractive_without_the_llm(home: Home) -> None:
+    """By default a used-up budget stops the spending, not the service: whole and streamed, the next requests get
+    200 with the extractive answer, a notice naming the budget, ``degraded: ["llm_over_budget"]`` and zero usage;
+    the LLM is not called and the degradation is counted in the metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    settings = _with_limits(home.settings, key_monthly_tokens=50)  # its own window: the daily budget test's is apart
+    with _served(settings) as (_, client):
+        first = client.post("/v1/query", json={"question": QUESTION})
+        asked = len(home.llm.requests)
+        over = client.post("/v1/query", json={"question": QUESTION})
+        with client.stream("POST", "/v1/query", json={"question": QUESTION, "stream": True}) as r:
+            assert r.status_code == 200
+            streamed = _sse(list(r.iter_lines()))
+        metrics = client.get("/metrics").text
+    assert first.status_code == 200 and first.json()["usage"]["total_tokens"] > 50 and first.json()["degraded"] == []
+    assert over.status_code == 200, over.text
+    body = over.json()
+    assert body["degraded"] == ["llm_over_budget"]
+    assert "key:monthly_tokens" in body["notice"] and "extractive" in body["notice"]
+    assert "1847" in body["answer"] and body["answer"] != first.json()["answer"]  # not the LLM's reply
+    assert body["usage"]["total_tokens"] == 0 and body["usage"]["cost_usd"] == 0
+    kinds = [name for name, _ in streamed]
+    assert kinds[0] == "notice" and kinds[-1] == "done" and "delta" in kinds
+    done = streamed[-1][1]
+    assert isinstance(done, dict) and done["degraded"] == ["llm_over_budget"] and done["answer"] == body["answer"]
+    assert len(home.llm.requests) == asked  # neither request called the LLM
+    counted = {
+        s.labels["kind"]: s.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "ragops_degraded_requests"
+        for s in family.samples
+        if s.name == "ragops_degraded_requests_total"
+    }
+    assert counted.get("llm_over_budget") == 2

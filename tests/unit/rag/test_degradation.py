@@ -1,6 +1,7 @@
 """Graceful degradation, announced: with the LLM, the cache's Redis, the limits' Redis and the stack registry all
-down, the served app still answers (extractive, no cache, per-worker quotas, the last loaded stack), names each
-degraded mode in the response (``degraded``) and counts it in ``ragops_degraded_requests_total{kind}``."""
+down, the served app still answers (extractive, no cache, per-worker quotas, the last loaded stack), and past a
+used-up budget it answers without the LLM; it names each degraded mode in the response (``degraded``) and counts it
+in ``ragops_degraded_requests_total{kind}``."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_every_degraded_mode_is_announced_and_counted(built_index: BuiltIndex) -
     settings = base.model_copy(
         update={
             "limits": base.limits.model_copy(
-                update={"redis_url": dead, "requests_per_minute": 1000, "redis_timeout_s": 0.2}
+                update={"redis_url": dead, "requests_per_minute": 1000, "redis_timeout_s": 0.2, "key_daily_tokens": 1}
             ),
             "answer_cache": base.answer_cache.model_copy(update={"enabled": True, "url": dead, "timeout_s": 0.2}),
         }
@@ -56,8 +57,13 @@ def test_every_degraded_mode_is_announced_and_counted(built_index: BuiltIndex) -
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["answer"] and "extractive" in (body["notice"] or "")
-        assert set(body["degraded"]) == set(DEGRADATIONS), body["degraded"]
-        announced = set(body["degraded"])
+        assert set(body["degraded"]) == set(DEGRADATIONS) - {"llm_over_budget"}, body["degraded"]
+        # the fallback answer's tokens used up the key's daily budget of 1: the next one does not try the LLM
+        over = client.post("/v1/query", json={"question": "When did Mount Kerrigan last erupt?"})
+        assert over.status_code == 200, over.text
+        assert body["usage"]["total_tokens"] > 1 and "key:daily_tokens" in (over.json()["notice"] or "")
+        assert set(over.json()["degraded"]) == set(DEGRADATIONS) - {"llm_fallback"}, over.json()["degraded"]
+        announced = set(body["degraded"]) | set(over.json()["degraded"])
         metrics = client.get("/metrics").text
     counted = {
         s.labels["kind"]: s.value

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipelines.index import VectorIndex
 from rag.engine import RagEngine
+from rag.limits.budget import BudgetLedger
+from rag.limits.settings import LimitsSettings
 from rag.stages.build import build_chain
 from rag.stages.chain import Chain, StreamEvent
-from rag.stages.context import LOCAL, RequestContext
+from rag.stages.context import LOCAL, RequestContext, Usage
 from rag.stages.ports import DirectVectors
 from rag.types import ROUTER_FEATURES, StackConfig
 from tests.fixtures.fake_openai import FakeOpenAI
@@ -291,3 +294,107 @@ def test_a_routed_stack_answers_an_easy_question_extractively_without_an_llm_cal
             assert small.requests == [] and large.requests == []
         finally:
             engine.close()
+
+
+def _spent_ledger(tmp_path: Path, **limits: object) -> BudgetLedger:
+    """A budget ledger in which ``LOCAL`` has already used up its daily budget of 10 tokens."""
+    settings = LimitsSettings.model_validate({"key_daily_tokens": 10, **limits})
+    ledger = BudgetLedger(f"sqlite:///{tmp_path / 'requests.db'}", settings)
+    ledger.charge(api_key=LOCAL.identity, tenant=None, tokens=500, cost_usd=0.0)
+    return ledger
+
+
+def test_an_llm_stack_over_budget_answers_extractively_without_the_llm(
+    built_index: BuiltIndex, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A used-up budget stops the spending, not the service: whole or streamed, the request gets what a failed LLM
+    gets (the extractive answer, with a notice naming the budget and its reset), announced as ``llm_over_budget``;
+    the LLM is not called, nothing is charged, and the stand-in is not cached for callers within budget."""
+    from rag.cache import AnswerCache
+
+    engine = _engine(built_index, **_llm(fake, grounding={"enabled": False}))
+    ledger = _spent_ledger(tmp_path)
+    try:
+        cache = AnswerCache(threshold=0.9, ttl_s=60, max_entries=100)
+        chain = build_chain(engine, vectors=DirectVectors(), budgets=ledger, cache=cache)
+        question = "When did Mount Kerrigan last erupt?"
+        whole = RequestContext(engine=engine, question=question, principal=LOCAL)
+        asyncio.run(chain.run(whole))
+        streamed = RequestContext(engine=engine, question=question, principal=LOCAL)
+        events = _stream(chain, streamed)
+        assert fake.requests == []
+        expected = engine.extractive.answer(whole.text, whole.chunks)
+        for ctx in (whole, streamed):
+            assert ctx.refusal is None and ctx.answer is not None and ctx.cache_hit is None
+            assert ctx.answer.text == expected.text and "1847" in ctx.answer.text
+            assert ctx.degraded == ["llm_over_budget"]
+            assert ctx.notice is not None and "key:daily_tokens" in ctx.notice and "T00:00:00Z" in ctx.notice
+            assert ctx.usage == Usage()
+        assert events[0].kind == "notice" and events[0].text == streamed.notice and events[-1].kind == "done"
+        assert "".join(e.text for e in events if e.kind == "delta").strip() == " ".join(expected.sentences)
+        assert ledger.spend("key", LOCAL.identity, "daily").tokens == 500  # both charged nothing
+        assert len(cache) == 0
+    finally:
+        ledger.close()
+        engine.close()
+
+
+def test_over_budget_with_refuse_is_refused_before_any_work(
+    built_index: BuiltIndex, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    from rag.errors import BudgetExceeded
+
+    engine = _engine(built_index, **_llm(fake, grounding={"enabled": False}))
+    ledger = _spent_ledger(tmp_path, over_budget="refuse")
+    try:
+        chain = build_chain(engine, vectors=DirectVectors(), budgets=ledger)
+        ctx = RequestContext(engine=engine, question="When did Mount Kerrigan last erupt?", principal=LOCAL)
+        with pytest.raises(BudgetExceeded, match=r"key:daily_tokens exceeded; it resets at \S+Z") as err:
+            asyncio.run(chain.run(ctx))
+        assert err.value.retry_after_s >= 1
+        assert fake.requests == [] and ctx.answer is None and "embed" not in ctx.timings and ctx.degraded == []
+    finally:
+        ledger.close()
+        engine.close()
+
+
+def test_routed_and_extractive_stacks_over_budget_answer_extractively_too(
+    built_index: BuiltIndex, tmp_path: Path
+) -> None:
+    """A routed stack calls no tier (the route stage's extractive answer stands in, and its trace says so); an
+    extractive stack gives its usual answer, announced, and charges nothing (it otherwise charges its word pieces)."""
+    question = "When did Mount Kerrigan last erupt?"
+    ledger = _spent_ledger(tmp_path)
+    with FakeOpenAI(reply=GROUNDED, model="small") as small, FakeOpenAI(reply=GROUNDED, model="large") as large:
+        routed = _engine(built_index, **_tiers(small, large, extractive_intercept=-5.0))  # would pick "small"
+        try:
+            chain = build_chain(routed, vectors=DirectVectors(), budgets=ledger)
+            whole = RequestContext(engine=routed, question=question, principal=LOCAL)
+            asyncio.run(chain.run(whole))
+            streamed = RequestContext(engine=routed, question=question, principal=LOCAL)
+            events = _stream(chain, streamed)
+            assert small.requests == [] and large.requests == []
+            for ctx in (whole, streamed):
+                assert ctx.answer is not None and "1847" in ctx.answer.text and ctx.degraded == ["llm_over_budget"]
+                assert ctx.usage == Usage() and ctx.notice is not None and "key:daily_tokens" in ctx.notice
+                assert ctx.routing is not None and ctx.routing.chosen == "small"
+                assert ctx.routing.answered_by == "extractive-over-budget" and ctx.routing.attempts == ()
+            assert events[0].kind == "notice" and events[-1].kind == "done"
+        finally:
+            routed.close()
+    extractive = _engine(built_index)
+    try:
+        chain = build_chain(extractive, vectors=DirectVectors(), budgets=ledger)
+        whole = RequestContext(engine=extractive, question=question, principal=LOCAL)
+        asyncio.run(chain.run(whole))
+        streamed = RequestContext(engine=extractive, question=question, principal=LOCAL)
+        events = _stream(chain, streamed)
+        usual = extractive.answerer.answer(whole.text, whole.chunks).text
+        for ctx in (whole, streamed):
+            assert ctx.answer is not None and ctx.answer.text == usual
+            assert ctx.degraded == ["llm_over_budget"] and ctx.usage == Usage()
+        assert events[0].kind == "notice" and events[-1].kind == "done"
+        assert ledger.spend("key", LOCAL.identity, "daily").tokens == 500
+    finally:
+        extractive.close()
+        ledger.close()
