@@ -524,6 +524,23 @@ def test_the_readme_names_every_file() -> None:
     assert not missing, f"infra/README.md does not mention {missing}"
 
 
+@pytest.mark.parametrize("path", sorted(INFRA.rglob("*.md")), ids=lambda p: str(p.relative_to(INFRA)))
+def test_docs_name_only_real_settings(path: Path) -> None:
+    """Every ``RAGOPS_*`` variable the infra docs tell operators to set is a field of ``Settings`` (a name ending in
+    ``__`` is a group: some field must be in it). Variables a stack names for its secrets (``api_key_env``) are the
+    operator's own names."""
+    text = path.read_text()
+    names = settings_env_names() | set(re.findall(r'api_key_env"?\s*[:=]\s*"(RAGOPS_\w+)"', text))
+    unknown = set()
+    for token in re.findall(r"RAGOPS_[A-Z0-9_]*[A-Z0-9_]", text):
+        if token.endswith("__"):
+            if not any(n.startswith(token) for n in names):
+                unknown.add(token)
+        elif token not in names:
+            unknown.add(token)
+    assert not unknown, f"{path.relative_to(REPO)} names variables ragops does not read: {sorted(unknown)}"
+
+
 def test_settings_env_names_cover_nested_groups() -> None:
     names = settings_env_names()
     assert {"RAGOPS_HOME", "RAGOPS_QDRANT__URL", "RAGOPS_EVAL__JUDGE__BASE_URL", "RAGOPS_SERVICE__PORT"} <= names
