@@ -13,6 +13,7 @@ import ast
 import fnmatch
 import ipaddress
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -20,6 +21,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib import resources
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +47,9 @@ SECRET_EXAMPLE = K8S / "secret.example.yaml"
 QDRANT_VALUES = K8S / "qdrant-values.yaml"
 PREFECT_FILE = INFRA / "prefect" / "prefect.yaml"
 QDRANT_CONFIG = INFRA / "qdrant" / "config.yaml"
+POSTGRES_INIT = COMPOSE_DIR / "postgres-init.sql"
+NGINX_CONF = INFRA / "proxy" / "nginx.conf"
+PROMETHEUS_CONFIG = INFRA / "prometheus" / "prometheus.yml"
 
 KUBERNETES_VERSION = "1.30"
 """The oldest Kubernetes release the manifests must be valid for (kubernetes-validate picks its schema)."""
@@ -66,6 +71,9 @@ SERVER_COMMANDS = {("server", "prefect"), ("server", "mlflow"), ("server", "work
 
 INDEX_FREE_COMMANDS = {("server", "prefect"), ("server", "mlflow")}
 """Processes that never open the vector index; every other ragops process must be given a Qdrant server."""
+
+DASK_COMMANDS = {"scheduler", "worker"}
+"""The Dask processes a deployment runs from the ragops image (``dask scheduler``, ``dask worker``), once each."""
 
 
 EXPECTED_DEPLOYMENTS: dict[str, tuple[str, str | None]] = {
@@ -127,6 +135,30 @@ def parse_ragops_command(argv: list[Any], where: str) -> tuple[tuple[str, ...], 
             values[option] = int(value)
         return sub, values
     raise AssertionError(f"{where}: `{' '.join(args)}` is none of the ragops commands {sorted(RAGOPS_COMMANDS)}")
+
+
+def parse_dask_command(argv: list[Any], where: str) -> tuple[str, dict[str, Any]]:
+    """``dask <sub> ...`` parsed by the installed ``distributed``'s own click command (what the image runs): unknown
+    options, missing arguments and bad values fail here as they would at start-up. Returns (sub, parameters)."""
+    import click
+
+    args = [str(a) for a in argv]
+    assert args[:1] == ["dask"] and len(args) >= 2, f"{where}: command {args} is not a dask command"
+    commands = {ep.name: ep for ep in entry_points(group="dask_cli")}
+    assert args[1] in commands, f"{where}: `dask {args[1]}` is none of the installed commands {sorted(commands)}"
+    command = commands[args[1]].load()
+    try:
+        context = command.make_context(f"dask {args[1]}", args[2:])
+    except click.UsageError as error:
+        raise AssertionError(f"{where}: `{' '.join(args)}`: {error.format_message()}") from None
+    return args[1], dict(context.params)
+
+
+def address_port(address: str) -> int:
+    """The port of a Dask listen address (``:8787``, ``0.0.0.0:8787``, ``tcp://host:8786``)."""
+    port = urlsplit(address if "://" in address else f"tcp://{address}").port
+    assert port is not None, f"no port in {address!r}"
+    return port
 
 
 def cron_cadence(cron: str) -> str:
@@ -212,13 +244,49 @@ def services() -> dict[str, dict[str, Any]]:
     return dict(compose()["services"])
 
 
-def ragops_services() -> dict[str, dict[str, Any]]:
-    """Services running the image built from infra/docker/Dockerfile."""
+def image_services() -> dict[str, dict[str, Any]]:
+    """Services running the image built from infra/docker/Dockerfile (ragops processes and Dask)."""
     return {
         name: svc
         for name, svc in services().items()
         if isinstance(svc.get("build"), dict) and svc["build"].get("dockerfile") == RAGOPS_IMAGE_DOCKERFILE
     }
+
+
+def ragops_services() -> dict[str, dict[str, Any]]:
+    """Services of the ragops image running a ragops command."""
+    return {name: svc for name, svc in image_services().items() if str(svc["command"][0]) == "ragops"}
+
+
+def dask_services() -> dict[str, dict[str, Any]]:
+    """Services of the ragops image running a dask command, by subcommand (``scheduler``, ``worker``)."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, svc in image_services().items():
+        if str(svc["command"][0]) == "dask":
+            sub, _ = parse_dask_command(svc["command"], f"compose service {name}")
+            assert sub not in found, f"two compose services run `dask {sub}`"
+            found[sub] = {"name": name, **svc}
+    return found
+
+
+def qdrant_services() -> dict[str, dict[str, Any]]:
+    """The Qdrant cluster's nodes: services running the qdrant/qdrant image."""
+    return {n: s for n, s in services().items() if str(s.get("image", "")).startswith("qdrant/qdrant:")}
+
+
+def volume_mounts(svc: Mapping[str, Any]) -> dict[str, str]:
+    """Container path -> source (named volume or host path, variables at their defaults) of a service's volumes."""
+    mounts = {}
+    for volume in svc.get("volumes", []):
+        spec = interpolate(volume if isinstance(volume, str) else f"{volume['source']}:{volume['target']}", {})
+        source, target = spec.split(":")[:2]
+        mounts[target] = source
+    return mounts
+
+
+def replicas(svc: Mapping[str, Any]) -> int:
+    """The service's replica count with the compose defaults (1 without ``deploy.replicas``)."""
+    return int(interpolate(str(svc.get("deploy", {}).get("replicas", 1)), {}))
 
 
 def service_env(svc: Mapping[str, Any]) -> dict[str, str]:
@@ -342,6 +410,22 @@ def container_command(container: Mapping[str, Any]) -> list[str]:
     return [str(a) for a in list(container.get("command", [])) + list(container.get("args", []))]
 
 
+def is_dask(container: Mapping[str, Any]) -> bool:
+    return container_command(container)[:1] == ["dask"]
+
+
+def dask_containers() -> dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """``dask <sub>`` -> (workload, container, parsed parameters), for every Dask container of the manifests."""
+    found: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+    for workload in workloads():
+        for container in containers(workload):
+            if is_dask(container):
+                sub, params = parse_dask_command(container_command(container), workload["metadata"]["name"])
+                assert sub not in found, f"two workloads run `dask {sub}`"
+                found[sub] = (workload, container, params)
+    return found
+
+
 def config_map_data() -> dict[str, str]:
     return {str(k): str(v) for k, v in k8s_object("ConfigMap", "ragops-config")["data"].items()}
 
@@ -438,6 +522,23 @@ def test_the_readme_names_every_file() -> None:
     files = [p for p in INFRA.rglob("*") if p.is_file() and p.name not in ("README.md", ".gitignore")]
     missing = [str(p.relative_to(INFRA)) for p in files if str(p.relative_to(INFRA)) not in readme]
     assert not missing, f"infra/README.md does not mention {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(INFRA.rglob("*.md")), ids=lambda p: str(p.relative_to(INFRA)))
+def test_docs_name_only_real_settings(path: Path) -> None:
+    """Every ``RAGOPS_*`` variable the infra docs tell operators to set is a field of ``Settings`` (a name ending in
+    ``__`` is a group: some field must be in it). Variables a stack names for its secrets (``api_key_env``) are the
+    operator's own names."""
+    text = path.read_text()
+    names = settings_env_names() | set(re.findall(r'api_key_env"?\s*[:=]\s*"(RAGOPS_\w+)"', text))
+    unknown = set()
+    for token in re.findall(r"RAGOPS_[A-Z0-9_]*[A-Z0-9_]", text):
+        if token.endswith("__"):
+            if not any(n.startswith(token) for n in names):
+                unknown.add(token)
+        elif token not in names:
+            unknown.add(token)
+    assert not unknown, f"{path.relative_to(REPO)} names variables ragops does not read: {sorted(unknown)}"
 
 
 def test_settings_env_names_cover_nested_groups() -> None:
@@ -540,16 +641,24 @@ def test_compose_matches_the_compose_spec_schema() -> None:
 
 
 def test_compose_services_have_an_image_and_a_healthcheck() -> None:
-    assert set(services()) == {"qdrant", "postgres", "prefect", "mlflow", "worker", "api", "prometheus", "grafana"}
+    assert set(services()) == {
+        *("qdrant", "qdrant-2", "qdrant-3", "postgres", "redis", "dask-scheduler", "dask-worker"),
+        *("prefect", "mlflow", "worker", "api", "proxy", "prometheus", "grafana"),
+    }
     for name, svc in services().items():
         assert svc.get("image") or svc.get("build"), f"{name}: neither image nor build"
         check = svc.get("healthcheck") or {}
         assert check.get("test") and not check.get("disable"), f"{name}: no healthcheck"
-    assert services()["qdrant"]["image"].split(":")[-1] not in ("", "latest"), "pin the Qdrant image tag"
+    for name, svc in services().items():
+        if "image" in svc and "build" not in svc:
+            assert interpolate(svc["image"], {}).split(":")[-1] not in ("", "latest"), f"{name}: pin the image tag"
 
 
 def test_compose_ragops_services_build_the_ragops_image() -> None:
-    for name, svc in ragops_services().items():
+    assert set(image_services()) == set(ragops_services()) | {s["name"] for s in dask_services().values()}, (
+        "every service of the ragops image runs a ragops or a dask command"
+    )
+    for name, svc in image_services().items():
         context = (COMPOSE_DIR / svc["build"]["context"]).resolve()
         assert context == REPO, f"{name}: the build context must be the repository root"
         assert (context / svc["build"]["dockerfile"]).is_file()
@@ -577,8 +686,16 @@ def test_compose_healthchecks_ask_the_right_endpoints() -> None:
     for name, svc in ragops_services().items():
         sub, _ = parse_ragops_command(svc["command"], name)
         assert re.search(rf":\d+{re.escape(paths[sub])}'", healthcheck_command(svc)), f"{name}: expected {paths[sub]}"
-    assert "/readyz" in healthcheck_command(services()["qdrant"])
+    for name in qdrant_services():
+        assert "/readyz" in healthcheck_command(services()[name]), name
     assert "pg_isready" in healthcheck_command(services()["postgres"])
+    assert healthcheck_command(services()["redis"]).endswith("redis-cli ping")
+    assert "REDISCLI_AUTH" in service_env(services()["redis"]), "redis-cli ping needs the password"
+    for sub, svc in dask_services().items():
+        _, params = parse_dask_command(svc["command"], svc["name"])
+        port = address_port(params["dashboard_address"])
+        assert re.search(rf"127\.0\.0\.1:{port}/health'", healthcheck_command(svc)), f"dask {sub}: ask :{port}/health"
+    assert "/proxy-health" in healthcheck_command(services()["proxy"])
 
 
 @pytest.mark.parametrize("source", ["compose defaults", ".env.example"])
@@ -592,10 +709,14 @@ def test_compose_publishes_ports_on_loopback_only(source: str) -> None:
 
 def test_compose_depends_on_healthy_services() -> None:
     expected = {
+        "qdrant-2": {"qdrant"},
+        "qdrant-3": {"qdrant"},
+        "dask-worker": {"dask-scheduler"},
         "prefect": {"postgres"},
         "mlflow": {"postgres"},
-        "worker": {"qdrant", "prefect", "mlflow"},
-        "api": {"qdrant", "mlflow"},
+        "worker": {"qdrant", "postgres", "prefect", "mlflow", "dask-scheduler"},
+        "api": {"qdrant", "postgres", "redis", "mlflow"},
+        "proxy": {"api"},
         "prometheus": {"api"},
         "grafana": {"prometheus"},
     }
@@ -668,6 +789,108 @@ def test_compose_volumes_are_declared_or_shipped() -> None:
     assert declared == used, f"declared but unused volumes: {declared - used}"
 
 
+def test_compose_dask_workers_point_at_the_scheduler() -> None:
+    """The ingest flow partitions on the compose Dask cluster: the worker's address is the scheduler's service and
+    port, every Dask worker connects there, and sees the source files at the paths the flow sends."""
+    dask = dask_services()
+    assert set(dask) == DASK_COMMANDS, f"compose runs dask {sorted(dask)}, expected {sorted(DASK_COMMANDS)}"
+    scheduler, worker = dask["scheduler"], dask["worker"]
+    _, scheduler_params = parse_dask_command(scheduler["command"], scheduler["name"])
+    _, worker_params = parse_dask_command(worker["command"], worker["name"])
+    address = f"tcp://{scheduler['name']}:{scheduler_params['port']}"
+    assert worker_params["scheduler"] == address, f"dask workers connect to {worker_params['scheduler']}"
+    assert worker_params["nthreads"] == 1, "partitioning holds the GIL: one thread per worker process"
+    assert replicas(worker) >= 2, "a Dask cluster of one worker partitions no faster than the flow's threads"
+    (prefect_worker,) = [s for s in ragops_services().values() if s["command"][1:3] == ["server", "worker"]]
+    env = service_env(prefect_worker)
+    assert env["RAGOPS_INGEST__DASK_ADDRESS"] == address, "the ingest flow must use the compose scheduler"
+    sources = json.loads(env["RAGOPS_INGEST__SOURCES"])
+    worker_mounts, flow_mounts = volume_mounts(worker), volume_mounts(prefect_worker)
+    for source in sources:
+        assert source in flow_mounts, f"the worker does not mount its source {source}"
+        assert worker_mounts.get(source) == flow_mounts[source], f"Dask workers must see {source} as the flow does"
+    dask_env = service_env(worker)
+    assert dask_env["PREFECT_API_URL"] == env["RAGOPS_PREFECT__API_URL"], "tasks report to the flow's Prefect server"
+    assert not list(published_ports(scheduler, {})), "the scheduler (no authentication) is not published"
+
+
+def test_compose_api_replicas_sit_behind_the_proxy() -> None:
+    """N api replicas, none published; the proxy publishes API_PORT and forwards to every replica of `api`."""
+    api = services()["api"]
+    proxy = services()["proxy"]
+    assert replicas(api) >= 2, "the api runs replicated (API_REPLICAS)"
+    assert not list(published_ports(api, {})), "replicas cannot share a host port: only the proxy is published"
+    _, options = parse_ragops_command(api["command"], "api")
+    conf = NGINX_CONF.read_text()
+    listen = {int(p) for p in re.findall(r"^\s*listen\s+(\d+)", conf, re.MULTILINE)}
+    ((host_ip, host_port, target),) = list(published_ports(proxy, {}))
+    assert listen == {target}, f"nginx listens on {listen}, compose publishes container port {target}"
+    assert host_port == "8000", "the query service keeps its usual host port (API_PORT)"
+    upstreams = re.findall(r"http://([\w.-]+):(\d+)", conf)
+    assert upstreams == [("api", str(options["--port"]))], f"nginx proxies to {upstreams}"
+    assert "resolver 127.0.0.11" in conf, "without Docker's resolver nginx would pin one replica's address"
+    assert volume_mounts(proxy)["/etc/nginx/nginx.conf"] == "../proxy/nginx.conf"
+    assert re.search(rf"127\.0\.0\.1:{target}/proxy-health", healthcheck_command(proxy))
+    assert "location = /proxy-health" in conf
+
+
+def test_compose_api_replicas_share_their_state() -> None:
+    """What must agree across replicas lives outside them: request store and API keys in PostgreSQL, limits and
+    cache in Redis, the server secret on one shared volume (at the path the security settings read)."""
+    from rag.security.settings import SecuritySettings
+
+    env = service_env(services()["api"])
+    for key in ("RAGOPS_STORE__URL", "RAGOPS_SECURITY__DB_URL"):
+        assert urlsplit(interpolate(env[key], {})).hostname == "postgres", f"{key}: replicas need one shared database"
+    for key in ("RAGOPS_LIMITS__REDIS_URL", "RAGOPS_ANSWER_CACHE__URL"):
+        assert urlsplit(interpolate(env[key], {})).hostname == "redis", f"{key}: replicas need one shared Redis"
+    secret_dir = str(SecuritySettings().resolve_secret_file(Path(env["RAGOPS_HOME"])).parent)
+    mounts = volume_mounts(services()["api"])
+    assert mounts.get(secret_dir) in (compose().get("volumes") or {}), f"{secret_dir} must be a named (shared) volume"
+    assert "/data" not in mounts, "RAGOPS_HOME (caches, logs) stays per replica"
+    worker_env = service_env(next(s for s in ragops_services().values() if s["command"][1:3] == ["server", "worker"]))
+    assert worker_env["RAGOPS_STORE__URL"] == env["RAGOPS_STORE__URL"], "the monitor flow reads the api's records"
+
+
+def test_compose_databases_exist() -> None:
+    """Every PostgreSQL URL names a database the postgres service creates (POSTGRES_DB or postgres-init.sql)."""
+    created = {service_env(services()["postgres"])["POSTGRES_DB"]}
+    created |= set(re.findall(r"CREATE DATABASE (\w+)", POSTGRES_INIT.read_text()))
+    assert volume_mounts(services()["postgres"]).get("/docker-entrypoint-initdb.d/10-databases.sql") == (
+        "./" + POSTGRES_INIT.name
+    )
+    urls = [v for s in services().values() for v in service_env(s).values() if v.startswith("postgresql")]
+    assert len(urls) >= 4
+    for url in urls:
+        database = urlsplit(interpolate(url, {})).path.lstrip("/")
+        assert database in created, f"{url}: database {database} is never created"
+
+
+def test_compose_ragops_environments_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ragops service's environment builds ``Settings`` (URL schemes, JSON lists, numbers are checked)."""
+    example = read_env_file(ENV_EXAMPLE)
+    for name, svc in ragops_services().items():
+        for key in [k for k in os.environ if k.startswith("RAGOPS_")]:
+            monkeypatch.delenv(key)
+        secrets = {"POSTGRES_PASSWORD": "pw", "REDIS_PASSWORD": "pw", "QDRANT_API_KEY": "key"}
+        for key, value in service_env(svc).items():
+            if key.startswith("RAGOPS_"):
+                monkeypatch.setenv(key, interpolate(value, {**example, **secrets}))
+        try:
+            Settings()
+        except ValueError as error:
+            pytest.fail(f"compose service {name}: {error}")
+
+
+def test_prometheus_scrapes_every_api_replica() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ragops-api"]
+    assert "static_configs" not in job, "a static api:8000 target scrapes one replica at random"
+    (sd,) = job["dns_sd_configs"]
+    _, options = parse_ragops_command(services()["api"]["command"], "api")
+    assert sd["names"] == ["api"] and sd["type"] == "A" and sd["port"] == options["--port"]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Qdrant
 
@@ -687,6 +910,39 @@ def test_qdrant_config_is_production_ready_and_matches_compose() -> None:
         url = service_env(svc).get("RAGOPS_QDRANT__URL")
         assert url is None or urlsplit(url).port == config["service"]["http_port"], f"{name}: {url}"
     assert urlsplit(config_map_data()["RAGOPS_QDRANT__URL"]).port == config["service"]["http_port"]
+
+
+def test_compose_qdrant_is_a_replicated_cluster() -> None:
+    """Three nodes: the first starts the cluster, the others bootstrap from it; each announces its own service name
+    on the p2p port, keeps its own volumes, and every shard is on more than one node."""
+    nodes = qdrant_services()
+    assert len(nodes) >= 3, "a Qdrant cluster needs 3 nodes to survive one (consensus)"
+    first = "qdrant"
+    images, storages = set(), []
+    for name, svc in nodes.items():
+        env = service_env(svc)
+        assert env["QDRANT__CLUSTER__ENABLED"] == "true", name
+        p2p = int(env["QDRANT__CLUSTER__P2P__PORT"])
+        args = [str(a) for a in svc["command"]]
+        assert args[0] == "./qdrant", f"{name}: runs {args[0]}"
+        options = dict(zip(args[1::2], args[2::2], strict=True))
+        assert options["--uri"] == f"http://{name}:{p2p}", f"{name}: announces {options['--uri']}"
+        if name == first:
+            assert "--bootstrap" not in options, "the first node starts the cluster"
+        else:
+            bootstrap = options["--bootstrap"]
+            assert bootstrap == f"http://{first}:{p2p}", f"{name}: bootstraps from {bootstrap}"
+            assert "depends_on" in svc and first in svc["depends_on"], f"{name} must wait for {first}"
+        assert p2p not in {target for _, _, target in published_ports(svc, {})}, f"{name}: p2p port published"
+        assert 2 <= int(env["QDRANT__STORAGE__COLLECTION__REPLICATION_FACTOR"]) <= len(nodes), name
+        mounts = volume_mounts(svc)
+        assert mounts["/qdrant/config/production.yaml"] == "../qdrant/config.yaml", name
+        storages += [mounts["/qdrant/storage"], mounts["/qdrant/snapshots"]]
+        images.add(svc["image"])
+    assert len(images) == 1, f"the nodes run different Qdrant versions: {images}"
+    assert len(storages) == len(set(storages)), "two nodes share a storage volume"
+    env_url = urlsplit(service_env(services()["api"])["RAGOPS_QDRANT__URL"])
+    assert env_url.hostname in nodes
 
 
 def test_qdrant_image_matches_the_client() -> None:
@@ -781,23 +1037,83 @@ def test_k8s_commands_are_cli_commands() -> None:
     used = []
     for workload in workloads():
         for container in containers(workload):
+            if is_dask(container):
+                continue  # parsed by dask_containers()
             sub, _ = parse_ragops_command(container_command(container), workload["metadata"]["name"])
             used.append(sub)
     assert sorted(used) == sorted(SERVER_COMMANDS), f"each `ragops server` command once, got {used}"
+    assert set(dask_containers()) == DASK_COMMANDS, f"expected dask {sorted(DASK_COMMANDS)}"
 
 
 def test_k8s_probes_ask_the_port_the_process_listens_on() -> None:
     for workload in workloads():
         for container in containers(workload):
-            sub, options = parse_ragops_command(container_command(container), workload["metadata"]["name"])
             ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
             env = container_env(container)
-            expected = options.get("--port") or int(env["PREFECT_RUNNER_SERVER_PORT"])
+            if is_dask(container):
+                _, params = parse_dask_command(container_command(container), workload["metadata"]["name"])
+                expected = address_port(params["dashboard_address"])  # its HTTP server: /health
+            else:
+                _, options = parse_ragops_command(container_command(container), workload["metadata"]["name"])
+                expected = options.get("--port") or int(env["PREFECT_RUNNER_SERVER_PORT"])
             probes = [container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe") if k in container]
             assert probes, f"{workload['metadata']['name']}: no probes"
             for probe in probes:
                 port = probe["httpGet"]["port"]
                 assert ports.get(port, port) == expected, f"{workload['metadata']['name']}: probe on {port}"
+
+
+def test_k8s_dask_workers_point_at_the_scheduler() -> None:
+    """The Prefect worker's flow and every Dask worker use the scheduler's Service; the Dask workers see the sources
+    at the flow's paths, on the flow's node while the source claim is ReadWriteOnce."""
+    dask = dask_containers()
+    scheduler_workload, scheduler, scheduler_params = dask["scheduler"]
+    worker_workload, worker, worker_params = dask["worker"]
+    scheduler_ports = {p["name"]: p["containerPort"] for p in scheduler["ports"]}
+    scheduler_port = int(scheduler_params["port"])
+    assert scheduler_port in scheduler_ports.values(), f"the scheduler container does not declare port {scheduler_port}"
+    (service,) = [
+        s
+        for s in k8s_objects("Service")
+        if labels_match(s["spec"]["selector"], scheduler_workload["spec"]["template"]["metadata"]["labels"])
+    ]
+    port = next(p["port"] for p in service["spec"]["ports"] if scheduler_ports.get(p["targetPort"]) == scheduler_port)
+    address = f"tcp://{service['metadata']['name']}:{port}"
+    assert worker_params["scheduler"] == address, f"Dask workers connect to {worker_params['scheduler']}"
+    assert worker_params["nthreads"] == 1, "partitioning holds the GIL: one thread per worker process"
+    assert scheduler_workload["spec"]["replicas"] == 1, "a second scheduler would split the workers"
+    assert scheduler_workload["spec"]["strategy"]["type"] == "Recreate"
+    assert worker_workload["spec"]["replicas"] >= 2
+
+    flow_workload = k8s_object("Deployment", "worker")
+    (flow,) = flow_workload["spec"]["template"]["spec"]["containers"]
+    assert container_env(flow)["RAGOPS_INGEST__DASK_ADDRESS"] == address
+    assert container_env(worker)["PREFECT_API_URL"] == config_map_data()["RAGOPS_PREFECT__API_URL"]
+
+    def source_mounts(workload: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in workload["spec"]["template"]["spec"].get("volumes", [])
+            if "persistentVolumeClaim" in v
+        }
+        return {m["mountPath"]: claims[m["name"]] for m in container.get("volumeMounts", []) if m["name"] in claims}
+
+    flow_sources = source_mounts(flow_workload, flow)
+    dask_sources = source_mounts(worker_workload, worker)
+    assert "/sources" in flow_sources and dask_sources.get("/sources") == flow_sources["/sources"]
+    claim = k8s_object("PersistentVolumeClaim", flow_sources["/sources"])
+    if claim["spec"]["accessModes"] == ["ReadWriteOnce"]:
+        terms = worker_workload["spec"]["template"]["spec"]["affinity"]["podAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        flow_labels = flow_workload["spec"]["template"]["metadata"]["labels"]
+        same_node = [
+            term
+            for term in terms
+            if term["topologyKey"] == "kubernetes.io/hostname"
+            and labels_match(term["labelSelector"]["matchLabels"], flow_labels)
+        ]
+        assert same_node, "a ReadWriteOnce claim mounts on one node only: Dask workers must run on the worker's node"
 
 
 def test_k8s_api_is_replicated_with_readiness_and_liveness() -> None:
@@ -883,6 +1199,8 @@ def test_k8s_ragops_processes_use_the_qdrant_server() -> None:
     """The embedded Qdrant store opens in one process only: every pod that reads the index needs a server."""
     for workload in workloads():
         for container in containers(workload):
+            if is_dask(container):
+                continue  # partitioning reads files, never the index
             sub, _ = parse_ragops_command(container_command(container), workload["metadata"]["name"])
             env = container_env(container)
             if sub not in INDEX_FREE_COMMANDS:
