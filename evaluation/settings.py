@@ -80,8 +80,17 @@ class SyntheticSettings(BaseModel):
         description="Who writes LLM questions: local = the bundled SmolLM2-135M in process (batched); endpoint = "
         "an OpenAI-compatible server (endpoint_url/endpoint_model: `ragops server llm`, vLLM, a hosted model); off.",
     )
-    llm_chunks: int = Field(default=600, ge=0, description="Chunks sampled for an LLM question each.")
-    shots: int = Field(default=3, ge=0, le=8, description="Few-shot examples (corpus titles) in the prompt.")
+    llm_chunks: int = Field(
+        default=200,
+        ge=0,
+        description="Chunks sampled for an LLM question each (the local model writes about 2-4 a second on 2 cores).",
+    )
+    shots: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description="Few-shot examples (corpus titles) in the prompt; each one adds its length to every prompt.",
+    )
     batch: int = Field(default=24, ge=1, le=256, description="Prompts per forward pass of the local model.")
     threads: int = Field(default=2, ge=1, description="torch threads of the local model while it generates.")
     max_new_tokens: int = Field(default=32, ge=4, le=256, description="Longest question, in tokens.")
@@ -113,7 +122,7 @@ class SyntheticSettings(BaseModel):
     )
     epochs: int = Field(default=1, ge=1, le=100, description="Epochs when the set is mostly synthetic.")
     learning_rate: float = Field(
-        default=2e-5, gt=0.0, lt=1.0, description="Learning rate when the set is mostly synthetic (forgets less)."
+        default=5e-5, gt=0.0, lt=1.0, description="Learning rate when the set is mostly synthetic."
     )
 
 
