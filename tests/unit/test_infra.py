@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from evaluation.settings import EvalSettings, MonitorSettings
 from flows.settings import Settings
 from pipelines.env import OFFLINE_ENV
+from pipelines.settings import QdrantSettings
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -943,6 +944,45 @@ def test_compose_qdrant_is_a_replicated_cluster() -> None:
     assert len(storages) == len(set(storages)), "two nodes share a storage volume"
     env_url = urlsplit(service_env(services()["api"])["RAGOPS_QDRANT__URL"])
     assert env_url.hostname in nodes
+
+
+def assert_placement_fits_the_cluster(
+    env: Mapping[str, str], defaults: Mapping[str, Any], nodes: int, where: str
+) -> None:
+    """ragops' placement settings build, agree with the cluster's own collection defaults and fit its node count."""
+    keys = ("shard_number", "replication_factor", "write_consistency_factor")
+    raw = {key: env.get(f"RAGOPS_QDRANT__{key.upper()}") for key in keys}
+    assert all(raw.values()), f"{where}: a cluster is configured but ragops leaves {raw} to Qdrant"
+    placement = QdrantSettings.model_validate(raw)  # the same validation the processes apply
+    assert placement.replication_factor == int(defaults["replication_factor"]), f"{where}: replication factor"
+    assert placement.write_consistency_factor == int(defaults["write_consistency_factor"]), f"{where}: consistency"
+    assert placement.replication_factor is not None and 2 <= placement.replication_factor <= nodes, where
+    assert placement.shard_number is not None and placement.shard_number % nodes == 0, f"{where}: uneven shards"
+
+
+def test_compose_ragops_creates_collections_as_the_cluster_is_configured() -> None:
+    nodes = qdrant_services()
+    for name, svc in nodes.items():
+        node_env = service_env(svc)
+        defaults = {
+            key: node_env[f"QDRANT__STORAGE__COLLECTION__{key.upper()}"]
+            for key in ("replication_factor", "write_consistency_factor")
+        }
+        for ragops_name, ragops_svc in ragops_services().items():
+            env = service_env(ragops_svc)
+            if "RAGOPS_QDRANT__URL" in env:
+                assert_placement_fits_the_cluster(env, defaults, len(nodes), f"{ragops_name} vs {name}")
+
+
+def test_k8s_ragops_creates_collections_as_the_cluster_is_configured() -> None:
+    values = yaml.safe_load(QDRANT_VALUES.read_text())
+    defaults = values["config"]["storage"]["collection"]
+    for workload in workloads():
+        for container in containers(workload):
+            env = container_env(container)
+            if "RAGOPS_QDRANT__URL" in env:
+                where = workload["metadata"]["name"]
+                assert_placement_fits_the_cluster(env, defaults, values["replicaCount"], where)
 
 
 def test_qdrant_image_matches_the_client() -> None:
