@@ -1165,6 +1165,48 @@ def test_k8s_api_is_replicated_with_readiness_and_liveness() -> None:
     assert container_env(container)["RAGOPS_SERVICE__HOST"] == "0.0.0.0"
 
 
+def test_k8s_api_replicas_share_their_state() -> None:
+    """As in compose: the request store and API keys in one database every replica reaches (URLs from the Secret),
+    and one server secret, mounted from the Secret at the path the security settings read, never generated per pod
+    on its emptyDir. The worker's flows read the same request store."""
+    from rag.security.settings import SecuritySettings
+
+    api = k8s_object("Deployment", "api")
+    pod = api["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    items = {item["name"]: item for item in container.get("env", [])}
+    assert {"RAGOPS_STORE__URL", "RAGOPS_SECURITY__DB_URL", "RAGOPS_SECURITY__SECRET_FILE"} <= settings_env_names()
+    secret = k8s_object("Secret", "ragops-secrets")["stringData"]
+    refs = {}
+    for key in ("RAGOPS_STORE__URL", "RAGOPS_SECURITY__DB_URL"):
+        assert key in items, f"api: no {key}: each replica would keep its own SQLite under /data"
+        ref = items[key].get("valueFrom", {}).get("secretKeyRef")
+        assert ref, f"api: {key} holds a password, it must come from a Secret"
+        assert not ref.get("optional"), f"api: without {key} a replica silently falls back to its own SQLite"
+        assert ref["key"] in k8s_object("Secret", ref["name"])["stringData"], f"api: {key} from a missing key"
+        refs[key] = (ref["name"], ref["key"])
+
+    home = Path(container_env(container)["RAGOPS_HOME"])
+    secret_file = SecuritySettings(secret_file=items["RAGOPS_SECURITY__SECRET_FILE"]["value"]).resolve_secret_file(home)
+    mounts = [m for m in container["volumeMounts"] if secret_file.is_relative_to(m["mountPath"])]
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))  # the innermost mount holds the file
+    assert mount.get("readOnly") is True, "the server secret is read, never (re)created, by a replica"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "secret" in volume, f"{secret_file} is on {volume}: each replica would create its own server secret"
+    source = volume["secret"]
+    assert source["secretName"] == "ragops-secrets" and not source.get("optional")
+    paths = {item["path"]: item["key"] for item in source["items"]}
+    relative = str(secret_file.relative_to(mount["mountPath"]))
+    assert relative in paths, f"{secret_file}: the secret volume has no item at {relative}"
+    assert paths[relative] in secret, f"ragops-secrets has no key {paths[relative]}"
+
+    (worker,) = k8s_object("Deployment", "worker")["spec"]["template"]["spec"]["containers"]
+    worker_ref = next(i for i in worker["env"] if i["name"] == "RAGOPS_STORE__URL")["valueFrom"]["secretKeyRef"]
+    assert (worker_ref["name"], worker_ref["key"]) == refs["RAGOPS_STORE__URL"], (
+        "the monitor flow reads the api's records"
+    )
+
+
 def test_k8s_worker_is_a_single_replica_that_never_overlaps() -> None:
     worker = k8s_object("Deployment", "worker")
     assert worker["spec"]["replicas"] == 1, "one worker per work queue, or every schedule runs twice"
