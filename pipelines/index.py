@@ -30,7 +30,10 @@ The two modes differ only in where the store and the catalog live:
   the collection's metadata, and manifests are points of ``<collection>__ragops``. Any process with the URL sees the
   same state; no local file is read. Readers add the version window to every filter and scope the IDF corpus to it
   (``SearchParams.idf``), so results equal those of a collection holding that version alone. The writer lock is a
-  lease point in ``<collection>__ragops`` taken by a conditional upsert and renewed as the writer works.
+  lease point in ``<collection>__ragops`` taken by a conditional upsert and renewed as the writer works. Both
+  collections are created with the configured shards and replication (``RAGOPS_QDRANT__SHARD_NUMBER``,
+  ``__REPLICATION_FACTOR``, ``__WRITE_CONSISTENCY_FACTOR``): the catalog and the lease must survive the loss of a
+  node as well as the data does.
 
 Each version records its embedder identity and chunking, and every writer and reader checks them, so a different
 model can neither write into nor query it.
@@ -73,6 +76,7 @@ from pipelines.store import (
     Hit,
     HybridRequest,
     Match,
+    Placement,
     PointFilter,
     PointStore,
     Range,
@@ -1058,14 +1062,31 @@ class VectorIndex:
                 _fsync_dir(self.root)
             return EdgeStore.load(head)
 
+    @property
+    def placement(self) -> Placement:
+        """Shards and replication of the server collections this index creates (the settings; None: Qdrant's)."""
+        cfg = self.settings.qdrant
+        return Placement(
+            shard_number=cfg.shard_number,
+            replication_factor=cfg.replication_factor,
+            write_consistency_factor=cfg.write_consistency_factor,
+        )
+
     def _ensure_server_collections(self, client: QdrantClient, dim: int) -> None:
         from qdrant_client import models
 
+        placement = self.placement
         if not client.collection_exists(self.meta_collection):
-            client.create_collection(self.meta_collection, vectors_config={})
+            client.create_collection(
+                self.meta_collection,
+                vectors_config={},
+                shard_number=placement.shard_number,
+                replication_factor=placement.replication_factor,
+                write_consistency_factor=placement.write_consistency_factor,
+            )
             client.create_payload_index(self.meta_collection, "owner", field_schema=models.PayloadSchemaType.KEYWORD)
         if not client.collection_exists(self.data_collection):
-            ClientStore.create(client, self.data_collection, _schema(dim))
+            ClientStore.create(client, self.data_collection, _schema(dim), placement=placement)
         aliases = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
         target = aliases.get(self.collection)
         if target is None:

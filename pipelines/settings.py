@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Precision = Literal["auto", "float32", "bfloat16", "int8"]
@@ -45,6 +45,40 @@ class QdrantSettings(BaseModel):
         default=None,
         description="Deprecated, ignored: embedded mode now runs the Qdrant engine in process (qdrant-edge).",
     )
+    # Placement of the collections ragops creates. Only a server or cluster reads them: the embedded engine is one
+    # shard in one process (pipelines/store.py EdgeStore), so there they are ignored.
+    shard_number: int | None = Field(
+        default=None,
+        ge=1,
+        description="Server mode: shards per collection ragops creates; shards spread a collection over the "
+        "cluster's nodes (more nodes share the data and the search work). Unset: Qdrant's default (one per node "
+        "present at creation in a cluster, 1 on a single node). Fixed at creation. Ignored by the embedded engine.",
+    )
+    replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="Server mode: copies of every shard on distinct nodes, so reads and writes go on when a node "
+        "fails (2 survives one node). Unset: the cluster's storage.collection.replication_factor. Meaningful in a "
+        "cluster only; ignored by the embedded engine.",
+    )
+    write_consistency_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="Server mode: replicas of a shard that must apply a write before it succeeds (at most "
+        "replication_factor; higher is stricter but fails writes while a replica is down). Unset: the cluster's "
+        "default (1). Ignored by the embedded engine.",
+    )
+
+    @model_validator(mode="after")
+    def _writes_can_succeed(self) -> QdrantSettings:
+        # More acknowledgements than copies: Qdrant accepts the collection, then every write to it fails.
+        rf, wcf = self.replication_factor, self.write_consistency_factor
+        if rf is not None and wcf is not None and wcf > rf:
+            raise ValueError(
+                f"qdrant.write_consistency_factor ({wcf}) exceeds qdrant.replication_factor ({rf}): "
+                "no write could gather that many replicas"
+            )
+        return self
 
 
 class MlflowSettings(BaseModel):

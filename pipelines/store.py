@@ -149,6 +149,17 @@ class StoreSchema:
     integer_keys: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class Placement:
+    """How a server or cluster lays a new collection out: shards over nodes, copies of each shard, and how many
+    copies acknowledge a write. None leaves the choice to Qdrant's defaults. Only :class:`ClientStore` takes it: the
+    embedded engine is one shard in one process, so there is nothing to place."""
+
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+
+
 class PointStore(Protocol):
     """What ragops needs of a vector store; :class:`EdgeStore` and :class:`ClientStore` implement it."""
 
@@ -493,14 +504,27 @@ class ClientStore:
         self.dim = dim
 
     @classmethod
-    def create(cls, client: QdrantClient, collection: str, schema: StoreSchema) -> ClientStore:
-        """Create the collection with ragops' named vectors and payload indexes."""
+    def create(
+        cls, client: QdrantClient, collection: str, schema: StoreSchema, *, placement: Placement | None = None
+    ) -> ClientStore:
+        """Create the collection with ragops' named vectors and payload indexes.
+
+        Args:
+            client: A server or cluster client (qdrant-client's local mode accepts and ignores ``placement``).
+            collection: The collection to create.
+            schema: Dense dimension and payload keys to index.
+            placement: Shards and replication; fixed at creation (default: Qdrant's).
+        """
         from qdrant_client import models
 
+        placement = placement or Placement()
         client.create_collection(
             collection,
             vectors_config={DENSE_VECTOR: models.VectorParams(size=schema.dim, distance=models.Distance.COSINE)},
             sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            shard_number=placement.shard_number,
+            replication_factor=placement.replication_factor,
+            write_consistency_factor=placement.write_consistency_factor,
         )
         client.create_payload_index(
             collection,

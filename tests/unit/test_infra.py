@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from evaluation.settings import EvalSettings, MonitorSettings
 from flows.settings import Settings
 from pipelines.env import OFFLINE_ENV
+from pipelines.settings import QdrantSettings
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -945,6 +946,45 @@ def test_compose_qdrant_is_a_replicated_cluster() -> None:
     assert env_url.hostname in nodes
 
 
+def assert_placement_fits_the_cluster(
+    env: Mapping[str, str], defaults: Mapping[str, Any], nodes: int, where: str
+) -> None:
+    """ragops' placement settings build, agree with the cluster's own collection defaults and fit its node count."""
+    keys = ("shard_number", "replication_factor", "write_consistency_factor")
+    raw = {key: env.get(f"RAGOPS_QDRANT__{key.upper()}") for key in keys}
+    assert all(raw.values()), f"{where}: a cluster is configured but ragops leaves {raw} to Qdrant"
+    placement = QdrantSettings.model_validate(raw)  # the same validation the processes apply
+    assert placement.replication_factor == int(defaults["replication_factor"]), f"{where}: replication factor"
+    assert placement.write_consistency_factor == int(defaults["write_consistency_factor"]), f"{where}: consistency"
+    assert placement.replication_factor is not None and 2 <= placement.replication_factor <= nodes, where
+    assert placement.shard_number is not None and placement.shard_number % nodes == 0, f"{where}: uneven shards"
+
+
+def test_compose_ragops_creates_collections_as_the_cluster_is_configured() -> None:
+    nodes = qdrant_services()
+    for name, svc in nodes.items():
+        node_env = service_env(svc)
+        defaults = {
+            key: node_env[f"QDRANT__STORAGE__COLLECTION__{key.upper()}"]
+            for key in ("replication_factor", "write_consistency_factor")
+        }
+        for ragops_name, ragops_svc in ragops_services().items():
+            env = service_env(ragops_svc)
+            if "RAGOPS_QDRANT__URL" in env:
+                assert_placement_fits_the_cluster(env, defaults, len(nodes), f"{ragops_name} vs {name}")
+
+
+def test_k8s_ragops_creates_collections_as_the_cluster_is_configured() -> None:
+    values = yaml.safe_load(QDRANT_VALUES.read_text())
+    defaults = values["config"]["storage"]["collection"]
+    for workload in workloads():
+        for container in containers(workload):
+            env = container_env(container)
+            if "RAGOPS_QDRANT__URL" in env:
+                where = workload["metadata"]["name"]
+                assert_placement_fits_the_cluster(env, defaults, values["replicaCount"], where)
+
+
 def test_qdrant_image_matches_the_client() -> None:
     client = pyproject_pin("qdrant-client").split(".")[:2]
     compose_tag = services()["qdrant"]["image"].split(":")[1]
@@ -1123,6 +1163,48 @@ def test_k8s_api_is_replicated_with_readiness_and_liveness() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container_env(container)["RAGOPS_SERVICE__HOST"] == "0.0.0.0"
+
+
+def test_k8s_api_replicas_share_their_state() -> None:
+    """As in compose: the request store and API keys in one database every replica reaches (URLs from the Secret),
+    and one server secret, mounted from the Secret at the path the security settings read, never generated per pod
+    on its emptyDir. The worker's flows read the same request store."""
+    from rag.security.settings import SecuritySettings
+
+    api = k8s_object("Deployment", "api")
+    pod = api["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    items = {item["name"]: item for item in container.get("env", [])}
+    assert {"RAGOPS_STORE__URL", "RAGOPS_SECURITY__DB_URL", "RAGOPS_SECURITY__SECRET_FILE"} <= settings_env_names()
+    secret = k8s_object("Secret", "ragops-secrets")["stringData"]
+    refs = {}
+    for key in ("RAGOPS_STORE__URL", "RAGOPS_SECURITY__DB_URL"):
+        assert key in items, f"api: no {key}: each replica would keep its own SQLite under /data"
+        ref = items[key].get("valueFrom", {}).get("secretKeyRef")
+        assert ref, f"api: {key} holds a password, it must come from a Secret"
+        assert not ref.get("optional"), f"api: without {key} a replica silently falls back to its own SQLite"
+        assert ref["key"] in k8s_object("Secret", ref["name"])["stringData"], f"api: {key} from a missing key"
+        refs[key] = (ref["name"], ref["key"])
+
+    home = Path(container_env(container)["RAGOPS_HOME"])
+    secret_file = SecuritySettings(secret_file=items["RAGOPS_SECURITY__SECRET_FILE"]["value"]).resolve_secret_file(home)
+    mounts = [m for m in container["volumeMounts"] if secret_file.is_relative_to(m["mountPath"])]
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))  # the innermost mount holds the file
+    assert mount.get("readOnly") is True, "the server secret is read, never (re)created, by a replica"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "secret" in volume, f"{secret_file} is on {volume}: each replica would create its own server secret"
+    source = volume["secret"]
+    assert source["secretName"] == "ragops-secrets" and not source.get("optional")
+    paths = {item["path"]: item["key"] for item in source["items"]}
+    relative = str(secret_file.relative_to(mount["mountPath"]))
+    assert relative in paths, f"{secret_file}: the secret volume has no item at {relative}"
+    assert paths[relative] in secret, f"ragops-secrets has no key {paths[relative]}"
+
+    (worker,) = k8s_object("Deployment", "worker")["spec"]["template"]["spec"]["containers"]
+    worker_ref = next(i for i in worker["env"] if i["name"] == "RAGOPS_STORE__URL")["valueFrom"]["secretKeyRef"]
+    assert (worker_ref["name"], worker_ref["key"]) == refs["RAGOPS_STORE__URL"], (
+        "the monitor flow reads the api's records"
+    )
 
 
 def test_k8s_worker_is_a_single_replica_that_never_overlaps() -> None:
