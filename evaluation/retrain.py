@@ -225,9 +225,13 @@ def synthetic_source(
         progress=(lambda n: progress.advance("questions", n)) if llm is not None else None,
     )
     generated = syn.counts(candidates)
-    progress.start("round-trip", len(candidates))
     kept, rankings = syn.filtered(
-        candidates, miner, spec, dropped, progress=lambda n: progress.advance("round-trip", n)
+        candidates,
+        miner,
+        spec,
+        dropped,
+        on_total=lambda n: progress.start("round-trip", n),
+        progress=lambda n: progress.advance("round-trip", n),
     )
     mined, refused = syn.with_negatives(
         kept, rankings, miner, negatives=ft.hard_negatives, skip=ft.mine_skip, margin=spec.negative_margin

@@ -76,9 +76,11 @@ class SyntheticSettings(BaseModel):
     """
 
     questions: Literal["local", "endpoint", "off"] = Field(
-        default="local",
+        default="off",
         description="Who writes LLM questions: local = the bundled SmolLM2-135M in process (batched); endpoint = "
-        "an OpenAI-compatible server (endpoint_url/endpoint_model: `ragops server llm`, vLLM, a hosted model); off.",
+        "an OpenAI-compatible server (endpoint_url/endpoint_model: `ragops server llm`, vLLM, a hosted model); off. "
+        "Off by default: measured on SciFact's train split, 200 SmolLM2 questions (143 kept by the filters) cut the "
+        "dense gain of the title and sentence pairs from +0.011 to +0.004 nDCG@10; a stronger model is worth trying.",
     )
     llm_chunks: int = Field(
         default=200,

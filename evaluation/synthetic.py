@@ -594,14 +594,20 @@ def filtered(
     settings: SyntheticSettings,
     dropped: Counter[str],
     *,
+    on_total: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[Candidate], list[list[str]]]:
-    """The candidates every filter kept, with the champion's ranking of each (for mining)."""
+    """The candidates every filter kept, with the champion's ranking of each (for mining).
+
+    ``on_total`` is told how many queries the round trip searches (after the cheaper filters), ``progress`` how
+    many it has searched."""
     shaped = by_form(candidates, dropped, min_words=settings.min_words, max_words=settings.max_words)
     if not shaped:
         return [], []
     vectors = champion.encode([c.query for c in shaped])
     unique = [shaped[i] for i in distinct(shaped, vectors, dropped, cosine=settings.near_duplicate_cosine)]
+    if on_total:
+        on_total(len(unique))
     rankings = champion.ranked([c.query for c in unique], progress=progress)
     kept = round_trip(unique, rankings, dropped, k=settings.round_trip_k)
     return [unique[i] for i in kept], [rankings[i] for i in kept]
