@@ -16,9 +16,9 @@ Targets on SciFact: ``ndcg10_dense_after >= 0.70``, ``ndcg10_hybrid_after >= 0.7
 2 cores, and ``promoted``.
 
 ``--no-labels`` runs the same cycle as a team with no labelled questions would: the train split is ignored and the
-training set is synthetic (LLM questions from the bundled SmolLM2 plus title and sentence pairs, filtered; see
-:mod:`evaluation.synthetic`). Its targets: dense nDCG@10 up by at least 0.01, hybrid not lower, ``promoted``, and
-``cycle_seconds <= 1200``.
+training set is synthetic: title and sentence pairs filtered by the round trip through the champion (LLM
+questions are off by default, and the benchmark measures the defaults; see :mod:`evaluation.synthetic`). Its
+targets: dense nDCG@10 up by at least 0.01, hybrid not lower, ``promoted``, and ``cycle_seconds <= 1200``.
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ def synthetic_source(
         progress=(lambda n: progress.advance("questions", n)) if llm is not None else None,
     )
     generated = syn.counts(candidates)
-    kept, rankings = syn.filtered(
+    kept, rankings, vectors = syn.filtered(
         candidates,
         miner,
         spec,
@@ -233,10 +233,16 @@ def synthetic_source(
         on_total=lambda n: progress.start("round-trip", n),
         progress=lambda n: progress.advance("round-trip", n),
     )
+    cap = ft.synthetic_max_pairs  # capped before mining: negatives are not mined for pairs that are cut
     mined, refused = syn.with_negatives(
-        kept, rankings, miner, negatives=ft.hard_negatives, skip=ft.mine_skip, margin=spec.negative_margin
+        kept[:cap],
+        rankings[:cap],
+        vectors[:cap],
+        miner,
+        negatives=ft.hard_negatives,
+        skip=ft.mine_skip,
+        margin=spec.negative_margin,
     )
-    mined = mined[: ft.synthetic_max_pairs]
     if refused:
         dropped["synthetic negative: scored like the positive (likely false negative)"] += refused
     pairs = [
@@ -255,7 +261,7 @@ def synthetic_source(
         kept=syn.counts(m.candidate for m in mined),
         model=generation.model if generation else None,
         llm_seconds=generation.seconds if generation else 0.0,
-        shots=syn.few_shots(chunks, count=spec.shots, seed=ft.seed) if llm is not None else (),
+        shots=generation.shots if generation else (),
         examples=syn.examples([m.candidate for m in mined]),
         false_negatives=refused,
     )

@@ -90,12 +90,14 @@ class Shot:
 
 @dataclass(frozen=True)
 class Generation:
-    """What the generator produced: the candidates, how many it asked for, and how long it took."""
+    """What the generator produced: the candidates, how many it asked for, how long it took, and the prompt's
+    examples."""
 
     candidates: tuple[Candidate, ...]
     asked: int
     seconds: float
     model: str
+    shots: tuple[Shot, ...] = ()
 
 
 class QuestionLlm(Protocol):
@@ -354,7 +356,7 @@ def llm_candidates(
         seconds,
         len(examples),
     )
-    return Generation(tuple(candidates), len(picked), seconds, llm.name)
+    return Generation(tuple(candidates), len(picked), seconds, llm.name, examples)
 
 
 def heuristic_candidates(
@@ -495,8 +497,14 @@ class ChampionView(Protocol):
         """Unit embeddings, row for row."""
         ...
 
-    def ranked(self, queries: Sequence[str], *, progress: Callable[[int], None] | None = None) -> list[list[str]]:
-        """Chunk ids the champion ranks for each query, best first."""
+    def ranked(
+        self,
+        queries: Sequence[str],
+        *,
+        vectors: np.ndarray | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[str]]:
+        """Chunk ids the champion ranks for each query, best first (``vectors``: the queries' embeddings, if known)."""
         ...
 
     def chunk(self, chunk_id: str) -> StoredChunk:
@@ -519,6 +527,7 @@ class Mined:
 def with_negatives(
     kept: Sequence[Candidate],
     rankings: Sequence[Sequence[str]],
+    queries: np.ndarray,
     champion: ChampionView,
     *,
     negatives: int,
@@ -527,8 +536,9 @@ def with_negatives(
 ) -> tuple[list[Mined], int]:
     """Hard negatives per candidate from the champion's ranking (ranks ``skip`` on, other documents), without the
     ones the champion scores within ``margin`` of the positive: those are as likely relevant as the positive, and
-    teaching them as wrong is what GPL's margin labels avoid. Returns the mined pairs and how many negatives the
-    guard refused."""
+    teaching them as wrong is what GPL's margin labels avoid. ``queries`` are the champion's embeddings of the
+    candidates' queries, row for row (:func:`filtered` returns them). Returns the mined pairs and how many negatives
+    the guard refused."""
     import numpy as np
 
     if negatives == 0 or not kept:
@@ -537,11 +547,11 @@ def with_negatives(
     for candidate, ranking in zip(kept, rankings, strict=True):
         others = [cid for cid in ranking[skip:] if champion.chunk(cid).doc_id != candidate.chunk.doc_id]
         options.append(others[: negatives + 1])
-    queries = champion.encode([c.query for c in kept])
     positives = champion.encode([c.passage for c in kept])
     flat = sorted({cid for ids in options for cid in ids})
     where = {cid: i for i, cid in enumerate(flat)}
-    vectors = champion.encode([champion.text(champion.chunk(cid)) for cid in flat]) if flat else np.empty((0, 1))
+    texts = [champion.text(champion.chunk(cid)) for cid in flat]
+    vectors = champion.encode(texts) if flat else np.empty((0, 1))
     out: list[Mined] = []
     refused = 0
     for i, (candidate, ids) in enumerate(zip(kept, options, strict=True)):
@@ -553,7 +563,7 @@ def with_negatives(
             if float(queries[i] @ vectors[where[cid]]) > positive - margin:
                 refused += 1
                 continue
-            chosen.append(champion.text(champion.chunk(cid)))
+            chosen.append(texts[where[cid]])
         out.append(Mined(candidate, tuple(chosen)))
     return out, refused
 
@@ -596,21 +606,22 @@ def filtered(
     *,
     on_total: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[list[Candidate], list[list[str]]]:
-    """The candidates every filter kept, with the champion's ranking of each (for mining).
+) -> tuple[list[Candidate], list[list[str]], np.ndarray]:
+    """The candidates every filter kept, with the champion's ranking and embedding of each query (for mining).
 
     ``on_total`` is told how many queries the round trip searches (after the cheaper filters), ``progress`` how
     many it has searched."""
     shaped = by_form(candidates, dropped, min_words=settings.min_words, max_words=settings.max_words)
-    if not shaped:
-        return [], []
     vectors = champion.encode([c.query for c in shaped])
-    unique = [shaped[i] for i in distinct(shaped, vectors, dropped, cosine=settings.near_duplicate_cosine)]
+    if not shaped:
+        return [], [], vectors
+    rows = distinct(shaped, vectors, dropped, cosine=settings.near_duplicate_cosine)
+    unique, vectors = [shaped[i] for i in rows], vectors[rows]
     if on_total:
         on_total(len(unique))
-    rankings = champion.ranked([c.query for c in unique], progress=progress)
+    rankings = champion.ranked([c.query for c in unique], vectors=vectors, progress=progress)
     kept = round_trip(unique, rankings, dropped, k=settings.round_trip_k)
-    return [unique[i] for i in kept], [rankings[i] for i in kept]
+    return [unique[i] for i in kept], [rankings[i] for i in kept], vectors[kept]
 
 
 def counts(candidates: Iterable[Candidate]) -> dict[str, int]:

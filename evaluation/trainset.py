@@ -282,14 +282,21 @@ class PairMiner:
         """The champion's unit embeddings of ``texts``, row for row."""
         return self._engine.embedder.encode(list(texts))
 
-    def ranked(self, queries: Sequence[str], *, progress: Callable[[int], None] | None = None) -> list[list[str]]:
-        """Chunk ids the champion ranks for each query, best first (``depth`` deep)."""
+    def ranked(
+        self,
+        queries: Sequence[str],
+        *,
+        vectors: np.ndarray | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[str]]:
+        """Chunk ids the champion ranks for each query, best first (``depth`` deep); ``vectors``: the queries'
+        embeddings when the caller has them already, else they are encoded here."""
         out: list[list[str]] = []
         retriever = self._engine.retriever
         for start in range(0, len(queries), 64):
             batch = list(queries[start : start + 64])
-            vectors = self._engine.embedder.encode(batch)
-            for query, vector in zip(batch, vectors, strict=True):
+            batch_vectors = self._engine.embedder.encode(batch) if vectors is None else vectors[start : start + 64]
+            for query, vector in zip(batch, batch_vectors, strict=True):
                 out.append([c.chunk_id for c in retriever.search(query, vector, top_k=self._depth)])
             if progress:
                 progress(len(batch))

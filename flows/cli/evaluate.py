@@ -129,8 +129,9 @@ def finetune(
         bool,
         typer.Option(
             "--no-labels",
-            help="Ignore labelled data, as a team with none would: train on feedback and synthetic pairs (LLM "
-            "questions and title/sentence pairs kept by the round-trip filter; RAGOPS_FINETUNE__SYNTHETIC__*).",
+            help="Ignore labelled data, as a team with none would: train on feedback and synthetic pairs (title and "
+            "sentence pairs kept by the round-trip filter, plus LLM questions when "
+            "RAGOPS_FINETUNE__SYNTHETIC__QUESTIONS is local or endpoint).",
         ),
     ] = False,
     as_json: JsonOpt = False,

@@ -147,7 +147,14 @@ class Champion:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return np.array([self.vectors.get(t, (0.0, 1.0)) for t in texts], dtype=np.float32)
 
-    def ranked(self, queries: Sequence[str], *, progress: Callable[[int], None] | None = None) -> list[list[str]]:
+    def ranked(
+        self,
+        queries: Sequence[str],
+        *,
+        vectors: np.ndarray | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[str]]:
+        assert vectors is None or len(vectors) == len(queries)
         return [self.rankings.get(q, []) for q in queries]
 
     def chunk(self, chunk_id: str) -> StoredChunk:
@@ -171,10 +178,11 @@ def test_mining_skips_own_document_and_negatives_that_score_like_the_positive() 
         {},
     )
     ranking = ["volcano-0", volcano_lake.chunk_id, "bakery-0", "notitle-0"]
-    mined, refused = with_negatives([candidate], [ranking], champion, negatives=1, skip=1, margin=0.05)
+    queries = champion.encode([query])
+    mined, refused = with_negatives([candidate], [ranking], queries, champion, negatives=1, skip=1, margin=0.05)
     assert refused == 1
     assert mined[0].negatives == (_embed_text(CHUNKS[3]),)  # not its own document's chunk, not the false negative
-    none, _ = with_negatives([candidate], [ranking], champion, negatives=0, skip=1, margin=0.05)
+    none, _ = with_negatives([candidate], [ranking], queries, champion, negatives=0, skip=1, margin=0.05)
     assert none[0].negatives == ()
 
 
@@ -186,8 +194,9 @@ def test_filters_in_order_count_every_drop() -> None:
     )
     candidates = [_candidate(good), _candidate(generic), _candidate(far, CHUNKS[2], "title")]
     dropped: Counter[str] = Counter()
-    kept, rankings = filtered(candidates, champion, SyntheticSettings(round_trip_k=3), dropped)
+    kept, rankings, vectors = filtered(candidates, champion, SyntheticSettings(round_trip_k=3), dropped)
     assert [c.query for c in kept] == [good] and rankings == [["volcano-0"]]
+    assert vectors.tolist() == [[1.0, 0.0]]  # the kept query's embedding, for mining
     assert dropped == Counter(
         {
             "synthetic llm: generic (about the text, not its content)": 1,
