@@ -9,6 +9,7 @@ RagError
  ├── Overloaded                 past capacity (admission queue full): 503 with Retry-After
  ├── CircuitOpen                a dependency's circuit breaker is open: 503 with Retry-After
  ├── StoreError                 the request store cannot be opened or migrated (bad URL, newer schema)
+ ├── StoreUnavailable           the request store's database is down for now: 503 with Retry-After
  ├── GuardrailError             a guardrail cannot be built or run as configured
  │    └── GuardrailModelMismatch  the injection classifier was trained on another embedder
  └── BadQuery (ValueError)      the caller's fault: empty or oversized question, unknown filter key, bad top_k
@@ -80,6 +81,15 @@ class BudgetExceeded(RateLimited):
         RagError.__init__(self, f"budget {budget} exceeded; it resets at {reset_at}")
         self.limit = budget
         self.reset_at = reset_at
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(RagError):
+    """The request store's database does not answer right now (a restart, a network blip): the service answers 503
+    with ``Retry-After``; nothing was stored, so the caller's retry loses nothing."""
+
+    def __init__(self, message: str, retry_after_s: float = 2.0) -> None:
+        super().__init__(message)
         self.retry_after_s = retry_after_s
 
 

@@ -48,6 +48,7 @@ def serve(
     from rag.service.app import create_app
 
     settings = build_settings(verbose)
+    registry_fail_fast()
     bind_host = host or settings.service.host
     bind_port = port or settings.service.port
     try:
@@ -88,6 +89,16 @@ def serve(
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,
     )
+
+
+def registry_fail_fast() -> None:
+    """The service polls the registry in the background and keeps serving when it is down; MLflow's client would
+    retry a refused connection for minutes (7 retries with backoff), hiding the outage from ``degraded``. One retry
+    and a 5 s timeout, unless the user set MLflow's own variables (workers inherit them)."""
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 
 @app.command()

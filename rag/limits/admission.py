@@ -3,6 +3,13 @@
 Why: past the machine's capacity, queueing more work only makes every request slower until all of them time out.
 Bounding both the concurrency and the queue keeps the latency of admitted requests bounded and sheds the rest at
 once with an honest retry-after estimate (503 + ``Retry-After``), which clients and load balancers act on.
+
+The queue's wait bound adapts, as CoDel does for packets (Nichols and Jacobson, "Controlling Queue Delay", 2012) and
+as Facebook's RPC servers do for requests ("Fail at Scale", 2015): a queue that empties now and then is absorbing a
+burst, and a waiter may wait up to ``queue_timeout_s``; a queue that has not emptied for ``overload_interval_s`` is a
+standing queue (sustained overload), where waiting only adds latency to every admitted request, so a waiter is shed
+once it has waited ``overload_wait_s``. The admitted requests' latency then stays near its unloaded value while the
+excess is refused cheaply.
 """
 
 from __future__ import annotations
@@ -42,17 +49,33 @@ class AdmissionController:
     ``queue_timeout_s``; its ``retry_after_s`` estimates when a slot frees (queue length x mean service time).
     """
 
-    def __init__(self, max_concurrency: int, max_queue: int, queue_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        max_concurrency: int,
+        max_queue: int,
+        queue_timeout_s: float = 5.0,
+        *,
+        overload_wait_s: float | None = None,
+        overload_interval_s: float = 0.1,
+    ) -> None:
         if max_concurrency < 1 or max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
+        self.overload_wait_s = queue_timeout_s if overload_wait_s is None else min(overload_wait_s, queue_timeout_s)
+        self.overload_interval_s = overload_interval_s
+        self._queued_since: float | None = None  # when the queue last went from empty to non-empty
         self._slots = asyncio.Semaphore(max_concurrency)
         self._active = 0
         self._waiting = 0
         self._shed = 0
         self._mean_service_s = 0.1  # exponentially weighted; the first requests refine it
+
+    def overloaded(self, now: float | None = None) -> bool:
+        """A standing queue: requests have been waiting without a break for ``overload_interval_s`` or longer."""
+        since = self._queued_since
+        return since is not None and (time.monotonic() if now is None else now) - since >= self.overload_interval_s
 
     def stats(self) -> AdmissionStats:
         """Current occupancy and the count of shed requests."""
@@ -71,19 +94,31 @@ class AdmissionController:
         )
         return Overloaded(f"server overloaded ({why}); retry in {retry:.0f} s", retry)
 
+    async def _wait_for_slot(self) -> None:
+        """Wait for a slot: up to ``queue_timeout_s`` behind a draining queue, ``overload_wait_s`` behind a standing
+        one (the bound is fixed on arrival, so the queue stays first come, first served)."""
+        bound = self.overload_wait_s if self.overloaded() else self.queue_timeout_s
+        try:
+            await asyncio.wait_for(self._slots.acquire(), bound)
+        except TimeoutError:
+            why = "standing queue" if bound < self.queue_timeout_s else "queue"
+            raise self._reject(f"no slot within {bound:.3g} s behind the {why}") from None
+
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold a slot for the duration of the block, or raise :class:`Overloaded` without running it."""
         if self._slots.locked() or self._waiting:  # no free slot (or others wait first): join the queue, if room
             if self._waiting >= self.max_queue:
                 raise self._reject("queue full")
+            if not self._waiting:
+                self._queued_since = time.monotonic()
             self._waiting += 1
             try:
-                await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
-            except TimeoutError:
-                raise self._reject(f"no slot within {self.queue_timeout_s:.1f} s") from None
+                await self._wait_for_slot()
             finally:
                 self._waiting -= 1
+                if not self._waiting:
+                    self._queued_since = None
         else:
             await self._slots.acquire()
         self._active += 1

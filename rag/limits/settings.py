@@ -32,9 +32,27 @@ class LimitsSettings(BaseModel):
         default=5.0, gt=0, description="While Redis is down, how often to try it again (limits stay per worker)."
     )
     redis_timeout_s: float = Field(default=0.25, gt=0, description="Connect and read timeout of the Redis storage.")
-    max_concurrency: int = Field(default=16, ge=1, description="Requests processed at once per worker.")
+    max_concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="Requests processed at once per worker. Retrieval and the extractive answer are CPU-bound: past "
+        "about two per core, more in flight only lengthens each (bench/load.py). Raise it for stacks whose requests "
+        "mostly wait on a remote LLM.",
+    )
     max_queue: int = Field(default=64, ge=0, description="Requests waiting for a slot; past it, shed with 503.")
-    queue_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for a slot before shedding.")
+    queue_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait for a slot behind a queue that drains (a burst) before shedding."
+    )
+    overload_wait_s: float = Field(
+        default=0.025,
+        gt=0,
+        description="Longest wait for a slot behind a standing queue (one that has not emptied for "
+        "overload_interval_s: sustained overload), before shedding with 503 and Retry-After; keeps the latency of "
+        "admitted requests near its unloaded value (CoDel's rule).",
+    )
+    overload_interval_s: float = Field(
+        default=0.1, gt=0, description="How long the queue must stay non-empty to count as standing."
+    )
     breaker_failures: int = Field(default=5, ge=1, description="Consecutive failures that open a circuit breaker.")
     breaker_reset_s: float = Field(default=30.0, gt=0, description="How long an open breaker refuses calls.")
     key_daily_tokens: int | None = Field(default=None, ge=1, description="Tokens per API key per UTC day.")

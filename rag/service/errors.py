@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag.errors import (
@@ -27,6 +28,7 @@ from rag.errors import (
     RetrievalError,
     StackError,
     StackNotFound,
+    StoreUnavailable,
 )
 from rag.feedback import UnknownRequest
 from rag.security.errors import AuthenticationFailed, PermissionDenied
@@ -49,6 +51,10 @@ ERROR_MAP: tuple[tuple[type[Exception], int, str, str], ...] = (
     (RateLimited, 429, "rate_limit_exceeded", "rate_limited"),
     (Overloaded, 503, "service_unavailable", "overloaded"),
     (CircuitOpen, 503, "service_unavailable", "dependency_unavailable"),
+    (StoreUnavailable, 503, "service_unavailable", "store_unavailable"),
+    # a database (request store, feedback store, keys) that does not answer: worth retrying, not a server bug
+    (OperationalError, 503, "service_unavailable", "store_unavailable"),
+    (InterfaceError, 503, "service_unavailable", "store_unavailable"),
 )
 
 
@@ -73,8 +79,14 @@ def error_response(status: int, message: str, kind: str, code: str | None = None
 def _library_error_handler(
     status: int, kind: str, code: str
 ) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-    async def handle(_: Request, exc: Exception) -> JSONResponse:
-        response = error_response(status, str(exc), kind, code)
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        message = str(exc)
+        if isinstance(exc, OperationalError | InterfaceError):  # the driver's text names hosts and SQL: log it only
+            logger.warning(
+                "database unavailable", extra={"path": request.url.path, "error": str(exc.orig).splitlines()[0]}
+            )
+            message = "a database of the service is unavailable right now; retry shortly"
+        response = error_response(status, message, kind, code)
         retry_after = getattr(exc, "retry_after_s", None)  # load control's errors say when to come back
         if not isinstance(retry_after, int | float) and status == 503:
             retry_after = DEFAULT_RETRY_AFTER_S  # a dependency down: worth retrying, soon

@@ -77,7 +77,13 @@ class QueryService:
         self.limiter = RateLimiter(limits)
         on_soft = (lambda budget, _: metrics.budget_soft_limit(budget.name)) if metrics is not None else None
         self.budgets = BudgetLedger(settings.store.resolve_url(settings.home), limits, on_soft=on_soft)
-        self.admission = AdmissionController(limits.max_concurrency, limits.max_queue, limits.queue_timeout_s)
+        self.admission = AdmissionController(
+            limits.max_concurrency,
+            limits.max_queue,
+            limits.queue_timeout_s,
+            overload_wait_s=limits.overload_wait_s,
+            overload_interval_s=limits.overload_interval_s,
+        )
         self.index_breaker = CircuitBreaker("qdrant", limits.breaker_failures, limits.breaker_reset_s)
 
     def _chain_and_recorder(self, served: Served) -> tuple[Chain, StoreRecorder]:

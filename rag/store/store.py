@@ -33,9 +33,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, case, create_engine, event, func, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
-from rag.errors import BadQuery, StoreError
+from rag.errors import BadQuery, StoreError, StoreUnavailable
 from rag.feedback import Rating, UnknownRequest, clean_comment, normalise_rating
 from rag.review import ReviewItem, ReviewLabel
 from rag.store import ledger, review
@@ -56,7 +56,8 @@ PURGE_INTERVAL_S = 3600.0
 """How often the writer applies the retention setting by itself."""
 
 _STOP = object()
-_RETRIES = 3
+OUTAGE_WAIT_S = 120.0
+"""How long the writer waits for a database that does not answer before it gives a batch up (and counts it)."""
 
 
 class RequestStore:
@@ -101,8 +102,14 @@ class RequestStore:
         self._queued = self._written = self._dropped = self._failed = 0
         self._closed = False
         self._last_purge: float | None = None
+        self._outage_since: float | None = None  # set while the writer waits for the database
         self._writer = threading.Thread(target=self._write_loop, name="ragops-request-store", daemon=True)
         self._writer.start()
+
+    @property
+    def unavailable_since(self) -> float | None:
+        """When the writer last found the database not answering (monotonic seconds); None while it answers."""
+        return self._outage_since
 
     @property
     def url(self) -> str:
@@ -164,6 +171,8 @@ class RequestStore:
         with self._lock:
             waiting = request_id in self._pending
         if waiting:
+            if self._outage_since is not None:  # the writer is waiting for the database: so would this flush
+                raise StoreUnavailable("the request store's database is unavailable; retry shortly")
             self.flush()
         with self._engine.begin() as db:
             previous = db.execute(
@@ -264,6 +273,8 @@ class RequestStore:
         with self._lock:
             waiting = request_id in self._pending
         if waiting:
+            if self._outage_since is not None:  # the writer is waiting for the database: so would this flush
+                raise StoreUnavailable("the request store's database is unavailable; retry shortly")
             self.flush()
         if self.get(request_id) is None:
             raise UnknownRequest(f"the request store has no record of request {request_id!r}")
@@ -447,19 +458,46 @@ class RequestStore:
                 self._pending.pop(r.request_id, None)
 
     def _insert_rows(self, rows: list[dict[str, Any]]) -> int:
-        """Insert ``rows`` in one transaction, retrying a busy database; returns how many were written."""
+        """Insert ``rows`` in one transaction; returns how many were written.
+
+        A database that does not answer (a restart, a network blip) is waited for, with backoff, up to
+        ``OUTAGE_WAIT_S``: the queue holds what arrives meanwhile (bounded; past it records are dropped and
+        counted), so a restart loses nothing. A batch the database refuses (a duplicate id, text the driver cannot
+        encode) is not retried; its rows are tried one by one."""
         error: Exception | None = None
-        for attempt in range(1, _RETRIES + 1):
+        attempt = 0
+        # a database server can be down for a while; SQLite is only ever busy (or broken: no use waiting long)
+        patience = OUTAGE_WAIT_S if self._engine.dialect.name != "sqlite" and not self._closed else 1.2
+        deadline = time.monotonic() + patience
+        while True:
+            attempt += 1
             try:
                 with self._engine.begin() as db:
                     db.execute(requests.insert(), rows)
+                if self._outage_since is not None:
+                    logger.info(
+                        "request store database back",
+                        extra={"outage_s": round(time.monotonic() - self._outage_since, 1), "records": len(rows)},
+                    )
+                    self._outage_since = None
                 return len(rows)
             except (IntegrityError, ValueError) as exc:  # a duplicate id, text the driver cannot encode: retrying
                 error = exc  # the batch cannot help
                 break
-            except SQLAlchemyError as exc:
+            except (OperationalError, InterfaceError) as exc:  # not answering, or busy
                 error = exc
-                time.sleep(0.2 * attempt)
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    logger.warning(
+                        "request store database unavailable; holding records until it answers",
+                        extra={"records": len(rows), "error": str(exc).splitlines()[0]},
+                    )
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(min(0.1 * 2 ** (attempt - 1), 0.5))  # short: the queue waits behind this batch
+            except SQLAlchemyError as exc:  # anything else will not get better by waiting
+                error = exc
+                break
         if isinstance(error, IntegrityError | ValueError) and len(rows) > 1:
             # One bad row must not take its batch with it: write the others one by one.
             return sum(self._insert_rows([row]) for row in rows)

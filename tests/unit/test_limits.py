@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -79,6 +80,45 @@ def test_admission_sheds_a_waiter_that_gets_no_slot_in_time() -> None:
             pass
 
     asyncio.run(scenario())
+
+
+def test_a_standing_queue_sheds_waiters_early_while_a_burst_may_wait() -> None:
+    """CoDel's rule: behind a queue that drains, a waiter may wait up to queue_timeout_s; once the queue has stood
+    for overload_interval_s, a newcomer is shed after overload_wait_s, so admitted requests stay fast."""
+
+    async def scenario() -> tuple[float, float]:
+        controller = AdmissionController(
+            max_concurrency=1, max_queue=10, queue_timeout_s=5.0, overload_wait_s=0.05, overload_interval_s=0.2
+        )
+        hold = asyncio.Event()
+
+        async def holder() -> None:
+            async with controller.slot():
+                await hold.wait()
+
+        async def waiter() -> float:
+            started = time.monotonic()
+            try:
+                async with controller.slot():
+                    return -1.0
+            except Overloaded:
+                return time.monotonic() - started
+
+        first = asyncio.create_task(holder())
+        await asyncio.sleep(0.01)
+        burst = asyncio.create_task(waiter())  # the queue is new: it may wait its 5 s
+        await asyncio.sleep(0.3)  # the queue has now stood for longer than overload_interval_s
+        assert controller.overloaded()
+        standing = await waiter()
+        hold.set()  # the burst's waiter gets the slot
+        burst_outcome = await burst
+        await first
+        assert not controller.overloaded() and controller.stats().waiting == 0
+        return standing, burst_outcome
+
+    standing, burst = asyncio.run(scenario())
+    assert 0.04 <= standing < 1.0, standing  # shed after about overload_wait_s, not queue_timeout_s
+    assert burst == -1.0  # admitted once the slot freed: the burst was not shed
 
 
 def test_breaker_opens_refuses_and_closes_after_a_good_trial(caplog: pytest.LogCaptureFixture) -> None:

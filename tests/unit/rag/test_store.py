@@ -404,3 +404,37 @@ def test_the_spend_ledger_groups_by_tenant_key_and_stack_and_by_day(store: Reque
     daily = {(d.tenant, d.day - 20_000): (d.requests, round(d.cost_usd, 6)) for d in store.daily_spend(*window)}
     # 86,399.5 s is still the first day, 86,400 s the second: the boundary floors on either database
     assert daily == {("acme", 0): (2, 0.75), ("beta", 1): (1, 1.0), ("(none)", 1): (1, 0.0)}
+
+
+def test_a_postgresql_restart_loses_no_record_and_refuses_feedback_with_a_retry() -> None:
+    """Records that arrive while the database is down wait in the queue and land once it is back; a rating of a
+    record still waiting is refused as "unavailable" (503 with Retry-After at the service), never a 500."""
+    from sqlalchemy.exc import OperationalError
+
+    from rag.errors import StoreUnavailable
+    from rag.service.errors import error_kind
+    from tests.fixtures.datastores import PostgresServer
+
+    with PostgresServer.start() as server:
+        store = RequestStore(server.url, purge_interval_s=None)
+        try:
+            now = time.time()
+            store.record(make(1, now))
+            store.flush()
+            server.stop()
+            for n in range(2, 12):
+                assert store.record(make(n, now))
+            deadline = time.monotonic() + 10
+            while store.unavailable_since is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with pytest.raises(StoreUnavailable, match="unavailable"):
+                store.set_feedback(make(5, now).request_id, "up")
+            server.restart()
+            store.flush()
+            assert store.count() == 11, "every record queued during the outage landed"
+            assert store.set_feedback(make(5, now).request_id, "down") is None
+            assert store.get(make(5, now).request_id).feedback.rating == "down"  # type: ignore[union-attr]
+        finally:
+            store.close()
+    assert error_kind(StoreUnavailable("down")) == (503, "store_unavailable")
+    assert error_kind(OperationalError("SELECT 1", {}, Exception("connection refused"))) == (503, "store_unavailable")
