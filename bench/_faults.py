@@ -396,6 +396,7 @@ def supervisor_kill(ctx: FaultContext) -> dict[str, Any]:
 
 def ingest_worker_kill(ctx: FaultContext) -> dict[str, Any]:
     """kill -9 of an ingestion mid-run, then the run again: every document lands exactly once."""
+    from flows.settings import Settings
     from pipelines.env import child_env
     from pipelines.index import VectorIndex
 
@@ -410,11 +411,11 @@ def ingest_worker_kill(ctx: FaultContext) -> dict[str, Any]:
     killed.wait(timeout=30)
     again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, timeout=900)
     reference = VectorIndex(ctx.settings).current()
-    settings = ctx.settings.model_copy(update={"home": fresh})
-    landed = VectorIndex(settings).current()
+    landed = VectorIndex(Settings(home=fresh)).current()
     assert reference is not None
     if landed is None:
-        return {"survived": False, "lost": reference.documents, "killed_mid_run": was_running}
+        why = again.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        return {"survived": False, "lost": reference.documents, "killed_mid_run": was_running, "rerun": why}
     return {
         "survived": again.returncode == 0,
         "lost": abs(reference.documents - landed.documents) + abs(reference.points - landed.points),

@@ -12,6 +12,7 @@ aiohttp's client (C HTTP parser) keeps the generator's own CPU low; :class:`Step
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import resource
@@ -31,6 +32,7 @@ class Outcome:
     latency_s: float
     retry_after: bool
     error: str = ""
+    server_ms: float | None = None  # the answer's own timings.total: the time inside the request's stages
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class StepResult:
     def summary(self) -> dict[str, object]:
         """The step as JSON-ready figures (latencies in ms)."""
         ok = self.ok
+        server = sorted(o.server_ms for o in self.outcomes if o.status == 200 and o.server_ms is not None)
         kinds = Counter(o.error or str(o.status) for o in self.outcomes if o.status != 200 and o.status not in REFUSED)
         return {
             "offered_rps": round(self.offered_rps, 2),
@@ -72,6 +75,8 @@ class StepResult:
             "other_error_kinds": dict(kinds.most_common(5)),
             "p50_ms": _ms(percentile(ok, 50)),
             "p99_ms": _ms(percentile(ok, 99)),
+            "server_p50_ms": _round(percentile(server, 50)),
+            "server_p99_ms": _round(percentile(server, 99)),
             "generator_cpu_share": round(self.generator_cpu_share, 3),
         }
 
@@ -86,6 +91,10 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 2)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def _cpu_seconds() -> float:
@@ -108,8 +117,13 @@ async def _post(session: object, url: str, body: bytes, scheduled: float, timeou
             headers={"Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as response:
-            await response.read()
-            return Outcome(response.status, time.perf_counter() - scheduled, "Retry-After" in response.headers)
+            body = await response.read()
+            latency = time.perf_counter() - scheduled
+            server_ms = None
+            if response.status == 200:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    server_ms = float(json.loads(body)["timings"]["total"])
+            return Outcome(response.status, latency, "Retry-After" in response.headers, server_ms=server_ms)
     except TimeoutError:
         return Outcome(0, time.perf_counter() - scheduled, False, "timeout")
     except aiohttp.ClientError as exc:

@@ -89,10 +89,28 @@ class AdmissionController:
     def _reject(self, why: str) -> Overloaded:
         self._shed += 1
         retry = self.retry_after_s()
-        logger.warning(
-            "request shed: %s (active=%d waiting=%d retry_after_s=%.0f)", why, self._active, self._waiting, retry
-        )
+        if self._shed == 1 or self._shed % 1000 == 0:  # under overload a line per refusal would flood the log
+            logger.warning(
+                "request shed: %s (shed so far=%d active=%d waiting=%d retry_after_s=%.0f)",
+                why,
+                self._shed,
+                self._active,
+                self._waiting,
+                retry,
+            )
         return Overloaded(f"server overloaded ({why}); retry in {retry:.0f} s", retry)
+
+    def shed_at_door(self) -> Overloaded | None:
+        """The refusal a newcomer would get before waiting (queue full, or a standing queue it could not get through
+        within ``overload_wait_s`` at the current service time), counted as shed; None when it may queue."""
+        if not (self._slots.locked() or self._waiting):
+            return None
+        if self._waiting >= self.max_queue:
+            return self._reject("queue full")
+        expected_wait = self._waiting * self._mean_service_s / self.max_concurrency
+        if self.overloaded() and expected_wait >= self.overload_wait_s:
+            return self._reject(f"standing queue: expected wait {expected_wait:.3g} s")
+        return None
 
     async def _wait_for_slot(self) -> None:
         """Wait for a slot: up to ``queue_timeout_s`` behind a draining queue, ``overload_wait_s`` behind a standing

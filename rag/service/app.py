@@ -23,6 +23,7 @@ from rag.monitoring.tracing import TraceExporter
 from rag.security.gate import Gate
 from rag.service.auth import authorize_request
 from rag.service.batcher import BatchedVectors
+from rag.service.door import AdmissionDoor
 from rag.service.errors import install_error_handlers
 from rag.service.feedback import FeedbackIntake
 from rag.service.hardening import HardeningMiddleware
@@ -101,6 +102,7 @@ def create_app(
     app.state.gate = gate
     app.state.tracer = tracer
     install_error_handlers(app)
+    app.add_middleware(AdmissionDoor)  # inside the hardening: its refusals get the security headers too
     app.add_middleware(
         HardeningMiddleware,
         max_body_bytes=settings.service.max_body_bytes,

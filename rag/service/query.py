@@ -7,6 +7,7 @@ the stack it started with until it ends, streams included.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
@@ -158,24 +159,26 @@ class QueryService:
             try:
                 served = stack.enter_context(self._holder.acquire(identity))
             except Exception as exc:
-                self._count_unserved(route, exc)
+                self.count_unserved(route, exc)
                 raise
             yield served
 
     @asynccontextmanager
-    async def _admitted(self, route: str) -> AsyncIterator[None]:
-        """An admission slot for the request's whole life; a request shed past capacity is counted (no record)."""
+    async def _admitted(self, route: str) -> AsyncIterator[float]:
+        """An admission slot for the request's whole life (yields the milliseconds waited for it); a request shed
+        past capacity is counted (no record)."""
         admitted = False
+        started = time.perf_counter()
         try:
             async with self.admission.slot():
                 admitted = True
-                yield
+                yield round((time.perf_counter() - started) * 1000, 3)
         except Overloaded as exc:
             if not admitted:  # shed at the door; an error inside the request is the recorder's to count
-                self._count_unserved(route, exc)
+                self.count_unserved(route, exc)
             raise
 
-    def _count_unserved(self, route: str, exc: Exception) -> None:
+    def count_unserved(self, route: str, exc: Exception) -> None:
         """Count a request that ends before it has a record (no stack to serve it, or shed past capacity)."""
         if self._metrics is not None:
             status, kind = error_kind(exc)
@@ -202,7 +205,7 @@ class QueryService:
         record stage (an error, or a stream the client left) is recorded here on the way out, with the error's
         status and kind; a request that completes is audited when ``RAGOPS_SECURITY__AUDIT_QUERIES`` is on.
         """
-        async with self._admitted(route):
+        async with self._admitted(route) as waited_ms:
             with self._acquire(route, principal.identity) as served:
                 chain, recorder = self._chain_and_recorder(served)
                 # question and filters come as the caller sent them: the validate stage checks and normalises them
@@ -216,6 +219,7 @@ class QueryService:
                 )
                 if auth_ms is not None:
                     ctx.timings["authenticate"] = auth_ms
+                ctx.timings["admission"] = waited_ms  # queued for a slot (0 with one free)
                 if not self._holder.status.registry_ok and self._holder.status.registry_error:
                     ctx.degrade("registry_unreachable")
                 status, error = ABANDONED

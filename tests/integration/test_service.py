@@ -29,6 +29,7 @@ from tests.fixtures.server import Running, api_client, auth_headers, serve, wait
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 STAGES = (
+    "admission",
     "authenticate",
     "validate",
     "check_input",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -119,6 +120,33 @@ def test_a_standing_queue_sheds_waiters_early_while_a_burst_may_wait() -> None:
     standing, burst = asyncio.run(scenario())
     assert 0.04 <= standing < 1.0, standing  # shed after about overload_wait_s, not queue_timeout_s
     assert burst == -1.0  # admitted once the slot freed: the burst was not shed
+
+
+def test_the_door_refuses_only_newcomers_a_standing_queue_could_not_take_in_time() -> None:
+    async def scenario() -> None:
+        controller = AdmissionController(
+            max_concurrency=1, max_queue=3, queue_timeout_s=5.0, overload_wait_s=0.05, overload_interval_s=0.1
+        )
+        assert controller.shed_at_door() is None  # a free slot
+        hold = asyncio.Event()
+
+        async def occupy() -> None:
+            with contextlib.suppress(Overloaded):
+                async with controller.slot():
+                    await hold.wait()
+
+        tasks = [asyncio.create_task(occupy()) for _ in range(2)]  # one holds the slot, one waits
+        await asyncio.sleep(0.01)
+        assert controller.shed_at_door() is None  # a young queue absorbs a burst
+        await asyncio.sleep(0.15)  # now it stands, and one waiter at 0.1 s a request is past 0.05 s
+        refused = controller.shed_at_door()
+        assert refused is not None and "standing queue" in str(refused) and refused.retry_after_s >= 1
+        assert controller.stats().shed == 1
+        hold.set()
+        await asyncio.gather(*tasks)
+        assert controller.shed_at_door() is None
+
+    asyncio.run(scenario())
 
 
 def test_breaker_opens_refuses_and_closes_after_a_good_trial(caplog: pytest.LogCaptureFixture) -> None:
