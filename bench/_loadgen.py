@@ -33,6 +33,7 @@ class Outcome:
     retry_after: bool
     error: str = ""
     server_ms: float | None = None  # the answer's own timings.total: the time inside the request's stages
+    admission_ms: float | None = None  # the answer's timings.admission: its wait for a slot
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class StepResult:
         """The step as JSON-ready figures (latencies in ms)."""
         ok = self.ok
         server = sorted(o.server_ms for o in self.outcomes if o.status == 200 and o.server_ms is not None)
+        admission = sorted(o.admission_ms for o in self.outcomes if o.status == 200 and o.admission_ms is not None)
         kinds = Counter(o.error or str(o.status) for o in self.outcomes if o.status != 200 and o.status not in REFUSED)
         return {
             "offered_rps": round(self.offered_rps, 2),
@@ -77,6 +79,7 @@ class StepResult:
             "p99_ms": _ms(percentile(ok, 99)),
             "server_p50_ms": _round(percentile(server, 50)),
             "server_p99_ms": _round(percentile(server, 99)),
+            "admission_p99_ms": _round(percentile(admission, 99)),
             "generator_cpu_share": round(self.generator_cpu_share, 3),
         }
 
@@ -119,11 +122,13 @@ async def _post(session: object, url: str, body: bytes, scheduled: float, timeou
         ) as response:
             body = await response.read()
             latency = time.perf_counter() - scheduled
-            server_ms = None
+            server_ms = admission_ms = None
             if response.status == 200:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    server_ms = float(json.loads(body)["timings"]["total"])
-            return Outcome(response.status, latency, "Retry-After" in response.headers, server_ms=server_ms)
+                    timings = json.loads(body)["timings"]
+                    server_ms, admission_ms = float(timings["total"]), float(timings.get("admission", 0.0))
+            retry_after = "Retry-After" in response.headers
+            return Outcome(response.status, latency, retry_after, server_ms=server_ms, admission_ms=admission_ms)
     except TimeoutError:
         return Outcome(0, time.perf_counter() - scheduled, False, "timeout")
     except aiohttp.ClientError as exc:

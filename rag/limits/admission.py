@@ -53,7 +53,7 @@ class AdmissionController:
         self,
         max_concurrency: int,
         max_queue: int,
-        queue_timeout_s: float = 5.0,
+        queue_timeout_s: float = 0.1,
         *,
         overload_wait_s: float | None = None,
         overload_interval_s: float = 0.1,

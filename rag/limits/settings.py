@@ -33,15 +33,18 @@ class LimitsSettings(BaseModel):
     )
     redis_timeout_s: float = Field(default=0.25, gt=0, description="Connect and read timeout of the Redis storage.")
     max_concurrency: int = Field(
-        default=4,
+        default=2,
         ge=1,
-        description="Requests processed at once per worker. Retrieval and the extractive answer are CPU-bound: past "
-        "about two per core, more in flight only lengthens each (bench/load.py). Raise it for stacks whose requests "
-        "mostly wait on a remote LLM.",
+        description="Requests processed at once per worker. Retrieval and the extractive answer are CPU-bound: more "
+        "in flight than cores only lengthens each (bench/load.py). Raise it for stacks whose requests mostly wait on "
+        "an LLM (a stream holds its slot until it ends).",
     )
     max_queue: int = Field(default=64, ge=0, description="Requests waiting for a slot; past it, shed with 503.")
     queue_timeout_s: float = Field(
-        default=5.0, gt=0, description="Longest wait for a slot behind a queue that drains (a burst) before shedding."
+        default=0.1,
+        gt=0,
+        description="Longest wait for a slot behind a queue that drains (a burst) before shedding with 503 and "
+        "Retry-After. Raise it to hold bursts longer at the cost of their latency.",
     )
     overload_wait_s: float = Field(
         default=0.025,
