@@ -20,8 +20,11 @@ def test_lua_string_escapes_quotes_backslashes_and_control_characters():
 
 
 def test_post_script_holds_every_body_as_json_and_the_path():
-    script = post_script("/v1/query", [{"question": 'say "hi"'}, {"question": "two"}])
+    script = post_script(
+        "/v1/query", [{"question": 'say "hi"'}, {"question": "two"}], headers={"Authorization": "Bearer k"}
+    )
     assert 'local path = "/v1/query"' in script
+    assert 'wrk.headers["Authorization"] = "Bearer k"' in script
     assert lua_string(json.dumps({"question": 'say "hi"'})) in script
     assert "non2xx" in script and "latency:percentile(99)" in script
 
@@ -60,9 +63,12 @@ def test_parse_output_without_the_done_line_is_an_error():
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """200 for question "ok", 503 for anything else."""
+    """200 for question "ok" with the bench's key, 503 for another question, 401 without the key."""
 
     def do_POST(self) -> None:
+        if self.headers.get("Authorization") != "Bearer k":
+            self.send_error(401)
+            return
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         status = 200 if body["question"] == "ok" else 503
         self.send_response(status)
@@ -94,7 +100,9 @@ def server() -> Iterator[str]:
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
 def test_a_real_wrk_run_posts_the_bodies_in_turn_and_counts_non_2xx_as_errors(server: str, tmp_path: Path):
     script = tmp_path / "post.lua"
-    script.write_text(post_script("/v1/query", [{"question": "ok"}, {"question": "refused"}]))
+    script.write_text(
+        post_script("/v1/query", [{"question": "ok"}, {"question": "refused"}], headers={"Authorization": "Bearer k"})
+    )
     result = run_wrk(server + "/v1/query", script, connections=1, duration=1)
     assert result.requests > 10
     # one connection alternates the two bodies, so half the responses are 503s
