@@ -1,23 +1,29 @@
-"""Query-service benchmark: latency and throughput over loopback, against in-process baselines measured in the run.
+"""Query-service benchmark: throughput and latency over loopback, against in-process baselines measured in the run.
 
 Usage: ``python bench/query.py [--data DIR] [--home DIR] [--duration S] [--limit N]``. Prints one JSON object.
 
 1. Ingests DIR's corpus (BEIR folder; default ``../shared/datasets/scifact``) into a RAGOPS_HOME (a temporary one,
    or ``--home`` to reuse an index across runs), registers a dense extractive stack and promotes it.
-2. Floor: the same retriever call the service makes (``RagEngine.retrieve``), in process, no HTTP, concurrency 1.
+2. Floor: the same embed-and-search call the service makes (``RagEngine.retrieve``), in process, no HTTP, at
+   concurrency 1 (``floor_*_c1``) and from 8 threads (``floor_*_c8``, measured just before the service's
+   concurrency-8 load so both see the same machine).
 3. Naive llama-index: ``VectorStoreIndex.from_vector_store(QdrantVectorStore(...)).as_query_engine()`` over the same
    index with ``HuggingFaceEmbedding`` on the same model and a MockLLM, 8 threads.
-4. Starts ``ragops serve`` as a real subprocess and drives ``POST /v1/query`` over loopback with the test queries at
-   concurrency 1 and 8 for ``--duration`` seconds each.
+4. Starts ``ragops serve`` as a real subprocess and drives ``POST /v1/query`` over loopback with the test queries in
+   turn, with Debian's ``wrk`` (a Lua script, :mod:`bench._wrk`) at 1 and 8 connections for ``--duration`` seconds
+   each. The load generator shares the two cores, so it is a C event loop rather than a Python client; its CPU
+   share of the machine is reported beside the figures (``wrk_cpu_share_c*``), and so is the service process's
+   CPU per request. A non-2xx response counts as an error.
 
-Targets (2 cores, extractive answerer, no cache): ``p50_ms_c8 <= 40``, ``p99_ms_c8 <= 150``,
-``overhead_p50_ms_c1 <= 10`` (service p50 minus floor p50 at concurrency 1).
+Targets (issue 16, 2 cores, extractive answerer, no cache): ``rps_ratio_to_floor_c8 >= 0.85`` (service requests per
+second at concurrency 8 over the in-process floor's), ``speedup_vs_llamaindex_c8 >= 5``, ``p99_ms_c8 <= 150``, and
+``overhead_p50_ms_c1 <= 10`` (service p50 minus floor p50 at concurrency 1). An absolute p50 at concurrency 8 is
+not a target: query encoding alone takes several core-ms on a CPU without AVX-512.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -29,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -128,31 +135,41 @@ def timed_loop(call: Callable[[str], Any], queries: Sequence[str], duration: flo
     return summarize(latencies, time.perf_counter() - started, errors)
 
 
-async def http_load(url: str, queries: Sequence[str], duration: float, concurrency: int) -> dict[str, float]:
-    """``concurrency`` closed-loop clients posting ``/v1/query`` for ``duration`` seconds."""
-    import httpx
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (all its threads)."""
+    import psutil
 
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + duration
-    counter = iter(range(10**9))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                question = queries[next(counter) % len(queries)]
-                start = time.perf_counter()
-                response = await client.post("/v1/query", json={"question": question})
-                if response.status_code != 200:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - start)
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return summarize(latencies, time.perf_counter() - started, errors)
+def service_load(url: str, script: Path, *, connections: int, duration: float, pid: int) -> dict[str, float]:
+    """``connections`` closed-loop wrk connections posting ``/v1/query`` for ``duration`` seconds, with wrk's CPU
+    share and the service process's CPU per answered request."""
+    from bench._wrk import run_wrk
+
+    before = process_cpu_seconds(pid)
+    result = run_wrk(url + "/v1/query", script, connections=connections, duration=duration)
+    service_cpu = process_cpu_seconds(pid) - before
+    return {
+        "p50_ms": result.p50_ms,
+        "p95_ms": result.p95_ms,
+        "p99_ms": result.p99_ms,
+        "rps": result.rps,
+        "requests": result.requests,
+        "errors": result.errors,
+        "wrk_cpu_share": result.cpu_share,
+        "service_cpu_ms_per_request": round(service_cpu / result.ok * 1000, 2) if result.ok else float("nan"),
+    }
+
+
+def floor_load(call: Callable[[str], Any], queries: Sequence[str], duration: float, threads: int) -> dict[str, float]:
+    """:func:`timed_loop` plus this process's CPU per call (the floor runs alone in this process)."""
+    cpu = time.process_time()
+    figures = timed_loop(call, queries, duration, threads)
+    used = time.process_time() - cpu
+    figures["cpu_ms_per_request"] = round(used / figures["requests"] * 1000, 2) if figures["requests"] else float("nan")
+    return figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="Seconds per load level.")
     parser.add_argument("--limit", type=int, default=0, help="Only the first N documents (quick runs).")
     parser.add_argument("--out", type=Path, default=None, help="Also write the JSON here.")
+    parser.add_argument(
+        "--guardrails",
+        action="store_true",
+        help="Serve the stack with the default guardrails (PII, injection, topic, output checks) instead of the plain "
+        "dense extractive stack; the floor stays embed-and-search, so the ratio then includes the guardrails' cost.",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request would load the shared cores
@@ -178,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = subset(args.data, args.limit, temp / "subset") if args.limit else args.data
     queries = load_queries(args.data)
     server: subprocess.Popen[bytes] | None = None
+    resources = ExitStack()
     try:
+        from bench._wrk import post_script
         from pipelines.index import VectorIndex
         from pipelines.ingest import run_ingest
         from rag.engine import RagEngine
@@ -190,19 +215,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         current = VectorIndex(settings).current()
         assert current is not None
         registry = StackRegistry(settings)
-        config = StackConfig.for_index(current, name="bench-dense")
+        # the plain stack by default: the floor is its embed-and-search, so the ratio measures what serving adds
+        guardrails: dict[str, Any] = {} if args.guardrails else {"guardrails": None}
+        config = StackConfig.for_index(current, name="bench-dense", **guardrails)
         version = registry.register(config, description="bench/query.py")
         registry.promote(version, actor="bench", reason="benchmark")
 
-        logger.info("floor: in-process retrieval, concurrency 1")
-        with RagEngine.open(settings, config) as engine:
-            for question in queries[:20]:
-                engine.retrieve(question)
-            floor = timed_loop(engine.retrieve, queries, min(args.duration, 15.0), 1)
-            answer_floor = timed_loop(engine.ask, queries, min(args.duration, 10.0), 1)
-
         logger.info("naive llama-index query engine, 8 threads")
         naive = naive_llamaindex(settings, queries, min(args.duration, 20.0))
+
+        engine = resources.enter_context(RagEngine.open(settings, config))
+        for question in queries[:20]:
+            engine.retrieve(question)
+        logger.info("floor: in-process retrieval, concurrency 1")
+        floor = floor_load(engine.retrieve, queries, min(args.duration, 15.0), 1)
+        answer_floor = timed_loop(engine.ask, queries, min(args.duration, 10.0), 1)
 
         port = free_port()
         env = child_env(settings, {"RAGOPS_HOME": str(home), "RAGOPS_SERVICE__RELOAD_INTERVAL_S": "3600"})
@@ -215,17 +242,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, server)
-        asyncio.run(http_load(url, queries, 5.0, 8))  # warm-up
+        script = temp / "query.lua"
+        bodies = [{"question": q} for q in queries]
+        script.write_text(post_script("/v1/query", bodies, headers={"Authorization": f"Bearer {reader_key(settings)}"}))
+        service_load(url, script, connections=8, duration=5.0, pid=server.pid)  # warm-up
         logger.info("service, concurrency 1")
-        c1 = asyncio.run(http_load(url, queries, args.duration, 1))
+        c1 = service_load(url, script, connections=1, duration=args.duration, pid=server.pid)
+        # the floor at concurrency 8 right before the service's, so both see the same machine
+        logger.info("floor: in-process retrieval, 8 threads")
+        floor8 = floor_load(engine.retrieve, queries, args.duration, 8)
+        load_c8 = os.getloadavg()
         logger.info("service, concurrency 8")
-        c8 = asyncio.run(http_load(url, queries, args.duration, 8))
+        c8 = service_load(url, script, connections=8, duration=args.duration, pid=server.pid)
     finally:
+        resources.close()
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-        if args.home is None:
-            shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)  # the home is in it unless --home named one
 
     result: dict[str, Any] = {
         "data": str(args.data),
@@ -233,34 +267,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         "points": report.points_total,
         "queries": len(queries),
         "duration_s": args.duration,
+        "guardrails": args.guardrails,
+        "load_generator": "wrk -t1 (Lua POST script)",
         "p50_ms_c1": c1["p50_ms"],
         "p95_ms_c1": c1["p95_ms"],
         "p99_ms_c1": c1["p99_ms"],
         "rps_c1": c1["rps"],
+        "wrk_cpu_share_c1": c1["wrk_cpu_share"],
         "p50_ms_c8": c8["p50_ms"],
         "p95_ms_c8": c8["p95_ms"],
         "p99_ms_c8": c8["p99_ms"],
         "rps_c8": c8["rps"],
+        "wrk_cpu_share_c8": c8["wrk_cpu_share"],
+        "service_cpu_ms_per_request_c8": c8["service_cpu_ms_per_request"],
         "errors": c1["errors"] + c8["errors"],
         "floor_p50_ms_c1": floor["p50_ms"],
         "floor_rps_c1": floor["rps"],
         "floor_with_answer_p50_ms_c1": answer_floor["p50_ms"],
+        "floor_p50_ms_c8": floor8["p50_ms"],
+        "floor_p99_ms_c8": floor8["p99_ms"],
+        "floor_rps_c8": floor8["rps"],
+        "floor_cpu_ms_per_request_c8": floor8["cpu_ms_per_request"],
+        "rps_ratio_to_floor_c8": round(c8["rps"] / floor8["rps"], 3) if floor8["rps"] else None,
         "overhead_p50_ms_c1": round(c1["p50_ms"] - floor["p50_ms"], 2),
         "llamaindex_p50_ms_c8": naive["p50_ms"],
         "llamaindex_rps_c8": naive["rps"],
-        "speedup_rps_c8_vs_llamaindex": round(c8["rps"] / naive["rps"], 2) if naive["rps"] else None,
-        "load_average": os.getloadavg(),
+        "speedup_vs_llamaindex_c8": round(c8["rps"] / naive["rps"], 2) if naive["rps"] else None,
+        "load_average_at_c8": [round(x, 2) for x in load_c8],
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+    result["speedup_rps_c8_vs_llamaindex"] = result["speedup_vs_llamaindex_c8"]  # the key's earlier name
+    ratio, speedup = result["rps_ratio_to_floor_c8"], result["speedup_vs_llamaindex_c8"]
     result["targets"] = {
-        "p50_ms_c8 <= 40": result["p50_ms_c8"] <= 40,
+        "rps_ratio_to_floor_c8 >= 0.85": ratio is not None and ratio >= 0.85,
+        "speedup_vs_llamaindex_c8 >= 5": speedup is not None and speedup >= 5,
         "p99_ms_c8 <= 150": result["p99_ms_c8"] <= 150,
         "overhead_p50_ms_c1 <= 10": result["overhead_p50_ms_c1"] <= 10,
+        "errors == 0": result["errors"] == 0,
     }
     text = json.dumps(result)
     if args.out:
         args.out.write_text(text)
     sys.stdout.write(text + "\n")
     return 0
+
+
+def reader_key(settings: Any) -> str:
+    """A new API key with the reader role (what an application asking questions holds): every query route needs one."""
+    from rag.security.gate import Gate
+
+    gate = Gate(settings)
+    try:
+        return str(gate.keys.create(role="reader", name="bench-query", created_by="bench").secret)
+    finally:
+        gate.close()
 
 
 def wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 300.0) -> None:

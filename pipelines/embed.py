@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
 _ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_FEW_TEXTS = 8
+"""Up to this many texts are tokenized in the calling thread rather than by the tokenizer's thread pool."""
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,10 @@ class Embedder:
         """Word pieces per text, special tokens included, before truncation."""
         self.warm_up()
         assert self._counter is not None
+        if len(texts) <= _FEW_TEXTS:
+            # encode_batch hands the texts to the tokenizer's thread pool and waits: for the service's question and
+            # answer (on the event loop) that wait was ~1 ms under load against ~0.3 ms encoding them here
+            return [len(self._counter.encode(text).ids) for text in texts]
         return [len(enc.ids) for enc in self._counter.encode_batch(list(texts))]
 
     def token_ids(self, text: str) -> list[int]:
