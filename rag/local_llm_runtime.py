@@ -4,9 +4,10 @@ Why this exists (measured on a 2-core AVX-512/bf16 EPYC, SmolLM2-135M in bfloat1
 
 - **The prompt (prefill) is what the first token waits for**: about 2.5 CPU-seconds on one thread, about 53% in the
   linear layers and 40% in attention (``logits_to_keep=1`` is already applied by ``generate``, so the 49k-word
-  head runs on one position only). Its ops are large, so it scales over cores (1.4 s vs 2.4 s on two threads).
+  head runs on one position only). Its ops are large, so it scales over free cores (in-process, best of
+  interleaved runs: 1.4 s on two threads vs 2.4 s on one; no gain while other work holds the second core).
 - **Decoding does tiny ops** (one position), and with two threads every op waits for the other thread: measured
-  here it was no faster on an idle machine and 1.5-2x slower on a busy one. So decoding stays on ``decode_threads``.
+  here it was no faster on a quiet machine and 1.2-1.7x slower on a busy one. So decoding stays on ``decode_threads``.
 - **Single-query attention in bfloat16 is slow in torch's CPU flash kernel**: 1.3 ms per layer at 1,290 cached
   positions (it grows with the cache) against 0.13 ms for two small matmuls and a float32 softmax, which is 35 of
   the 90 ms a token took. Prompts keep torch's flash kernel (34 ms per layer, the fastest measured; the matmul
