@@ -5,9 +5,10 @@ cache of a scratch or given home), then streams ``--runs`` chat completions with
 The prompt is what the LLM answerer sends: the stack's default ``prompt_template`` filled with ``--chunks`` chunks
 of about ``--words`` words from the demo corpus and a question. Prints JSON: ``ttft_p50_ms`` (first content token),
 ``tokens_per_s`` (completion tokens after the first, per second of decoding, p50 over runs), ``prompt_tokens`` and
-``completion_tokens`` as the server reported them, the CPU's features and the contention seen. The baseline is the
-target of issue 15 (first token within 1 s p50 for a 5-chunk context on 2 cores): ``ratio_to_target`` is
-``ttft_p50_ms / 1000`` (below 1 meets it).
+``completion_tokens`` as the server reported them, its decode and prompt threads (``threads``, ``prefill_threads``;
+``--prefill-threads 1`` measures the one-thread prompt the server used before), the CPU's features and the
+contention seen. The baseline is the target of issue 15 (first token within 1 s p50 for a 5-chunk context on 2
+cores): ``ratio_to_target`` is ``ttft_p50_ms / 1000`` (below 1 meets it).
 
     python bench/llm.py --runs 7
     python bench/llm.py --part routing            # routing, abstention, budgets, context fitting (bench/_routing.py)
@@ -77,7 +78,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_server(home: Path, port: int, threads: int) -> Iterator[tuple[float, int]]:
+def local_server(
+    home: Path, port: int, threads: int, prefill_threads: int | None = None
+) -> Iterator[tuple[float, int]]:
     """Run the local LLM server in a subprocess; yields the seconds it took to become healthy and its pid."""
     import httpx
 
@@ -86,7 +89,7 @@ def local_server(home: Path, port: int, threads: int) -> Iterator[tuple[float, i
         "from pathlib import Path\n"
         "from rag.local_llm import LocalLlmSettings, serve_local_llm\n"
         "logging.basicConfig(level=logging.INFO)\n"
-        f"s = LocalLlmSettings(threads={threads!r})\n"
+        f"s = LocalLlmSettings(threads={threads!r}, prefill_threads={prefill_threads!r})\n"
         f"serve_local_llm('127.0.0.1', {port}, s, Path({str(home / 'cache')!r}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -158,7 +161,10 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=5, help="context chunks in the prompt")
     parser.add_argument("--words", type=int, default=150, help="words per chunk")
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each completion")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="the server's torch threads while decoding (default 1)")
+    parser.add_argument(
+        "--prefill-threads", type=int, default=None, help="its torch threads while reading the prompt (default: all)"
+    )
     parser.add_argument("--home", type=Path, default=None, help="RAGOPS_HOME whose cache keeps the conversion")
     parser.add_argument("--part", choices=("ttft", "routing", "all"), default="all", help="what to measure")
     parser.add_argument("--limit", type=int, default=None, help="routing: only the first N demo_qa questions")
@@ -208,7 +214,7 @@ def measure_ttft(args: argparse.Namespace) -> dict[str, object]:
         home = args.home or Path(scratch)
         home.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        with local_server(home, port, args.threads) as (start_s, pid):
+        with local_server(home, port, args.threads, args.prefill_threads) as (start_s, pid):
             base_url = f"http://127.0.0.1:{port}/v1"
             from rag.local_llm import LocalLlmSettings
 
@@ -225,6 +231,7 @@ def measure_ttft(args: argparse.Namespace) -> dict[str, object]:
         "load_average": load_average(),
         "server_start_s": round(start_s, 2),
         "threads": args.threads,
+        "prefill_threads": args.prefill_threads or len(os.sched_getaffinity(0)),
         "runs": args.runs,
         "chunks": args.chunks,
         "words_per_chunk": args.words,

@@ -66,9 +66,16 @@ class LocalLlmSettings(BaseModel):
     threads: int = Field(
         default=1,
         ge=1,
-        description="torch intra-op threads. 1 by default: a 135M model gains little from a second thread, and on a "
-        "busy machine two threads spin-wait on each other at every op (measured here: 12.4 vs 1.4 tokens/s, first "
-        "token 2.0 vs 6.9 s); it also leaves a core to the query service.",
+        description="torch threads while decoding. 1 by default: a decoding step's ops are tiny, and with two threads "
+        "each waits for the other (measured here: no faster on a quiet machine, 1.2-1.7x slower on a busy one); it "
+        "also leaves a core to the query service.",
+    )
+    prefill_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads while a prompt is read (prefill, what the first token waits for; its ops are "
+        "large and scale over free cores: 1.4 vs 2.4 s for a 5-chunk prompt with both of 2 cores free). None: every "
+        "CPU the process may use.",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",

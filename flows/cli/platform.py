@@ -249,7 +249,15 @@ def server_llm(
     ] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default RAGOPS_LOCAL_LLM__PORT, 8081).")] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="torch threads (default RAGOPS_LOCAL_LLM__THREADS, 1).")
+        int | None,
+        typer.Option("--threads", help="torch threads while decoding (default RAGOPS_LOCAL_LLM__THREADS, 1)."),
+    ] = None,
+    prefill_threads: Annotated[
+        int | None,
+        typer.Option(
+            "--prefill-threads",
+            help="torch threads while a prompt is read (default RAGOPS_LOCAL_LLM__PREFILL_THREADS, every CPU).",
+        ),
     ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -267,6 +275,8 @@ def server_llm(
     local = settings.local_llm
     if threads is not None:
         local = local.model_copy(update={"threads": threads})
+    if prefill_threads is not None:
+        local = local.model_copy(update={"prefill_threads": prefill_threads})
     bind, chosen = host or local.host, port or local.port
     typer.echo(f"llm server on http://{bind}:{chosen}/v1 (model {local.model})", err=True)
     try:
