@@ -7,8 +7,8 @@ Usage: ``python bench/cache.py [--threshold T] [--seed S] [--redis URL] [--out F
    the ``hr`` group (another access scope).
 2. In process, with the stack's own embedder: ``embed_p50_ms`` (one question per forward pass, as a request pays
    it, over demo_qa questions as written: the floor of the semantic-hit target) and, for information only,
-   ``embed_p50_ms_paraphrases`` (the same over the paraphrases, the questions semantic hits are; they are longer,
-   so this is the higher of the two), the cosines of the paraphrase pairs
+   ``embed_p50_ms_paraphrases`` (the same over the paraphrases, the questions semantic hits are, of about the same
+   length), the cosines of the paraphrase pairs
    (``evaluation/testsets/demo_paraphrases.jsonl``) and of the near-miss pairs (``demo_near_misses.jsonl``: similar
    words, another answer), and a threshold sweep that simulates the replay below (a hit is correct when it comes
    from the same demo_qa question) to choose the default threshold.
