@@ -6,9 +6,12 @@ Usage: ``python bench/cache.py [--threshold T] [--seed S] [--redis URL] [--out F
    promotes it; creates three reader keys: ``acme`` (the replay's tenant), ``beta`` (another tenant) and ``acme`` with
    the ``hr`` group (another access scope).
 2. In process, with the stack's own embedder: ``embed_p50_ms`` (one question per forward pass, as a request pays
-   it), the cosines of the paraphrase pairs (``evaluation/testsets/demo_paraphrases.jsonl``) and of the near-miss
-   pairs (``demo_near_misses.jsonl``: similar words, another answer), and a threshold sweep that simulates the
-   replay below (a hit is correct when it comes from the same demo_qa question) to choose the default threshold.
+   it, over demo_qa questions as written: the floor of the semantic-hit target) and, for information only,
+   ``embed_p50_ms_paraphrases`` (the same over the paraphrases, the questions semantic hits are, of about the same
+   length), the cosines of the paraphrase pairs
+   (``evaluation/testsets/demo_paraphrases.jsonl``) and of the near-miss pairs (``demo_near_misses.jsonl``: similar
+   words, another answer), and a threshold sweep that simulates the replay below (a hit is correct when it comes
+   from the same demo_qa question) to choose the default threshold.
 3. Starts ``ragops serve`` (answer cache on, ``--threshold``) and replays over loopback, concurrency 1: every
    answerable demo_qa question once as written and twice as paraphrases, shuffled (at most two thirds can hit).
    ``llm_calls_saved_share`` is hits over replayed requests (each hit skipped retrieval and generation; the stack is
@@ -191,7 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 started = time.perf_counter()
                 engine.embedder.encode([q])
                 embed_s.append(time.perf_counter() - started)
+            paraphrase_s = []  # measured after the floor, so the floor's own measurement is as it always was
+            for p in paraphrases[:120]:
+                started = time.perf_counter()
+                engine.embedder.encode([p["question"]])
+                paraphrase_s.append(time.perf_counter() - started)
         out["embed_p50_ms"] = round(percentile(embed_s, 50) * 1000, 2)
+        out["embed_p50_ms_paraphrases"] = round(percentile(paraphrase_s, 50) * 1000, 2)
         para_cos = pair_cosines([(qa[p["of"]], p["question"]) for p in paraphrases], vectors)
         near_cos = pair_cosines([(r["question"], r["near"]) for r in near], vectors)
         out["paraphrase_cosine"] = {q: round(float(np.percentile(para_cos, q)), 4) for q in (5, 25, 50)}

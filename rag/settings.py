@@ -114,6 +114,13 @@ class StoreSettings(BaseModel):
         description="Records waiting for the background writer; beyond it new records are dropped (and counted) "
         "rather than stalling requests.",
     )
+    write_delay_s: float = Field(
+        default=0.2,
+        ge=0,
+        le=5,
+        description="Seconds the background writer gathers records before writing them in one transaction (0: one "
+        "transaction per record at low traffic, whose work then competes with the requests being served).",
+    )
 
     @field_validator("url")
     @classmethod

@@ -60,6 +60,8 @@ def serve(
     scheme = "https" if ssl_certfile else "http"
     typer.echo(f"serving on {scheme}://{bind_host}:{bind_port} (docs at /docs)", err=True)
     log_level = "info" if verbose else "warning"
+    # uvicorn formats each access-log line's arguments before the logger drops it: below info, do not ask for them
+    access_log = verbose
     certfile = str(ssl_certfile) if ssl_certfile else None
     keyfile = str(ssl_keyfile) if ssl_keyfile else None
     if workers == 1:
@@ -68,6 +70,7 @@ def serve(
             host=bind_host,
             port=bind_port,
             log_level=log_level,
+            access_log=access_log,
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
         )
@@ -86,6 +89,7 @@ def serve(
         host=bind_host,
         port=bind_port,
         log_level=log_level,
+        access_log=access_log,
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,
     )

@@ -58,6 +58,14 @@ def _invisible(char: str) -> bool:
 
 def normalise(text: str, *, decode: bool = True) -> Normalised:
     """NFKC + invisible characters removed + homoglyphs mapped, with offsets; decoded readings when ``decode``."""
+    if text.isascii():  # NFKC leaves ASCII as it is, and it holds no invisible, combining or confusable character
+        return Normalised(text=text, offsets=tuple(range(len(text) + 1)), decoded=readings(text) if decode else ())
+    plain, offsets = _fold(text)
+    return Normalised(text=plain, offsets=offsets, decoded=readings(plain) if decode else ())
+
+
+def _fold(text: str) -> tuple[str, tuple[int, ...]]:
+    """The character-by-character fold of :func:`normalise` (any text; ASCII comes back as it is)."""
     pieces: list[str] = []
     offsets: list[int] = []
     index = 0
@@ -73,8 +81,7 @@ def normalise(text: str, *, decode: bool = True) -> Normalised:
             offsets.extend([index] * len(folded))
         index = end
     offsets.append(len(text))
-    plain = "".join(pieces)
-    return Normalised(text=plain, offsets=tuple(offsets), decoded=readings(plain) if decode else ())
+    return "".join(pieces), tuple(offsets)
 
 
 def _printable(data: bytes) -> str | None:

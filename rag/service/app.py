@@ -138,7 +138,10 @@ def open_request_store(settings: RagSettings) -> RequestStore:
     """The request store of ``settings`` (``RAGOPS_STORE__*``), migrated to the newest schema."""
     config = settings.store
     return RequestStore(
-        config.resolve_url(settings.home), retention_days=config.retention_days, queue_size=config.queue_size
+        config.resolve_url(settings.home),
+        retention_days=config.retention_days,
+        queue_size=config.queue_size,
+        write_delay_s=config.write_delay_s,
     )
 
 

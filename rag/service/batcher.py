@@ -3,7 +3,8 @@
 On 2 CPU cores one short query costs about 4 ms to embed alone but eight in one forward pass cost little more
 than two, so the service embeds every question that arrived while the previous batch was being computed in a
 single call, and likewise searches every vector that is ready in one thread hop. There is no artificial wait: a
-lone request goes straight through, so latency at concurrency 1 is unchanged.
+lone request makes its call from its own task (no hand-off to a drain task and back, 0.2-0.4 ms of a cached answer
+on a busy machine), and what arrives during that call goes together as the next batch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
@@ -49,7 +50,7 @@ class MicroBatcher(Generic[In, Out]):
         self._run = run
         self._max_batch = max_batch
         self._pending: deque[_Item[In, Out]] = deque()
-        self._worker: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[Any] | None = None  # the task making the current call: a drain, or a lone caller
         self.batches = 0
         self.items = 0
 
@@ -60,11 +61,28 @@ class MicroBatcher(Generic[In, Out]):
 
     async def submit(self, key: Hashable, value: In) -> Out:
         """The result for ``value``, computed in a batch with whatever else waits under the same key."""
+        idle = self._worker is None or self._worker.done()
+        if idle and not self._pending:
+            return await self._alone(key, value)
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(key, value, future))
-        if self._worker is None or self._worker.done():
+        if idle:
             self._worker = asyncio.create_task(self._drain())
         return await future
+
+    async def _alone(self, key: Hashable, value: In) -> Out:
+        """Nothing running or waiting: make the call from the caller's task. Calls submitted meanwhile queue behind
+        it (this task is the worker until it returns) and are drained as one batch afterwards."""
+        self._worker = asyncio.current_task()
+        try:
+            (result,) = await anyio.to_thread.run_sync(self._run, key, [value])
+        finally:
+            self._worker = None
+            if self._pending:
+                self._worker = asyncio.create_task(self._drain())
+        self.batches += 1
+        self.items += 1
+        return result
 
     def _take(self) -> list[_Item[In, Out]]:
         first = self._pending.popleft()

@@ -18,7 +18,10 @@ from rag.stages.context import RequestContext
 
 
 def _scope(ctx: RequestContext) -> str:
-    return scope_key(scope_of(ctx.principal), ctx.filters, ctx.k)
+    """The request's cache scope, computed once: the exact lookup, the semantic lookup and the store all use it."""
+    if ctx.cache_scope is None:
+        ctx.cache_scope = scope_key(scope_of(ctx.principal), ctx.filters, ctx.k)
+    return ctx.cache_scope
 
 
 def _check_backend(cache: CacheBackend, ctx: RequestContext) -> None:

@@ -115,6 +115,8 @@ class RequestContext:
     stack's record of the tiers tried (:mod:`rag.routing`). ``route`` is the HTTP route
     template the request came in on (a metrics label and a column of the request store). ``over_budget`` is the
     caller's used-up budget, when the request is to be answered past it (extractively, at no charge).
+    ``cache_scope`` is the answer cache's key for what the request may see (:func:`rag.cache.scope_key`), set by the
+    first cache stage once the request is validated.
     """
 
     engine: RagEngine
@@ -138,6 +140,7 @@ class RequestContext:
     first_token_ms: float | None = None
     context_tokens_saved: int | None = None
     cache_hit: str | None = None
+    cache_scope: str | None = None
     route_plan: RoutePlan | None = None
     routing: RoutingTrace | None = None
     notice: str | None = None

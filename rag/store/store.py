@@ -2,10 +2,13 @@
 
 The record stage runs on every request, so :meth:`RequestStore.record` only puts the frozen record on a bounded
 queue (a few microseconds); a background thread turns records into rows and inserts them in batches, one
-transaction per batch. When the queue is full (the database is stalled) new records are dropped and counted rather
-than making requests wait: the metrics show the drop and the answers keep flowing. :meth:`RequestStore.close` drains
-the queue first, so a graceful shutdown loses nothing. Records not yet written are still visible to :meth:`get`
-(feedback may arrive within milliseconds of its answer).
+transaction per batch. The writer waits ``write_delay_s`` after a batch's first record and writes everything queued
+by then (group commit): a transaction per request costs the service's process more interpreter time than a cached
+answer takes, and at low concurrency that work would run while the next request is being served.
+:meth:`RequestStore.flush` and :meth:`RequestStore.close` cut the wait short. When the queue is full (the database
+is stalled) new records are dropped and counted rather than making requests wait: the metrics show the drop and the
+answers keep flowing. :meth:`RequestStore.close` drains the queue first, so a graceful shutdown loses nothing.
+Records not yet written are still visible to :meth:`get` (feedback may arrive within milliseconds of its answer).
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: readers (the monitor, feedback lookups, other workers) never
 block the writer, and a power cut can lose at most the last few batches, never corrupt the file. Several worker
@@ -70,6 +73,8 @@ class RequestStore:
         queue_size: Records waiting to be written before new ones are dropped.
         purge_interval_s: How often the writer applies ``retention_days`` by itself (first right after opening);
             None leaves retention to explicit :meth:`purge_expired` calls.
+        write_delay_s: How long the writer gathers records after a batch's first before writing the batch (0: write
+            whatever is queued at once, a transaction per record when they arrive one by one).
 
     Raises:
         StoreError: The database cannot be reached or migrated.
@@ -82,9 +87,13 @@ class RequestStore:
         retention_days: float | None = None,
         queue_size: int = 10_000,
         purge_interval_s: float | None = PURGE_INTERVAL_S,
+        write_delay_s: float = 0.0,
     ) -> None:
         if retention_days is not None and retention_days <= 0:
             raise ValueError(f"retention_days must be positive, got {retention_days}")
+        if write_delay_s < 0:
+            raise ValueError(f"write_delay_s must not be negative, got {write_delay_s}")
+        self.write_delay_s = write_delay_s
         self.retention_days = retention_days
         self._purge_interval_s = purge_interval_s
         self._engine = store_engine(url)
@@ -101,6 +110,7 @@ class RequestStore:
         self._lock = threading.Lock()
         self._queued = self._written = self._dropped = self._failed = 0
         self._closed = False
+        self._hurry = threading.Event()  # set by flush() and close(): write what is queued without the delay
         self._last_purge: float | None = None
         self._outage_since: float | None = None  # set while the writer waits for the database
         self._writer = threading.Thread(target=self._write_loop, name="ragops-request-store", daemon=True)
@@ -389,8 +399,9 @@ class RequestStore:
             return StoreStats(queued=self._queued, written=self._written, dropped=self._dropped, failed=self._failed)
 
     def flush(self) -> None:
-        """Wait until every record queued so far is written (or given up on)."""
+        """Wait until every record queued so far is written (or given up on), without the writer's gathering delay."""
         if self._writer.is_alive():
+            self._hurry.set()
             self._queue.join()
 
     def close(self) -> None:
@@ -400,6 +411,7 @@ class RequestStore:
                 return
             self._closed = True
         self._queue.put(_STOP)  # blocks while full: the writer is draining it
+        self._hurry.set()
         self._writer.join()
         self._engine.dispose()
 
@@ -417,22 +429,7 @@ class RequestStore:
             except queue.Empty:
                 self._maybe_purge()
                 continue
-            batch: list[RequestRecord] = []
-            taken = 1
-            if first is _STOP:
-                stop = True
-            elif isinstance(first, RequestRecord):
-                batch.append(first)
-            while len(batch) < BATCH and not stop:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                taken += 1
-                if item is _STOP:
-                    stop = True
-                elif isinstance(item, RequestRecord):
-                    batch.append(item)
+            batch, taken, stop = self._gather(first)
             try:
                 if batch:
                     self._insert(batch)
@@ -446,6 +443,31 @@ class RequestStore:
                 for _ in range(taken):
                     self._queue.task_done()
             self._maybe_purge()
+
+    def _gather(self, first: object) -> tuple[list[RequestRecord], int, bool]:
+        """The batch that starts with ``first``: after waiting ``write_delay_s`` (unless a flush or a stop cuts it
+        short, or a whole batch is already queued), every queued record up to :data:`BATCH`. Returns the batch, how
+        many queue items were taken and whether the stop marker was among them."""
+        if first is not _STOP and self.write_delay_s > 0 and self._queue.qsize() < BATCH - 1:
+            # An event, not the queue, is waited on: records arriving meanwhile do not wake this thread, whose work
+            # would compete with the requests being served.
+            self._hurry.wait(self.write_delay_s)
+            self._hurry.clear()
+        batch: list[RequestRecord] = []
+        taken = 0
+        item = first
+        while True:
+            taken += 1
+            if item is _STOP:
+                return batch, taken, True
+            if isinstance(item, RequestRecord):
+                batch.append(item)
+            if len(batch) >= BATCH:
+                return batch, taken, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, taken, False
 
     def _insert(self, batch: list[RequestRecord]) -> None:
         written = self._insert_rows([r.to_row() for r in batch])

@@ -166,6 +166,41 @@ class TestWrites:
         assert stats.dropped == 500 - accepted > 0
         assert stats.written == accepted
 
+    def test_the_writer_gathers_records_for_its_delay(self, store_url: str) -> None:
+        # One transaction per request costs the serving process more than a cached answer does; the service's
+        # store waits a little and writes what arrived together.
+        store = RequestStore(store_url, write_delay_s=30.0)
+        try:
+            for n in range(3):
+                store.record(make(n, float(n)))
+            time.sleep(0.2)
+            assert store.count() == 0  # still gathering
+            assert store.get(make(1, 1.0).request_id) is not None  # yet visible to feedback
+            started = time.perf_counter()
+            store.flush()  # cuts the delay short
+            assert time.perf_counter() - started < 5.0
+            assert store.count() == 3
+            store.record(make(3, 3.0))
+            started = time.perf_counter()
+        finally:
+            store.close()  # so does a stop
+        assert time.perf_counter() - started < 5.0
+        assert store.stats().written == 4
+
+    def test_feedback_on_a_record_still_being_gathered_is_not_delayed(self, store_url: str) -> None:
+        store = RequestStore(store_url, write_delay_s=30.0)
+        try:
+            store.record(make(1, 1.0))
+            started = time.perf_counter()
+            assert store.set_feedback(make(1, 1.0).request_id, "up") is None
+            assert time.perf_counter() - started < 5.0
+        finally:
+            store.close()
+
+    def test_a_negative_write_delay_is_refused(self, store_url: str) -> None:
+        with pytest.raises(ValueError, match="write_delay_s must not be negative"):
+            RequestStore(store_url, write_delay_s=-1.0)
+
     def test_a_record_after_close_is_refused(self, store_url: str) -> None:
         store = RequestStore(store_url)
         store.close()
@@ -324,6 +359,7 @@ class TestRetention:
 
         with open_request_store(settings) as writer:  # the default: 90 days
             assert writer.retention_days == 90.0
+            assert writer.write_delay_s == settings.store.write_delay_s > 0  # the service gathers its writes
             writer.record(make(1, time.time() - 3 * 86400.0))
             writer.record(make(2, time.time()))
         monkeypatch.setenv("RAGOPS_STORE__RETENTION_DAYS", "2")
@@ -348,9 +384,11 @@ class TestSettings:
     def test_environment(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("RAGOPS_STORE__URL", "postgresql+psycopg://ragops@db/ragops")
         monkeypatch.setenv("RAGOPS_STORE__RETENTION_DAYS", "7")
+        monkeypatch.setenv("RAGOPS_STORE__WRITE_DELAY_S", "0")
         settings = StoreSettings()
         assert settings.resolve_url(tmp_path) == "postgresql+psycopg://ragops@db/ragops"
         assert settings.retention_days == 7
+        assert settings.write_delay_s == 0
 
     def test_a_url_without_scheme_is_refused(self) -> None:
         with pytest.raises(ValueError, match="not a database URL"):
