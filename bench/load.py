@@ -376,7 +376,8 @@ def measure_serving(temp: Path, args: argparse.Namespace) -> dict[str, Any]:
         # A closed loop holding twice the admission slots busy gives a first estimate; the capacity is then the
         # goodput under an open-loop offer well past it (admission control sheds the excess), for a closed loop
         # leaves slots idle between a client's answer and its next question.
-        slots = int(extra.get("RAGOPS_LIMITS__MAX_CONCURRENCY", settings.limits.max_concurrency))
+        limits = settings.limits
+        slots = int(extra.get("RAGOPS_LIMITS__MAX_CONCURRENCY", limits.max_concurrency or limits.cpu_concurrency))
         clients = 2 * args.workers * slots
         logger.info("capacity estimate: closed loop, %d clients, %.0f s", clients, args.capacity_seconds / 2)
         estimate = asyncio.run(closed_loop(url, questions, clients, args.capacity_seconds / 2, headers=auth))

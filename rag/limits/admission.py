@@ -15,6 +15,7 @@ excess is refused cheaply.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -66,11 +67,32 @@ class AdmissionController:
         self.overload_wait_s = queue_timeout_s if overload_wait_s is None else min(overload_wait_s, queue_timeout_s)
         self.overload_interval_s = overload_interval_s
         self._queued_since: float | None = None  # when the queue last went from empty to non-empty
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # first come, first served
         self._active = 0
         self._waiting = 0
         self._shed = 0
         self._mean_service_s = 0.1  # exponentially weighted; the first requests refine it
+
+    def resize(self, max_concurrency: int) -> None:
+        """Change the number of slots (the service sizes them to the stack it serves); holders keep theirs, waiters
+        are let in at once when slots were added."""
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        if max_concurrency != self.max_concurrency:
+            logger.info("admission slots per worker: %d -> %d", self.max_concurrency, max_concurrency)
+        self.max_concurrency = max_concurrency
+        self._grant()
+
+    def _full(self) -> bool:
+        return self._active >= self.max_concurrency
+
+    def _grant(self) -> None:
+        """Hand free slots to the longest waiters (counted as active at once, so no newcomer overtakes them)."""
+        while self._waiters and not self._full():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._active += 1
 
     def overloaded(self, now: float | None = None) -> bool:
         """A standing queue: requests have been waiting without a break for ``overload_interval_s`` or longer."""
@@ -103,7 +125,7 @@ class AdmissionController:
     def shed_at_door(self) -> Overloaded | None:
         """The refusal a newcomer would get before waiting (queue full, or a standing queue it could not get through
         within ``overload_wait_s`` at the current service time), counted as shed; None when it may queue."""
-        if not (self._slots.locked() or self._waiting):
+        if not (self._full() or self._waiting):
             return None
         if self._waiting >= self.max_queue:
             return self._reject("queue full")
@@ -116,16 +138,23 @@ class AdmissionController:
         """Wait for a slot: up to ``queue_timeout_s`` behind a draining queue, ``overload_wait_s`` behind a standing
         one (the bound is fixed on arrival, so the queue stays first come, first served)."""
         bound = self.overload_wait_s if self.overloaded() else self.queue_timeout_s
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(self._slots.acquire(), bound)
-        except TimeoutError:
-            why = "standing queue" if bound < self.queue_timeout_s else "queue"
-            raise self._reject(f"no slot within {bound:.3g} s behind the {why}") from None
+            await asyncio.wait_for(waiter, bound)  # granted (and counted active) by _grant
+        except BaseException as exc:  # timed out, or the request was cancelled (its client left)
+            if waiter.done() and not waiter.cancelled():  # granted just as it gave up: hand the slot on
+                self._active -= 1
+                self._grant()
+            if isinstance(exc, TimeoutError):
+                why = "standing queue" if bound < self.queue_timeout_s else "queue"
+                raise self._reject(f"no slot within {bound:.3g} s behind the {why}") from None
+            raise
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold a slot for the duration of the block, or raise :class:`Overloaded` without running it."""
-        if self._slots.locked() or self._waiting:  # no free slot (or others wait first): join the queue, if room
+        if self._full() or self._waiting:  # no free slot (or others wait first): join the queue, if room
             if self._waiting >= self.max_queue:
                 raise self._reject("queue full")
             if not self._waiting:
@@ -138,12 +167,11 @@ class AdmissionController:
                 if not self._waiting:
                     self._queued_since = None
         else:
-            await self._slots.acquire()
-        self._active += 1
+            self._active += 1
         started = time.monotonic()
         try:
             yield
         finally:
             self._active -= 1
-            self._slots.release()
+            self._grant()
             self._mean_service_s = 0.8 * self._mean_service_s + 0.2 * (time.monotonic() - started)

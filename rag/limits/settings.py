@@ -32,12 +32,20 @@ class LimitsSettings(BaseModel):
         default=5.0, gt=0, description="While Redis is down, how often to try it again (limits stay per worker)."
     )
     redis_timeout_s: float = Field(default=0.25, gt=0, description="Connect and read timeout of the Redis storage.")
-    max_concurrency: int = Field(
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests processed at once per worker (a stream holds its slot until it ends). Unset: sized to "
+        "the served stack, cpu_concurrency when it answers without an LLM, llm_concurrency when an LLM answers.",
+    )
+    cpu_concurrency: int = Field(
         default=2,
         ge=1,
-        description="Requests processed at once per worker. Retrieval and the extractive answer are CPU-bound: more "
-        "in flight than cores only lengthens each (bench/load.py). Raise it for stacks whose requests mostly wait on "
-        "an LLM (a stream holds its slot until it ends).",
+        description="Slots per worker for a stack answered without an LLM: retrieval and the extractive answer are "
+        "CPU-bound, so more in flight than cores only lengthens each (bench/load.py).",
+    )
+    llm_concurrency: int = Field(
+        default=16, ge=1, description="Slots per worker for a stack an LLM answers: its requests mostly wait."
     )
     max_queue: int = Field(default=64, ge=0, description="Requests waiting for a slot; past it, shed with 503.")
     queue_timeout_s: float = Field(

@@ -37,9 +37,17 @@ if TYPE_CHECKING:
     from rag.monitoring.tracing import TraceExporter
     from rag.security.gate import Gate
     from rag.settings import RagSettings
+    from rag.types import StackConfig
 
 ABANDONED = (499, "client_disconnected")
 """How a stream the client left is recorded (nginx's 499: the client closed the request)."""
+
+
+def answers_with_llm(config: StackConfig) -> bool:
+    """Whether an LLM answers (some of) ``config``'s questions: then its requests mostly wait, not compute."""
+    if config.answerer.kind == "llm":
+        return True
+    return config.routing is not None and any(tier.kind == "llm" for tier in config.routing.tiers)
 
 
 class QueryService:
@@ -78,8 +86,9 @@ class QueryService:
         self.limiter = RateLimiter(limits)
         on_soft = (lambda budget, _: metrics.budget_soft_limit(budget.name)) if metrics is not None else None
         self.budgets = BudgetLedger(settings.store.resolve_url(settings.home), limits, on_soft=on_soft)
+        self._limits_settings = limits
         self.admission = AdmissionController(
-            limits.max_concurrency,
+            limits.max_concurrency or limits.cpu_concurrency,
             limits.max_queue,
             limits.queue_timeout_s,
             overload_wait_s=limits.overload_wait_s,
@@ -113,6 +122,9 @@ class QueryService:
         )
         self._chains = {k: v for k, v in self._chains.items() if not v[0].retired}
         self._chains[id(served)] = (served, chain, recorder)
+        if served.arm == "champion" and self._limits_settings.max_concurrency is None:
+            limits = self._limits_settings
+            self.admission.resize(limits.llm_concurrency if answers_with_llm(served.config) else limits.cpu_concurrency)
         if self._metrics is not None and served.arm == "champion":
             self._metrics.set_stack(
                 stack_name=served.config.name,

@@ -149,6 +149,42 @@ def test_the_door_refuses_only_newcomers_a_standing_queue_could_not_take_in_time
     asyncio.run(scenario())
 
 
+def test_more_slots_let_the_longest_waiter_in_at_once_and_fewer_bind_newcomers() -> None:
+    async def scenario() -> None:
+        controller = AdmissionController(max_concurrency=1, max_queue=5, queue_timeout_s=5.0)
+        hold = asyncio.Event()
+        entered: list[str] = []
+
+        async def request(name: str) -> None:
+            async with controller.slot():
+                entered.append(name)
+                await hold.wait()
+
+        tasks = [asyncio.create_task(request(n)) for n in ("first", "second", "third")]
+        await asyncio.sleep(0.01)
+        assert entered == ["first"] and controller.stats().waiting == 2
+        controller.resize(2)  # e.g. an LLM-answered stack was promoted
+        await asyncio.sleep(0.01)
+        assert entered == ["first", "second"] and controller.stats().active == 2
+        controller.resize(1)  # holders keep their slots; the third waits until both have left
+        hold.set()
+        await asyncio.gather(*tasks)
+        assert entered == ["first", "second", "third"] and controller.stats().active == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_stack_answered_by_an_llm_gets_the_llm_slots() -> None:
+    from rag.service.query import answers_with_llm
+    from rag.types import AnswererConfig, StackConfig
+
+    # only the answering parts matter here (the rest of a stack needs a built index)
+    extractive = StackConfig.model_construct(answerer=AnswererConfig(), routing=None)
+    assert not answers_with_llm(extractive)
+    llm = extractive.model_copy(update={"answerer": extractive.answerer.model_copy(update={"kind": "llm"})})
+    assert answers_with_llm(llm)
+
+
 def test_breaker_opens_refuses_and_closes_after_a_good_trial(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     breaker = CircuitBreaker("llm", failure_threshold=2, reset_timeout_s=10, clock=lambda: now[0])
