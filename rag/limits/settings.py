@@ -39,23 +39,23 @@ class LimitsSettings(BaseModel):
         "the served stack, cpu_concurrency when it answers without an LLM, llm_concurrency when an LLM answers.",
     )
     cpu_concurrency: int = Field(
-        default=2,
+        default=4,
         ge=1,
         description="Slots per worker for a stack answered without an LLM: retrieval and the extractive answer are "
-        "CPU-bound, so more in flight than cores only lengthens each (bench/load.py).",
+        "CPU-bound, so more in flight than about two per core only lengthens each (bench/load.py).",
     )
     llm_concurrency: int = Field(
         default=16, ge=1, description="Slots per worker for a stack an LLM answers: its requests mostly wait."
     )
     max_queue: int = Field(default=64, ge=0, description="Requests waiting for a slot; past it, shed with 503.")
     queue_timeout_s: float = Field(
-        default=0.1,
+        default=1.0,
         gt=0,
         description="Longest wait for a slot behind a queue that drains (a burst) before shedding with 503 and "
-        "Retry-After. Raise it to hold bursts longer at the cost of their latency.",
+        "Retry-After.",
     )
     overload_wait_s: float = Field(
-        default=0.025,
+        default=0.1,
         gt=0,
         description="Longest wait for a slot behind a standing queue (one that has not emptied for "
         "overload_interval_s: sustained overload), before shedding with 503 and Retry-After; keeps the latency of "

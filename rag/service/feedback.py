@@ -72,7 +72,8 @@ class FeedbackIntake:
                 was not an answer.
             BadQuery: The comment is not valid text.
         """
-        found = self.requests.get(body.request_id)
+        # another worker or replica may have answered it and still hold its record for a moment
+        found = self.requests.get(body.request_id, wait_s=self.requests.visibility_s)
         if found is not None and principal is not None and not _may_rate(principal, found.principal, found.tenant):
             found = None
         snapshot = found.to_snapshot() if found is not None and found.status < 400 and not found.blocked else None

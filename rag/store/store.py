@@ -156,15 +156,30 @@ class RequestStore:
 
     # -- reads and updates -----------------------------------------------------------------------------------------
 
-    def get(self, request_id: str) -> RequestRecord | None:
-        """The record of ``request_id`` (with its feedback), including one still waiting to be written."""
-        with self._lock:
-            pending = self._pending.get(request_id)
-        if pending is not None:
-            return pending
-        with self._engine.connect() as db:
-            row = db.execute(select(requests).where(requests.c.request_id == request_id)).mappings().first()
-        return RequestRecord.from_row(row) if row is not None else None
+    def get(self, request_id: str, *, wait_s: float = 0.0) -> RequestRecord | None:
+        """The record of ``request_id`` (with its feedback), including one still waiting to be written.
+
+        ``wait_s``: how long to keep looking for a record another process may still be holding in its writer's
+        queue (up to its ``write_delay_s``: another worker or replica answered the request a moment ago).
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self._lock:
+                pending = self._pending.get(request_id)
+            if pending is not None:
+                return pending
+            with self._engine.connect() as db:
+                row = db.execute(select(requests).where(requests.c.request_id == request_id)).mappings().first()
+            if row is not None:
+                return RequestRecord.from_row(row)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    @property
+    def visibility_s(self) -> float:
+        """How long a record answered by another process of the same store may take to become readable here."""
+        return self.write_delay_s + 0.5
 
     def set_feedback(
         self, request_id: str, rating: object, comment: str | None = None, *, at: float | None = None
