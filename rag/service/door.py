@@ -10,11 +10,9 @@ unaffected: it still takes its slot in :meth:`rag.service.query.QueryService.req
 
 from __future__ import annotations
 
-import json
-import math
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rag.service.errors import library_error_response
 from rag.service.routers.query import CHAT, QUERY
 
 ADMITTED_PATHS = frozenset({QUERY, CHAT})
@@ -33,15 +31,6 @@ class AdmissionDoor:
             refused = queries.admission.shed_at_door() if queries is not None else None
             if queries is not None and refused is not None:
                 queries.count_unserved(scope["path"], refused)
-                body = json.dumps(
-                    {"error": {"message": str(refused), "type": "service_unavailable", "code": "overloaded"}}
-                ).encode()
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(max(1, math.ceil(refused.retry_after_s))).encode()),
-                ]
-                await send({"type": "http.response.start", "status": 503, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                await library_error_response(refused, scope["path"])(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -76,25 +75,26 @@ def error_response(status: int, message: str, kind: str, code: str | None = None
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": code}})
 
 
-def _library_error_handler(
-    status: int, kind: str, code: str
-) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-    async def handle(request: Request, exc: Exception) -> JSONResponse:
-        message = str(exc)
-        if isinstance(exc, OperationalError | InterfaceError):  # the driver's text names hosts and SQL: log it only
-            logger.warning(
-                "database unavailable", extra={"path": request.url.path, "error": str(exc.orig).splitlines()[0]}
-            )
-            message = "a database of the service is unavailable right now; retry shortly"
-        response = error_response(status, message, kind, code)
-        retry_after = getattr(exc, "retry_after_s", None)  # load control's errors say when to come back
-        if not isinstance(retry_after, int | float) and status == 503:
-            retry_after = DEFAULT_RETRY_AFTER_S  # a dependency down: worth retrying, soon
-        if isinstance(retry_after, int | float):
-            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-        return response
+def library_error_response(exc: Exception, path: str) -> JSONResponse:
+    """The response of a library error in :data:`ERROR_MAP` (the first entry it is an instance of: the map lists
+    subclasses first), with ``Retry-After`` on load control's refusals and on every 503. Also what
+    :mod:`rag.service.door` answers before any route runs."""
+    status, kind, code = next((s, k, c) for error_type, s, k, c in ERROR_MAP if isinstance(exc, error_type))
+    message = str(exc)
+    if isinstance(exc, OperationalError | InterfaceError):  # the driver's text names hosts and SQL: log it only
+        logger.warning("database unavailable", extra={"path": path, "error": str(exc.orig).splitlines()[0]})
+        message = "a database of the service is unavailable right now; retry shortly"
+    response = error_response(status, message, kind, code)
+    retry_after = getattr(exc, "retry_after_s", None)  # load control's errors say when to come back
+    if not isinstance(retry_after, int | float) and status == 503:
+        retry_after = DEFAULT_RETRY_AFTER_S  # a dependency down: worth retrying, soon
+    if isinstance(retry_after, int | float):
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
 
-    return handle
+
+async def _library_error(request: Request, exc: Exception) -> JSONResponse:
+    return library_error_response(exc, request.url.path)
 
 
 def _bearer_error(reason: str) -> str:
@@ -113,8 +113,8 @@ def install_error_handlers(app: FastAPI) -> None:
             parts.append(f"{where}: {err.get('msg')}")
         return error_response(422, "invalid request: " + "; ".join(parts), "invalid_request_error", "invalid_request")
 
-    for error_type, status, kind, code in ERROR_MAP:
-        app.add_exception_handler(error_type, _library_error_handler(status, kind, code))
+    for error_type, *_ in ERROR_MAP:
+        app.add_exception_handler(error_type, _library_error)
 
     @app.exception_handler(AuthenticationFailed)
     async def _unauthenticated(_: Request, exc: AuthenticationFailed) -> JSONResponse:

@@ -181,6 +181,19 @@ class RequestStore:
         """How long a record answered by another process of the same store may take to become readable here."""
         return self.write_delay_s + 0.5
 
+    def _written_through(self, request_id: str) -> None:
+        """Before ``request_id``'s row is updated: if its record still waits in this writer's queue, write it now.
+
+        Raises:
+            StoreUnavailable: The writer is waiting for the database (a flush would wait as long).
+        """
+        with self._lock:
+            waiting = request_id in self._pending
+        if waiting:
+            if self._outage_since is not None:
+                raise StoreUnavailable("the request store's database is unavailable; retry shortly")
+            self.flush()
+
     def set_feedback(
         self, request_id: str, rating: object, comment: str | None = None, *, at: float | None = None
     ) -> Rating | None:
@@ -193,12 +206,7 @@ class RequestStore:
         value = normalise_rating(rating)
         text = clean_comment(comment)
         when = time.time() if at is None else at
-        with self._lock:
-            waiting = request_id in self._pending
-        if waiting:
-            if self._outage_since is not None:  # the writer is waiting for the database: so would this flush
-                raise StoreUnavailable("the request store's database is unavailable; retry shortly")
-            self.flush()
+        self._written_through(request_id)
         with self._engine.begin() as db:
             previous = db.execute(
                 select(requests.c.feedback_rating).where(requests.c.request_id == request_id).with_for_update()
@@ -295,12 +303,7 @@ class RequestStore:
         Raises:
             UnknownRequest: The store has no record of ``request_id``.
         """
-        with self._lock:
-            waiting = request_id in self._pending
-        if waiting:
-            if self._outage_since is not None:  # the writer is waiting for the database: so would this flush
-                raise StoreUnavailable("the request store's database is unavailable; retry shortly")
-            self.flush()
+        self._written_through(request_id)
         if self.get(request_id) is None:
             raise UnknownRequest(f"the request store has no record of request {request_id!r}")
         return review.enqueue(self._engine, [(request_id, reasons, time.time())]) == 1  # type: ignore[list-item]
