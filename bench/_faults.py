@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.query import wait_ready
 from tests.fixtures.datastores import PostgresServer, RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,19 +216,6 @@ def silent_llm() -> Iterator[str]:
         server.close()
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    """Poll ``url`` until it answers 200 (True), ``process`` exits or ``timeout_s`` passes (False)."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return True
-        time.sleep(0.5)
-    return False
-
-
 def children(pid: int) -> list[int]:
     import psutil
 
@@ -337,8 +325,7 @@ def mlflow_down(ctx: FaultContext) -> dict[str, Any]:
         start_new_session=True,
     )
     try:
-        if not wait_http(f"http://127.0.0.1:{port}/health", mlflow, 120):
-            raise RuntimeError(f"the MLflow server did not start: see {log.name}")
+        wait_ready(f"http://127.0.0.1:{port}", mlflow, 120, path="/health")
         extra = {"RAGOPS_MLFLOW__TRACKING_URI": f"http://127.0.0.1:{port}", "RAGOPS_SERVICE__RELOAD_INTERVAL_S": "1"}
         with ctx.serve(ctx.settings, ctx.home, 2, extra) as service:
             traffic = Traffic(service.url, ctx.headers, ctx.questions)
@@ -375,7 +362,12 @@ def supervisor_kill(ctx: FaultContext) -> dict[str, Any]:
     env = child_env(ctx.settings, {"RAGOPS_HOME": str(ctx.home)})
     up = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        ready = wait_http(f"http://127.0.0.1:{api}/readyz", up, 300)
+        try:
+            wait_ready(f"http://127.0.0.1:{api}", up, 300)
+            ready = True
+        except RuntimeError:
+            logger.exception("ragops up did not become ready")
+            ready = False
         parts = children(up.pid)
         os.kill(up.pid, signal.SIGKILL)
         up.wait(timeout=10)

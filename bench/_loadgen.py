@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import resource
 import time
 from collections import Counter
@@ -75,21 +74,20 @@ class StepResult:
             "refused_without_retry_after": self.refused_without_retry_after,
             "other_errors": self.other_errors,
             "other_error_kinds": dict(kinds.most_common(5)),
-            "p50_ms": _ms(percentile(ok, 50)),
-            "p99_ms": _ms(percentile(ok, 99)),
-            "server_p50_ms": _round(percentile(server, 50)),
-            "server_p99_ms": _round(percentile(server, 99)),
-            "admission_p99_ms": _round(percentile(admission, 99)),
+            "p50_ms": _ms(_percentile(ok, 50)),
+            "p99_ms": _ms(_percentile(ok, 99)),
+            "server_p50_ms": _round(_percentile(server, 50)),
+            "server_p99_ms": _round(_percentile(server, 99)),
+            "admission_p99_ms": _round(_percentile(admission, 99)),
             "generator_cpu_share": round(self.generator_cpu_share, 3),
         }
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of an ascending sequence (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = max(0, math.ceil(q / 100 * len(sorted_values)) - 1)
-    return sorted_values[min(rank, len(sorted_values) - 1)]
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    """bench/query.py's nearest-rank percentile, None (JSON null) when nothing was answered."""
+    from bench.query import percentile
+
+    return percentile(values, q) if values else None
 
 
 def _ms(value: float | None) -> float | None:

@@ -58,6 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import run_measured  # noqa: E402
+from bench.query import reader_key  # noqa: E402  (the query benchmark's helpers)
 
 SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl.gz"
 logger = logging.getLogger("bench.load")
@@ -81,7 +82,7 @@ def measure_faults(temp: Path, args: argparse.Namespace) -> dict[str, Any]:
     context = FaultContext(
         settings=settings,
         home=home,
-        headers={"Authorization": f"Bearer {reader_key(settings)}"},
+        headers={"Authorization": f"Bearer {reader_key(settings, 'bench-faults')}"},
         questions=[item.question for item in load_testset("demo_qa").items],
         serve=serve,
         hold_s=args.fault_seconds,
@@ -344,17 +345,6 @@ def soak(
     }
 
 
-def reader_key(settings: Any) -> str:
-    """A new reader API key of the platform in ``settings`` (the service refuses anonymous queries)."""
-    from rag.security.gate import Gate
-
-    gate = Gate(settings)
-    try:
-        return str(gate.keys.create(role="reader", name="bench-load", created_by="bench").secret)
-    finally:
-        gate.close()
-
-
 def measure_serving(temp: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Capacity, the step load and the soak against ``ragops serve --workers N`` over the demo stack."""
     from bench._common import demo_platform
@@ -364,7 +354,7 @@ def measure_serving(temp: Path, args: argparse.Namespace) -> dict[str, Any]:
     home = temp / "serve" / "home"
     settings, _, _, version = demo_platform(home, name="bench-load", reload_interval_s=3600.0)
     questions = [item.question for item in load_testset("demo_qa").items]
-    auth = {"Authorization": f"Bearer {reader_key(settings)}"}
+    auth = {"Authorization": f"Bearer {reader_key(settings, 'bench-load')}"}
     out: dict[str, Any] = {"workers": args.workers, "stack_version": version, "questions": len(questions)}
     extra = dict(item.split("=", 1) for item in args.env)
     out["service_env"] = extra

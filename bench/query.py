@@ -324,32 +324,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def reader_key(settings: Any) -> str:
+def reader_key(settings: Any, name: str = "bench-query") -> str:
     """A new API key with the reader role (what an application asking questions holds): every query route needs one."""
     from rag.security.gate import Gate
 
     gate = Gate(settings)
     try:
-        return str(gate.keys.create(role="reader", name="bench-query", created_by="bench").secret)
+        return str(gate.keys.create(role="reader", name=name, created_by="bench").secret)
     finally:
         gate.close()
 
 
-def wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
-    """Poll /readyz until the service has loaded the stack."""
+def wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 300.0, *, path: str = "/readyz") -> None:
+    """Poll ``url + path`` (by default /readyz: the service has loaded the stack) until it answers 200."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"ragops serve exited with {server.returncode}")
+            raise RuntimeError(f"{server.args!r} exited with {server.returncode}")
         try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+            if httpx.get(url + path, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError("service did not become ready")
+    raise RuntimeError(f"{url}{path} did not answer 200 within {timeout:.0f} s")
 
 
 def naive_llamaindex(settings: Any, queries: Sequence[str], duration: float) -> dict[str, float]:
