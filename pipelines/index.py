@@ -9,28 +9,32 @@ run costs what the run changed, never a copy of the collection:
   points with ``v_from = W`` and stamps ``v_to = W`` on the points it replaces, so readers of ``V < W`` see nothing
   change. Physical point ids are ``uuid5(chunk id, v_from)`` (a chunk rewritten in a later run is a new point); the
   chunk id rides in the payload.
-- publishing writes the manifest (document id -> content hash and chunk ids) and then switches the published version
-  in one atomic step. A run killed at any moment leaves points with ``v_from`` above the published version and
-  ``v_to`` stamps above it; the next writer removes both before it starts. Old versions beyond ``keep_versions``
-  are garbage-collected (points whose ``v_to`` is at or below the oldest kept version).
+- publishing records the manifest (document id -> content hash and chunk ids) and switches the published version
+  in one atomic step. The manifest is kept the same way as the points, one row per document entry valid from one
+  version to another (:mod:`pipelines.catalog`), so a publish writes the rows of the documents it changed, not the
+  whole list. A run killed at any moment leaves points with ``v_from`` above the published version and ``v_to``
+  stamps above it; the next writer removes both before it starts. Old versions beyond ``keep_versions`` are
+  garbage-collected (points and rows no kept version sees).
 - one writer per collection: the second one waits (``RAGOPS_QDRANT__WRITER_WAIT_SECONDS``) and then fails with
   :class:`WriterBusy`, naming the holder.
 
 The two modes differ only in where the store and the catalog live:
 
 - **Embedded** (default): the store is a Qdrant Edge shard ``<home>/qdrant/<collection>/head/`` (the real engine in
-  process, :class:`pipelines.store.EdgeStore`); the manifest of each version is ``versions/v000007.json`` and the
-  pointer ``CURRENT`` is replaced by write-then-rename; the writer lock is an ``fcntl`` lock on ``.writer.lock``.
+  process, :class:`pipelines.store.EdgeStore`); the catalog (published version, version records, document rows) is
+  ``<home>/qdrant/<collection>/catalog.sqlite``, changed in one transaction per publish; the writer lock is an
+  ``fcntl`` lock on ``.writer.lock``.
   A shard can be open once, so a reader copies the head (under a shared lock the writer takes exclusively around
   each write, so the copy is never torn), deletes from its copy every point not in its version, and then searches
   it with no version filter at all: its search speed and BM25 IDF are those of a collection holding that version
   alone.
 - **Server** (``RAGOPS_QDRANT__URL``): the store is the Qdrant collection ``<collection>__data`` behind the alias
-  ``<collection>``; the published version, its :class:`IndexVersion` (embedder identity, chunking, BM25 avgdl) are
-  the collection's metadata, and manifests are points of ``<collection>__ragops``. Any process with the URL sees the
-  same state; no local file is read. Readers add the version window to every filter and scope the IDF corpus to it
-  (``SearchParams.idf``), so results equal those of a collection holding that version alone. The writer lock is a
-  lease point in ``<collection>__ragops`` taken by a conditional upsert and renewed as the writer works. Both
+  ``<collection>``; the published and kept version numbers are the collection's metadata, and each version's
+  :class:`IndexVersion` (embedder identity, chunking, BM25 avgdl) and document rows are points of
+  ``<collection>__ragops``. Any process with the URL sees the same state; no local file is read. Readers add the
+  version window to every filter and scope the IDF corpus to it (``SearchParams.idf``), so results equal those of a
+  collection holding that version alone. The writer lock is a lease point in ``<collection>__ragops`` taken by a
+  conditional upsert and renewed as the writer works. Both
   collections are created with the configured shards and replication (``RAGOPS_QDRANT__SHARD_NUMBER``,
   ``__REPLICATION_FACTOR``, ``__WRITE_CONSISTENCY_FACTOR``): the catalog and the lease must survive the loss of a
   node as well as the data does.
@@ -43,21 +47,29 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from dataclasses import replace as replace_version
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.catalog import (
+    POINT_NAMESPACE,
+    Catalog,
+    DocEntry,
+    IndexVersion,
+    Manifest,
+    QdrantCatalog,
+    SqliteCatalog,
+    now,
+)
 from pipelines.chunk import ChunkingParams
 from pipelines.embed import EmbedderIdentity
 from pipelines.erasure import ErasureTarget
@@ -103,108 +115,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-POINTER_FILE = "CURRENT"
 HEAD_DIR = "head"
-VERSIONS_DIR = "versions"
-_POINT_NAMESPACE = uuid.UUID("5b0c3f64-4c1e-4e0f-9a55-1d7f7a4f0d11")
 _VERSION_KEYS = (V_FROM, V_TO, CHUNK_KEY)
 DOC_KEY = "doc_id"
 """The payload key llama-index's node layout gives a chunk's document id (indexed as a keyword)."""
-
-
-@dataclass(frozen=True)
-class DocEntry:
-    """What the index holds of one document."""
-
-    doc_id: str
-    content_hash: str
-    source_key: str
-    source: str
-    title: str
-    chunk_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class IndexVersion:
-    """An immutable, published version of a collection."""
-
-    collection: str
-    version: int
-    embedder: EmbedderIdentity
-    chunking: ChunkingParams
-    avgdl: float
-    points: int
-    documents: int
-    created_at: str
-    run_id: str
-
-    @property
-    def name(self) -> str:
-        """Folder or collection name of this version, e.g. ``v000007``."""
-        return f"v{self.version:06d}"
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON (collection metadata, MLflow params, CLI ``--json``)."""
-        data = asdict(self)
-        data["embedder"] = self.embedder.to_json()
-        data["chunking"] = asdict(self.chunking)
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> IndexVersion:
-        """Inverse of :meth:`to_json`."""
-        return cls(
-            collection=str(data["collection"]),
-            version=int(data["version"]),
-            embedder=EmbedderIdentity.from_json(dict(data["embedder"])),
-            chunking=ChunkingParams(**dict(data["chunking"])),
-            avgdl=float(data["avgdl"]),
-            points=int(data["points"]),
-            documents=int(data["documents"]),
-            created_at=str(data["created_at"]),
-            run_id=str(data["run_id"]),
-        )
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A version plus its documents."""
-
-    version: IndexVersion
-    docs: Mapping[str, DocEntry] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form of the version's record (field by field: ``asdict`` deep-copies, 0.25 s for 5k documents)."""
-        return {
-            "version": self.version.to_json(),
-            "docs": {
-                k: {
-                    "doc_id": v.doc_id,
-                    "content_hash": v.content_hash,
-                    "source_key": v.source_key,
-                    "source": v.source,
-                    "title": v.title,
-                    "chunk_ids": list(v.chunk_ids),
-                }
-                for k, v in self.docs.items()
-            },
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
-        """Inverse of :meth:`to_json`."""
-        docs = {
-            k: DocEntry(
-                doc_id=v["doc_id"],
-                content_hash=v["content_hash"],
-                source_key=v["source_key"],
-                source=v["source"],
-                title=v["title"],
-                chunk_ids=tuple(v["chunk_ids"]),
-            )
-            for k, v in dict(data.get("docs", {})).items()
-        }
-        return cls(version=IndexVersion.from_json(data["version"]), docs=docs)
 
 
 @dataclass(frozen=True)
@@ -226,21 +140,6 @@ class IndexErasure:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (``ragops erase --json``)."""
         return asdict(self)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write-then-rename with fsync, so a reader sees the old or the new file, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -282,7 +181,7 @@ def point_payload(chunk: Chunk, *, source_key: str) -> dict[str, Any]:
 
 def physical_id(chunk_id: str, version: int) -> str:
     """The point id of ``chunk_id`` as written by ``version`` (a chunk rewritten later is another point)."""
-    return str(uuid.uuid5(_POINT_NAMESPACE, f"{chunk_id}\x1f{version}"))
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{chunk_id}\x1f{version}"))
 
 
 def _strip(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -298,139 +197,6 @@ def _schema(dim: int) -> StoreSchema:
 
 
 # ------------------------------------------------------------------------------------------------------ catalogs
-class _Catalog(Protocol):
-    """Where the published version and the manifests live (files beside the shard, or Qdrant itself)."""
-
-    def current(self) -> int | None: ...
-
-    def versions(self) -> list[int]: ...
-
-    def manifest(self, version: int) -> Manifest | None: ...
-
-    def publish(self, manifest: Manifest) -> None: ...
-
-    def forget(self, versions: Sequence[int]) -> None: ...
-
-    def replace(self, manifest: Manifest) -> None: ...
-
-
-class _FileCatalog:
-    """Embedded mode: ``CURRENT`` names the published version, ``versions/v000007.json`` are the manifests."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _file(self, version: int) -> Path:
-        return self.root / VERSIONS_DIR / f"v{version:06d}.json"
-
-    def current(self) -> int | None:
-        try:
-            return int(json.loads((self.root / POINTER_FILE).read_text())["version"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IndexError_(f"pointer {self.root / POINTER_FILE} is unreadable: {exc}") from exc
-
-    def versions(self) -> list[int]:
-        current = self.current()
-        folder = self.root / VERSIONS_DIR
-        if current is None or not folder.is_dir():
-            return []
-        found = (int(p.stem[1:]) for p in folder.glob("v[0-9]*.json") if p.stem[1:].isdigit())
-        return sorted(v for v in found if v <= current)
-
-    def manifest(self, version: int) -> Manifest | None:
-        try:
-            return Manifest.from_json(json.loads(self._file(version).read_text()))
-        except FileNotFoundError:
-            return None
-
-    def publish(self, manifest: Manifest) -> None:
-        (self.root / VERSIONS_DIR).mkdir(parents=True, exist_ok=True)
-        _atomic_write(self._file(manifest.version.version), json.dumps(manifest.to_json()))
-        pointer = {"version": manifest.version.version, "published_at": _now()}
-        _atomic_write(self.root / POINTER_FILE, json.dumps(pointer))
-
-    def forget(self, versions: Sequence[int]) -> None:
-        for version in versions:
-            self._file(version).unlink(missing_ok=True)
-
-    def replace(self, manifest: Manifest) -> None:
-        """Rewrite a kept version's manifest in place (erasure); the pointer does not move."""
-        _atomic_write(self._file(manifest.version.version), json.dumps(manifest.to_json()))
-
-    def clear_orphans(self) -> None:
-        """Manifests above the pointer: a run killed between writing its manifest and switching the pointer."""
-        current = self.current() or 0
-        for path in (self.root / VERSIONS_DIR).glob("v[0-9]*.json"):
-            if path.stem[1:].isdigit() and int(path.stem[1:]) > current:
-                path.unlink(missing_ok=True)
-
-
-class _QdrantCatalog:
-    """Server mode: the data collection's metadata holds the published version and the kept versions' identities;
-    manifests are points (no vectors) of the ``__ragops`` collection, next to the writer lease."""
-
-    def __init__(self, client: QdrantClient, data: str, meta: str) -> None:
-        self.client = client
-        self.data = data
-        self.meta = meta
-
-    def _state(self) -> dict[str, Any]:
-        if not self.client.collection_exists(self.data):
-            return {}
-        metadata = self.client.get_collection(self.data).config.metadata or {}
-        state = metadata.get("ragops")
-        return dict(state) if isinstance(state, Mapping) else {}
-
-    def current(self) -> int | None:
-        value = self._state().get("current")
-        return int(value) if value is not None else None
-
-    def versions(self) -> list[int]:
-        return sorted(int(v) for v in self._state().get("versions", []))
-
-    @staticmethod
-    def _id(version: int) -> str:
-        return str(uuid.uuid5(_POINT_NAMESPACE, f"manifest\x1f{version}"))
-
-    def manifest(self, version: int) -> Manifest | None:
-        if not self.client.collection_exists(self.meta):
-            return None
-        records = self.client.retrieve(self.meta, ids=[self._id(version)], with_payload=True, with_vectors=False)
-        if not records or not records[0].payload:
-            return None
-        return Manifest.from_json(json.loads(str(records[0].payload["manifest"])))
-
-    def publish(self, manifest: Manifest) -> None:
-        from qdrant_client import models
-
-        version = manifest.version.version
-        payload = {"kind": "manifest", "version": version, "manifest": json.dumps(manifest.to_json())}
-        self.client.upsert(self.meta, points=[models.PointStruct(id=self._id(version), vector={}, payload=payload)])
-        state = {"current": version, "versions": sorted({*self.versions(), version}), "published_at": _now()}
-        self.client.update_collection(self.data, metadata={"ragops": state})  # the atomic switch
-
-    def replace(self, manifest: Manifest) -> None:
-        """Rewrite a kept version's manifest in place (erasure); the published version does not move."""
-        from qdrant_client import models
-
-        version = manifest.version.version
-        payload = {"kind": "manifest", "version": version, "manifest": json.dumps(manifest.to_json())}
-        self.client.upsert(self.meta, points=[models.PointStruct(id=self._id(version), vector={}, payload=payload)])
-
-    def forget(self, versions: Sequence[int]) -> None:
-        from qdrant_client import models
-
-        if not versions:
-            return
-        state = self._state()
-        state["versions"] = sorted(set(self.versions()) - set(versions))
-        self.client.update_collection(self.data, metadata={"ragops": state})
-        selector = models.PointIdsList(points=[self._id(v) for v in versions])
-        self.client.delete(self.meta, points_selector=selector, wait=True)
-
-
 # --------------------------------------------------------------------------------------------------------- locks
 class _FileLock:
     """Embedded mode's one-writer rule: an ``fcntl`` lock the kernel releases when the holder dies (even kill -9)."""
@@ -459,7 +225,7 @@ class _FileLock:
                     ) from None
                 time.sleep(0.05)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, run {owner}, since {_now()}".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()}, run {owner}, since {now()}".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
@@ -477,7 +243,7 @@ class _Lease:
     (applied only when the lease is free, expired or ours), checked by reading it back, renewed as the writer
     works. A writer killed with -9 blocks others until its lease expires (``RAGOPS_QDRANT__LEASE_SECONDS``)."""
 
-    _ID = str(uuid.uuid5(_POINT_NAMESPACE, "writer-lease"))
+    _ID = str(uuid.uuid5(POINT_NAMESPACE, "writer-lease"))
 
     def __init__(self, client: QdrantClient, meta: str, *, what: str, wait_seconds: float, ttl: float) -> None:
         self.client = client
@@ -491,13 +257,13 @@ class _Lease:
     def _take(self) -> tuple[bool, Mapping[str, Any]]:
         from qdrant_client import models
 
-        now = time.time()
+        clock = time.time()
         point = models.PointStruct(
-            id=self._ID, vector={}, payload={"owner": self.owner, "expires": now + self.ttl, "since": _now()}
+            id=self._ID, vector={}, payload={"owner": self.owner, "expires": clock + self.ttl, "since": now()}
         )
         free = models.Filter(
             should=[
-                models.FieldCondition(key="expires", range=models.Range(lt=now)),
+                models.FieldCondition(key="expires", range=models.Range(lt=clock)),
                 models.FieldCondition(key="owner", match=models.MatchValue(value=self.owner)),
             ]
         )
@@ -569,7 +335,7 @@ class IndexWriter:
         *,
         index: VectorIndex,
         store: PointStore,
-        catalog: _Catalog,
+        catalog: Catalog,
         base: Manifest | None,
         version: int,
         embedder: EmbedderIdentity,
@@ -683,12 +449,12 @@ class IndexWriter:
             avgdl=self.avgdl,
             points=points,
             documents=len(docs),
-            created_at=_now(),
+            created_at=now(),
             run_id=self.run_id,
         )
         with self._guard():
             self._store.flush()
-            self._catalog.publish(Manifest(version=version, docs=dict(docs)))
+            self._catalog.publish(Manifest(version=version, docs=dict(docs)), self.base)
         try:
             with self._guard():
                 self._index._collect(self._store, self._catalog, keep=None, protect=())
@@ -719,9 +485,14 @@ class IndexWriter:
 
 
 def _undo_unpublished(store: PointStore, published: int) -> None:
-    """Remove what runs after ``published`` wrote: their points, and their stamps on older points."""
-    store.delete_where(PointFilter(ranges=(Range(V_FROM, gt=published),)))
-    store.unset_payload_where(PointFilter(ranges=(Range(V_TO, gt=published),)), [V_TO])
+    """Remove what runs after ``published`` wrote: their points, and their stamps on older points (counted first:
+    usually there are none, and a write that matches nothing still costs a log entry and a flush)."""
+    staged = PointFilter(ranges=(Range(V_FROM, gt=published),))
+    if store.count(staged):
+        store.delete_where(staged)
+    stamped = PointFilter(ranges=(Range(V_TO, gt=published),))
+    if store.count(stamped):
+        store.unset_payload_where(stamped, [V_TO])
 
 
 # -------------------------------------------------------------------------------------------------------- reader
@@ -901,14 +672,14 @@ class VectorIndex:
         return QdrantClient(url=self.settings.qdrant.url, api_key=api_key, timeout=30)
 
     @contextlib.contextmanager
-    def _catalog(self) -> Iterator[_Catalog]:
+    def _catalog(self) -> Iterator[Catalog]:
         if not self.server_mode:
             self._check_layout()
-            yield _FileCatalog(self.root)
+            yield SqliteCatalog(self.root)
             return
         client = self._server_client()
         try:
-            yield _QdrantCatalog(client, self.data_collection, self.meta_collection)
+            yield QdrantCatalog(client, self.data_collection, self.meta_collection)
         finally:
             client.close()
 
@@ -941,7 +712,7 @@ class VectorIndex:
         with self._catalog() as catalog:
             return self._manifest(catalog, version)
 
-    def _manifest(self, catalog: _Catalog, version: int | None) -> Manifest | None:
+    def _manifest(self, catalog: Catalog, version: int | None) -> Manifest | None:
         version = catalog.current() if version is None else version
         if version is None:
             return None
@@ -968,7 +739,7 @@ class VectorIndex:
         cfg = self.settings.qdrant
         if self.server_mode:
             client = self._server_client()
-            catalog: Any = _QdrantCatalog(client, self.data_collection, self.meta_collection)
+            catalog: Any = QdrantCatalog(client, self.data_collection, self.meta_collection)
             self._ensure_server_collections(client, embedder.dim)
             lock: Any = _Lease(
                 client,
@@ -980,7 +751,7 @@ class VectorIndex:
         else:
             self._check_layout()
             client = None
-            catalog = _FileCatalog(self.root)
+            catalog = SqliteCatalog(self.root)
             lock = _FileLock(
                 self.root / ".writer.lock", what=f"collection {self.collection!r}", wait_seconds=cfg.writer_wait_seconds
             )
@@ -1007,11 +778,11 @@ class VectorIndex:
                 store = ClientStore(client, self.data_collection, embedder.dim)
                 guard = _lease_guard(lock)
             else:
-                catalog.clear_orphans()
                 store = self._open_head(embedder.dim)
                 guard = _head_guard(self._head, store)
             with guard():
                 _undo_unpublished(store, published)
+            catalog.prepare(published)
             version = max([*catalog.versions(), published]) + 1
         except BaseException:
             if store is not None:
@@ -1084,7 +855,11 @@ class VectorIndex:
                 replication_factor=placement.replication_factor,
                 write_consistency_factor=placement.write_consistency_factor,
             )
-            client.create_payload_index(self.meta_collection, "owner", field_schema=models.PayloadSchemaType.KEYWORD)
+            keyword, integer = models.PayloadSchemaType.KEYWORD, models.PayloadSchemaType.INTEGER
+            for key, schema in (("owner", keyword), ("kind", keyword), ("key", keyword)):
+                client.create_payload_index(self.meta_collection, key, field_schema=schema)
+            for key in ("version", "v_from", "v_to"):  # the catalog's rows and records (pipelines.catalog)
+                client.create_payload_index(self.meta_collection, key, field_schema=integer)
         if not client.collection_exists(self.data_collection):
             ClientStore.create(client, self.data_collection, _schema(dim), placement=placement)
         aliases = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
@@ -1112,7 +887,7 @@ class VectorIndex:
             client = self._server_client()
             try:
                 manifest = self._reader_manifest(
-                    _QdrantCatalog(client, self.data_collection, self.meta_collection), version, expect
+                    QdrantCatalog(client, self.data_collection, self.meta_collection), version, expect
                 )
             except BaseException:
                 client.close()
@@ -1143,7 +918,7 @@ class VectorIndex:
 
         return IndexReader(copy, self.collection, manifest.version, None, cleanup, chunk_ids)
 
-    def _reader_manifest(self, catalog: _Catalog, version: int | None, expect: EmbedderIdentity | None) -> Manifest:
+    def _reader_manifest(self, catalog: Catalog, version: int | None, expect: EmbedderIdentity | None) -> Manifest:
         version = catalog.current() if version is None else version
         if version is None:
             raise IndexError_(f"collection {self.collection!r} has no published version yet; run `ragops ingest`")
@@ -1183,7 +958,7 @@ class VectorIndex:
         self._clear_dead_readers()
         return removed
 
-    def _collect(self, store: PointStore, catalog: _Catalog, *, keep: int | None, protect: Sequence[int]) -> list[int]:
+    def _collect(self, store: PointStore, catalog: Catalog, *, keep: int | None, protect: Sequence[int]) -> list[int]:
         keep = keep or self.settings.qdrant.keep_versions
         current = catalog.current()
         versions = catalog.versions()
@@ -1192,8 +967,9 @@ class VectorIndex:
         if removed:
             catalog.forget(removed)
         kept = sorted(v for v in versions if v in keep_set)
-        if kept:
-            store.delete_where(PointFilter(ranges=(Range(V_TO, lte=kept[0]),)))
+        dead = PointFilter(ranges=(Range(V_TO, lte=kept[0]),)) if kept else None
+        if dead is not None and store.count(dead):
+            store.delete_where(dead)
             store.compact()  # embedded: vacuum once deleted points pass 20% of a segment (no-op for a server)
         return removed
 
@@ -1227,11 +1003,11 @@ class VectorIndex:
                 for start in range(0, len(listed), 1024):
                     store.delete_where(PointFilter((Match(DOC_KEY, tuple(listed[start : start + 1024])),)))
                 removed = before - store.count()
-                rewritten = []
-                for v, old in kept.items():
-                    if old is not None and ids & set(old.docs):
-                        catalog.replace(_without(old, ids))
-                        rewritten.append(v)
+                records = [
+                    _without(old, ids).version for old in kept.values() if old is not None and ids & set(old.docs)
+                ]
+                catalog.erase_docs(sorted(ids), records)
+                rewritten = [r.version for r in records]
             embedded = isinstance(store, EdgeStore)
             with self._head.hold(exclusive=True) if embedded else contextlib.nullcontext():
                 if isinstance(store, EdgeStore):
@@ -1242,10 +1018,10 @@ class VectorIndex:
                     version=writer.version,
                     points=sum(len(d.chunk_ids) for d in docs.values()),
                     documents=len(docs),
-                    created_at=_now(),
+                    created_at=now(),
                     run_id="erase",
                 )
-                catalog.publish(Manifest(version=version, docs=docs))
+                catalog.publish(Manifest(version=version, docs=docs), _without(base, ids))
                 self._collect(store, catalog, keep=None, protect=())
                 store.flush()
         finally:

@@ -599,30 +599,6 @@ def _server_mode_scenario(settings: Settings, client: Any, factory: Callable[[],
 
 
 # --------------------------------------------------------------------------------------------- crash safety
-def test_orphan_manifest_between_manifest_and_pointer_converges(settings: Settings) -> None:
-    """A kill after the manifest was written but before CURRENT was replaced leaves an unpublished version."""
-    corpus = settings.home.parent / "corpus"
-    _write_good(corpus)
-    index = VectorIndex(settings)
-    run_ingest(settings, corpus)
-    v1, ids = _assert_consistent(index)
-
-    writer = index.begin(embedder=v1.version.embedder, chunking=v1.version.chunking, avgdl=1.0, run_id="killed")
-    writer.delete(sorted(ids))  # the orphan holds a different (empty) index
-    orphan = dataclasses.replace(v1.version, version=writer.version, points=0, documents=0, run_id="killed")
-    (index.root / "versions" / "v000002.json").write_text(json.dumps(Manifest(version=orphan, docs={}).to_json()))
-    writer._close()  # dies without publishing (releases the lock as a killed process's kernel would)
-    assert index.current_version() == 1 and index.versions() == [1]
-    _assert_consistent(index)  # readers still get version 1
-
-    _write_txt(corpus, "kites.txt", "Kite Flying", "Stunt kites need steady wind of about fifteen knots.")
-    report = run_ingest(settings, corpus)
-    assert report.index_version == 2 and report.documents_new == 1 and report.embeddings_computed == 1
-    v2, ids2 = _assert_consistent(index)
-    assert set(v2.docs) == {*GOOD_TEXTS, "kites.txt"}
-    assert ids < ids2
-
-
 _SUBJECTS = (
     "The river authority",
     "A small bakery",

@@ -913,10 +913,10 @@ def test_registry_down_at_start_is_503_not_500(env: Env) -> None:
 
 
 # ------------------------------------------------------------------- regressions: bugs found by these tests, fixed
-def test_reload_survives_an_unreadable_index_pointer(env: Env, tmp_path: Path) -> None:
+def test_reload_survives_an_unreadable_index_catalog(env: Env, tmp_path: Path) -> None:
     import shutil
 
-    from pipelines.index import POINTER_FILE
+    from pipelines.catalog import CATALOG_FILE
     from rag.service.app import create_app
     from rag.service.holder import StackHolder
 
@@ -924,8 +924,8 @@ def test_reload_survives_an_unreadable_index_pointer(env: Env, tmp_path: Path) -
     settings.ensure_dirs()
     skip = shutil.ignore_patterns("readers", ".lock")
     shutil.copytree(env.settings.qdrant_dir, settings.qdrant_dir, dirs_exist_ok=True, ignore=skip)
-    pointer = settings.qdrant_dir / settings.qdrant.collection / POINTER_FILE
-    good = pointer.read_text()
+    catalog = settings.qdrant_dir / settings.qdrant.collection / CATALOG_FILE
+    good = catalog.read_bytes()
     champion = {"version": env.v1}
     holder = StackHolder(settings, champion=lambda: (champion["version"], env.configs[champion["version"]]))
     with (
@@ -933,18 +933,18 @@ def test_reload_survives_an_unreadable_index_pointer(env: Env, tmp_path: Path) -
         api_client(service.url) as client,
     ):
         assert client.get("/v1/stack").json()["stack_version"] == env.v1
-        pointer.write_text("{half-written", encoding="utf-8")  # e.g. a hiccup of the shared volume
+        catalog.write_bytes(b"torn" * 1024)  # e.g. a hiccup of the shared volume
         time.sleep(5 * RELOAD_S)
         response = client.post("/v1/query", json={"question": RENO_Q})
         assert response.status_code == 200 and response.json()["stack_version"] == env.v1
-        pointer.write_text(good, encoding="utf-8")
+        catalog.write_bytes(good)
         champion["version"] = env.v2
         deadline = time.monotonic() + 10 * RELOAD_S + SWITCH_DEADLINE_S
         served = env.v1
         while time.monotonic() < deadline and served != env.v2:
             time.sleep(0.1)
             served = client.get("/v1/stack").json()["stack_version"]
-        assert served == env.v2, "the service stopped following the champion after one unreadable index pointer"
+        assert served == env.v2, "the service stopped following the champion after one unreadable index catalog"
 
 
 def _raw(client: httpx.Client, path: str, raw: bytes) -> httpx.Response:

@@ -8,10 +8,12 @@ their snapshot, and crash recovery.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -26,6 +28,8 @@ from flows.settings import Settings
 from pipelines.chunk import ChunkingParams
 from pipelines.embed import EmbedderIdentity
 from pipelines.errors import EmbedderMismatchError, IndexError_, WriterBusy
+from pipelines import catalog as catalog_module
+from pipelines.catalog import CATALOG_FILE, POINT_NAMESPACE
 from pipelines.index import DocEntry, IndexReader, VectorIndex
 from pipelines.sparse import SparseVector
 from pipelines.store import (
@@ -196,6 +200,7 @@ def make_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
         factory = (lambda: Unclosable(server)) if server is not None else None  # type: ignore[return-value]
         return VectorIndex(settings, client_factory=factory)  # type: ignore[arg-type]
 
+    make.server = server  # type: ignore[attr-defined]
     yield make
     if server is not None:
         server.close()
@@ -355,6 +360,116 @@ def test_garbage_collection_keeps_what_kept_versions_see(make_index: Callable[..
         assert _ids(v3) == {_cid(1), _cid(2)} and _ids(v4) == {_cid(2), _cid(3)}
     with pytest.raises(IndexError_, match="no version 2"):
         index.open_reader(2)
+
+
+def _catalog_rows(make: Callable[..., VectorIndex], index: VectorIndex) -> int:
+    """Document rows the catalog stores, over all versions (SQLite table or points of the meta collection)."""
+    server = make.server  # type: ignore[attr-defined]
+    if server is None:
+        with sqlite3.connect(index.root / CATALOG_FILE) as conn:
+            return int(conn.execute("SELECT count(*) FROM docs").fetchone()[0])
+    from qdrant_client import models
+
+    kind = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value="doc"))])
+    return int(server.count(index.meta_collection, count_filter=kind).count)
+
+
+def test_a_publish_writes_the_rows_of_changed_documents_only(make_index: Callable[..., VectorIndex]) -> None:
+    index = make_index(keep_versions=3)
+    docs = {f"d{n}": [n] for n in range(20)}
+    published = {1: _docs(docs)}
+    _write(index, docs).publish(published[1])
+    assert _catalog_rows(make_index, index) == 20
+    changed = {"d3": [3, 30], "new": [40]}  # one document grows, one arrives, one leaves
+    docs = {**{k: v for k, v in docs.items() if k != "d5"}, **changed}
+    published[2] = _docs(docs)
+    _write(index, {"d3": [3, 30], "new": [40]}, delete=[5]).publish(published[2])
+    assert _catalog_rows(make_index, index) == 22  # 20 + the new entries of d3 and "new"; d5's row ended
+    published[3] = _docs(docs)
+    _write(index, {}).publish(published[3])  # nothing changed: nothing written
+    assert _catalog_rows(make_index, index) == 22
+    for version, expected in published.items():
+        manifest = index.manifest(version)
+        assert manifest is not None and dict(manifest.docs) == expected and manifest.version.documents == len(expected)
+    _write(index, {}).publish(published[3])  # version 4: version 1 is forgotten, with the rows only it saw
+    assert index.versions() == [2, 3, 4]
+    assert _catalog_rows(make_index, index) == 20  # d5's row and d3's first entry are gone
+    assert dict(index.manifest(2).docs) == published[2]  # type: ignore[union-attr]
+
+
+def test_a_publish_killed_before_its_switch_leaves_the_published_version(
+    make_index: Callable[..., VectorIndex], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = make_index()
+    v1 = _docs({"a": [0], "b": [1]})
+    _write(index, {"a": [0], "b": [1]}).publish(v1)
+    doomed = _write(index, {"a": [0, 2]})
+    with monkeypatch.context() as patch:
+        patch.setattr(catalog_module, "now", lambda: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError, match="killed"):  # rows written, the switch never made
+            doomed.publish(_docs({"a": [0, 2], "b": [1]}))
+    doomed._close()  # the process dies (its lock is released by the kernel or the lease expiry)
+    assert index.current_version() == 1 and index.versions() == [1]
+    assert dict(index.manifest().docs) == v1  # type: ignore[union-attr]
+    _write(index, {"b": [1, 3]}).publish(_docs({"a": [0], "b": [1, 3]}))
+    manifest = index.manifest()
+    assert manifest is not None and dict(manifest.docs) == _docs({"a": [0], "b": [1, 3]})  # no stale rows of "a"
+    with index.reader() as reader:
+        assert _ids(reader) == {_cid(0), _cid(1), _cid(3)}
+
+
+def test_manifests_of_an_earlier_release_are_read_and_converted(
+    make_index: Callable[..., VectorIndex], tmp_path: Path
+) -> None:
+    """Earlier releases kept one whole manifest per version (``CURRENT`` and ``versions/v*.json`` embedded, one
+    point per version in server mode); they are read as they are and become rows."""
+    index = make_index()
+    v1, v2 = _docs({"a": [0], "b": [1]}), _docs({"a": [0], "b": [1, 2]})
+    _write(index, {"a": [0], "b": [1]}).publish(v1)
+    _write(index, {"b": [1, 2]}).publish(v2)
+    manifests = {v: index.manifest(v) for v in (1, 2)}
+    server = make_index.server  # type: ignore[attr-defined]
+    if server is None:  # the files an earlier release wrote, and no catalog
+        (index.root / CATALOG_FILE).unlink()
+        (index.root / "versions").mkdir()
+        for v, m in manifests.items():
+            (index.root / "versions" / f"v{v:06d}.json").write_text(json.dumps(m.to_json()))  # type: ignore[union-attr]
+        (index.root / "versions" / "v000003.json").write_text("{}")  # a publish killed before its switch
+        (index.root / "CURRENT").write_text('{"version": 2}')
+    else:  # the meta collection holds one whole-manifest point per version instead of rows and records
+        from qdrant_client import models
+
+        server.delete(index.meta_collection, points_selector=models.FilterSelector(filter=models.Filter()))
+        legacy = [
+            models.PointStruct(
+                id=str(uuid.uuid5(POINT_NAMESPACE, f"manifest\x1f{v}")),
+                vector={},
+                payload={"kind": "manifest", "version": v, "manifest": json.dumps(m.to_json())},  # type: ignore[union-attr]
+            )
+            for v, m in manifests.items()
+        ]
+        server.upsert(index.meta_collection, points=legacy)
+    assert index.current_version() == 2 and index.versions() == [1, 2]
+    assert index.manifest(1) == manifests[1] and index.manifest(2) == manifests[2]
+    _write(index, {"c": [3]}).publish({**v2, **_docs({"c": [3]})})
+    assert index.manifest(1) == manifests[1] and index.manifest(2) == manifests[2]
+    assert dict(index.manifest(3).docs) == {**v2, **_docs({"c": [3]})}  # type: ignore[union-attr]
+    assert _catalog_rows(make_index, index) == 4  # a, b, b's second entry, c
+    if server is None:
+        assert not (index.root / "CURRENT").exists() and not (index.root / "versions").exists()
+
+
+def test_an_unreadable_catalog_is_reported_not_served(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "a", cache=tmp_path / "cache")
+    index = VectorIndex(settings)
+    _write(index, {"a": [0]}).publish(_docs({"a": [0]}))
+    path = index.root / CATALOG_FILE
+    good = path.read_bytes()
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(IndexError_, match="catalog .* is unreadable"):
+        index.current_version()
+    path.write_bytes(good)
+    assert index.current_version() == 1
 
 
 def _killed_writer(home: str, tmp: str) -> None:  # pragma: no cover - runs in a child process
