@@ -265,7 +265,8 @@ class SqliteCatalog:
         """One write transaction (``BEGIN IMMEDIATE``: a second writer waits instead of failing at commit)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with self._connection() as conn:
-            conn.executescript(_SCHEMA)
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:  # a new file (IF NOT EXISTS: races are fine)
+                conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 
 from flows.settings import Settings
+from pipelines import catalog as catalog_module
+from pipelines.catalog import CATALOG_FILE, POINT_NAMESPACE
 from pipelines.chunk import ChunkingParams
 from pipelines.embed import EmbedderIdentity
 from pipelines.errors import EmbedderMismatchError, IndexError_, WriterBusy
-from pipelines import catalog as catalog_module
-from pipelines.catalog import CATALOG_FILE, POINT_NAMESPACE
 from pipelines.index import DocEntry, IndexReader, VectorIndex
 from pipelines.sparse import SparseVector
 from pipelines.store import (
