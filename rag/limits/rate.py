@@ -13,14 +13,15 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rag.limits.settings import LimitsSettings
 
 if TYPE_CHECKING:
     from limits import RateLimitItem
-    from limits.storage import Storage
+    from limits.storage import RedisStorage, Storage
     from limits.strategies import RateLimiter as Strategy
+    from redis import Redis
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class RateLimiter:
         ]
         self._memory = _strategy(settings.strategy, MemoryStorage())
         self._redis: Strategy | None = None
+        self._redis_storage: RedisStorage | None = None
         self._redis_down_since: float | None = None
         if settings.redis_url:
             from limits.storage import RedisStorage
@@ -96,6 +98,7 @@ class RateLimiter:
                 socket_timeout=settings.redis_timeout_s,
             )
             self._redis = _strategy(settings.strategy, storage)
+            self._redis_storage = storage
         logger.info(
             "rate limits: %s on %s storage",
             ", ".join(q.label for q in self._quotas) or "none",
@@ -130,6 +133,12 @@ class RateLimiter:
                 self.settings.redis_retry_s,
             )
         self._redis_down_since = time.monotonic()
+
+    def close(self) -> None:
+        """Close the Redis connections (a worker shutting down; later checks count in memory)."""
+        storage, self._redis_storage, self._redis = self._redis_storage, None, None
+        if storage is not None:  # limits types its client as a protocol; for a redis:// URL it is a redis.Redis
+            cast("Redis", storage.get_connection()).close()
 
     def check(self, *, api_key: str | None, tenant: str | None, tokens: int = 0) -> Decision:
         """Allow and count the request, or refuse it naming the quota and when to retry."""

@@ -91,7 +91,7 @@ def create_app(
         finally:
             task.cancel()
             await anyio.to_thread.run_sync(requests.close)  # drains the queue: nothing recorded is lost
-            app.state.queries.budgets.close()
+            app.state.queries.close()
             stack_holder.close()
             gate.close()
             if tracer is not None:

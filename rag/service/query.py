@@ -96,6 +96,15 @@ class QueryService:
         )
         self.index_breaker = CircuitBreaker("qdrant", limits.breaker_failures, limits.breaker_reset_s)
 
+    def close(self) -> None:
+        """Release what the service holds outside the process: the budget ledger's database connections and the
+        Redis connections of the rate limits and the answer caches (a worker shutting down)."""
+        self.budgets.close()
+        self.limiter.close()
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
     def _chain_and_recorder(self, served: Served) -> tuple[Chain, StoreRecorder]:
         known = self._chains.get(id(served))
         if known is not None and known[0] is served:

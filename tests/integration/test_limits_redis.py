@@ -44,3 +44,17 @@ def test_redis_down_falls_back_to_per_worker_limits_and_says_so(
         assert "rate-limit storage redis unreachable" in caplog.text and "per-worker memory" in caplog.text
         assert caplog.text.count("unreachable") == 1  # said once, not per request
         assert second.check(api_key="k", tenant=None).allowed  # the other worker has its own budget now
+
+
+def test_closing_releases_the_redis_connections(redis_url: str) -> None:
+    import redis
+
+    observer = redis.Redis.from_url(redis_url)
+    limiter = RateLimiter(LimitsSettings(redis_url=redis_url, requests_per_minute=5))
+    name = f"limiter-{uuid.uuid4()}"
+    assert limiter.check(api_key=name, tenant=None).storage == "redis"
+    before = len(observer.client_list())
+    limiter.close()
+    assert len(observer.client_list()) == before - 1  # the limiter's pooled connection is gone, not left to GC
+    assert limiter.check(api_key=name, tenant=None).storage == "memory"  # a late check still answers
+    observer.close()
