@@ -258,6 +258,8 @@ class EndpointQuestionLlm:
         """Replies in order; raises :class:`QuestionGenerationError` on the first failure."""
         import openai
 
+        from rag.llm import clip_message
+
         client = openai.OpenAI(
             base_url=self._base_url, api_key=self._api_key or "unused", timeout=self._timeout_s, max_retries=1
         )
@@ -271,8 +273,9 @@ class EndpointQuestionLlm:
                     temperature=0.0,
                 )
             except openai.APIStatusError as exc:
+                detail = clip_message(exc.message, 200)
                 raise QuestionGenerationError(
-                    f"question generation at {self._base_url} failed: HTTP {exc.status_code}: {_short(exc.message)}"
+                    f"question generation at {self._base_url} failed: HTTP {exc.status_code}: {detail}"
                 ) from exc
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:
                 raise QuestionGenerationError(
@@ -287,10 +290,6 @@ class EndpointQuestionLlm:
                 return list(pool.map(one, conversations))
         finally:
             client.close()
-
-
-def _short(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def question_llm(settings: SyntheticSettings, local: LocalLlmSettings, cache_dir: Path) -> QuestionLlm | None:

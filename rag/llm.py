@@ -330,18 +330,20 @@ class LlmAnswerer:
             )
         if isinstance(exc, openai.APIStatusError):
             return LlmError(
-                f"the LLM at {where} answered HTTP {exc.status_code}: {_short(exc.message)}",
+                f"the LLM at {where} answered HTTP {exc.status_code}: {clip_message(exc.message)}",
                 public=f"failed (HTTP {exc.status_code})",
             )
         if isinstance(exc, openai.APIConnectionError):
-            return LlmError(f"the LLM at {where} is unreachable: {_short(str(exc))}", public="failed (unreachable)")
+            return LlmError(
+                f"the LLM at {where} is unreachable: {clip_message(str(exc))}", public="failed (unreachable)"
+            )
         if isinstance(exc, httpx.TransportError):
             return LlmError(
-                f"the LLM at {where} broke the connection: {type(exc).__name__}: {_short(str(exc))}",
+                f"the LLM at {where} broke the connection: {type(exc).__name__}: {clip_message(str(exc))}",
                 public="failed (connection broken)",
             )
         return LlmError(
-            f"the LLM at {where} failed: {type(exc).__name__}: {_short(str(exc))}",
+            f"the LLM at {where} failed: {type(exc).__name__}: {clip_message(str(exc))}",
             public=f"failed ({type(exc).__name__})",
         )
 
@@ -447,6 +449,7 @@ def _reported(counts: Mapping[str, Any]) -> TokenCount | None:
     return None
 
 
-def _short(text: str, limit: int = 300) -> str:
+def clip_message(text: str, limit: int = 300) -> str:
+    """An endpoint's error text fit for a log line or an error message: one line, at most ``limit`` characters."""
     text = _SPACES.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
