@@ -29,6 +29,7 @@ from pipelines import catalog as catalog_module
 from pipelines.catalog import CATALOG_FILE, POINT_NAMESPACE
 from pipelines.chunk import ChunkingParams
 from pipelines.embed import EmbedderIdentity
+from pipelines.erasure import ErasureTarget
 from pipelines.errors import EmbedderMismatchError, IndexError_, WriterBusy
 from pipelines.index import DocEntry, IndexReader, VectorIndex
 from pipelines.sparse import SparseVector
@@ -457,6 +458,25 @@ def test_manifests_of_an_earlier_release_are_read_and_converted(
     assert _catalog_rows(make_index, index) == 4  # a, b, b's second entry, c
     if server is None:
         assert not (index.root / "CURRENT").exists() and not (index.root / "versions").exists()
+
+
+def test_erasure_removes_a_document_from_every_kept_version(make_index: Callable[..., VectorIndex]) -> None:
+    index = make_index()
+    v1 = _docs({"d0": [0, 1], "d1": [2, 3]})
+    _write(index, {"d0": [0, 1], "d1": [2, 3]}).publish(v1)
+    v2 = _docs({"d0": [0, 1], "d1": [2], "d2": [4, 5]})
+    _write(index, {"d2": [4, 5]}, delete=[3]).publish(v2)  # d1 changes (loses chunk 3), d2 arrives
+    assert _catalog_rows(make_index, index) == 4
+    target = ErasureTarget.of(collection=index.collection, doc="d1", source=None, tenant=None)
+    erased = index.erase(target)
+    assert erased.doc_ids == ("d1",) and erased.versions_rewritten == (1, 2) and erased.published == 3
+    for version, docs in ((1, v1), (2, v2), (3, v2)):
+        manifest = index.manifest(version)
+        assert manifest is not None and dict(manifest.docs) == {k: d for k, d in docs.items() if k != "d1"}
+        assert manifest.version.documents == len(docs) - 1
+    assert _catalog_rows(make_index, index) == 2  # d0 and d2: no row of d1 is left in any version
+    with index.reader(1) as old, index.reader() as new:
+        assert _ids(old) == {_cid(0), _cid(1)} and _ids(new) == {_cid(0), _cid(1), _cid(4), _cid(5)}
 
 
 def test_an_unreadable_catalog_is_reported_not_served(tmp_path: Path) -> None:
