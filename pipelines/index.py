@@ -435,7 +435,9 @@ class IndexWriter:
         return found
 
     def publish(self, docs: Mapping[str, DocEntry]) -> IndexVersion:
-        """Record the version's identity and documents, then make it current in one atomic step."""
+        """Record the version's identity and documents and make it current in one atomic step; then forget
+        versions beyond ``keep_versions`` with the points and rows only they saw, and remove dead processes'
+        private reader copies."""
         self._check_open()
         points = self.count()
         expected = sum(len(d.chunk_ids) for d in docs.values())
@@ -461,6 +463,7 @@ class IndexWriter:
         except Exception:  # garbage is collected by the next run; the version is published
             logger.warning("could not remove old index versions", exc_info=True)
         self._close()
+        self._index._clear_dead_readers()
         logger.info("published index version", extra={"collection": version.collection, "version": version.version})
         return version
 

@@ -484,11 +484,10 @@ def begin_step(ctx: IngestContext, chunks: Sequence[Chunk], *, run_id: str) -> I
 
 
 def publish_step(ctx: IngestContext, writer: IndexWriter, docs: Mapping[str, DocEntry]) -> IndexVersion:
-    """Atomically make the staged version current, then drop versions beyond the keep-last-N policy."""
+    """Atomically make the staged version current; the writer then drops versions beyond the keep-last-N policy
+    (a second ``gc()`` here opened the shard again: 0.2 s of a small run's 0.5 s of index time)."""
     with ctx.timed("publish"):
-        version = writer.publish(docs)
-        ctx.index.gc()
-        return version
+        return writer.publish(docs)
 
 
 @dataclass(frozen=True)
