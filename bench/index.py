@@ -207,10 +207,11 @@ def retriever_figures(
 def publish_figures(settings: Any, points: Sequence[Any], version: Any) -> dict[str, Any]:
     """A full index build, then runs rewriting 1% of documents (new titles), into a scratch collection.
 
-    Both go through the index stage of an ingestion: ``IndexWriter.upsert`` with the chunks (which builds each
-    point's llama-index payload, as ``pipelines/ingest.py`` calls it), from ``begin`` to ``publish``; embedding is
-    not index time, so vectors are given. The same builds from ready payloads (``upsert_points``) are reported
-    beside them. The small run is repeated and its median reported (one run is at the mercy of a noisy machine).
+    Both go through the index stage of an ingestion: ``begin`` with the manifest the plan step read,
+    ``IndexWriter.upsert`` with the chunks (which builds each point's llama-index payload, as
+    ``pipelines/ingest.py`` calls it), then ``publish``; embedding is not index time, so vectors are given. The
+    same builds from ready payloads (``upsert_points``) are reported beside them. The small run is repeated and its
+    median reported (one run is at the mercy of a noisy machine).
     """
     from pipelines.index import DocEntry, VectorIndex
 
@@ -227,8 +228,11 @@ def publish_figures(settings: Any, points: Sequence[Any], version: Any) -> dict[
         sparse = [p.sparse for p in chunks]
         objects = [_chunk_of(p, title) for p in chunks] if from_chunks else []
         payloads = [] if from_chunks else [{**p.payload, "title": title} if title else p.payload for p in chunks]
+        known = scratch.manifest()  # what an ingestion's plan step read (not index time)
         started = time.perf_counter()
-        writer = scratch.begin(embedder=version.embedder, chunking=version.chunking, avgdl=version.avgdl, run_id=run_id)
+        writer = scratch.begin(
+            embedder=version.embedder, chunking=version.chunking, avgdl=version.avgdl, run_id=run_id, known=known
+        )
         if from_chunks:
             writer.upsert(objects, dense, sparse, source_key="bench")
         else:

@@ -730,11 +730,21 @@ class VectorIndex:
         return manifest.version if manifest else None
 
     # ------------------------------------------------------------------------------------------------ writing
-    def begin(self, *, embedder: EmbedderIdentity, chunking: ChunkingParams, avgdl: float, run_id: str) -> IndexWriter:
+    def begin(
+        self,
+        *,
+        embedder: EmbedderIdentity,
+        chunking: ChunkingParams,
+        avgdl: float,
+        run_id: str,
+        known: Manifest | None = None,
+    ) -> IndexWriter:
         """Take the collection's writer lock and start the next version from the current one.
 
         ``avgdl`` (BM25 mean document length) is used only for a collection's first version; later versions keep
-        the one recorded then, so sparse weights stay comparable across versions.
+        the one recorded then, so sparse weights stay comparable across versions. ``known`` is the current
+        manifest when the caller has just read it (an ingestion's plan): it is used as the base while it is still
+        the published version, instead of reading every document's row again.
 
         Raises:
             WriterBusy: Another writer holds the collection past ``RAGOPS_QDRANT__WRITER_WAIT_SECONDS``.
@@ -760,7 +770,8 @@ class VectorIndex:
             )
         early: Manifest | None = None
         try:
-            early = self._manifest(catalog, None)  # refuse a mismatch before touching anything (checked again below)
+            fresh = known is not None and catalog.current() == known.version.version
+            early = known if fresh else self._manifest(catalog, None)  # refuse a mismatch before touching anything
             if early is not None:
                 self._check_fits(early, embedder, chunking)
             lock.acquire(run_id)

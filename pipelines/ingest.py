@@ -474,13 +474,18 @@ def record_rejections(
     return stamped
 
 
-def begin_step(ctx: IngestContext, chunks: Sequence[Chunk], *, run_id: str) -> IndexWriter:
-    """Open the next index version (a first version takes its BM25 avgdl from this batch)."""
+def begin_step(
+    ctx: IngestContext, chunks: Sequence[Chunk], *, run_id: str, base: Manifest | None = None
+) -> IndexWriter:
+    """Open the next index version (a first version takes its BM25 avgdl from this batch); ``base`` is the
+    manifest the plan compared against, reused while it is still the published one."""
     with ctx.timed("begin"):
         # avgdl is fixed when a collection is first built; later versions keep it, so only measure it then.
         first = ctx.index.current_version() is None
         avgdl = Bm25Encoder().average_length([c.embed_text for c in chunks[:5000]]) if first else 0.0
-        return ctx.index.begin(embedder=ctx.embedder.identity, chunking=ctx.chunker.params, avgdl=avgdl, run_id=run_id)
+        return ctx.index.begin(
+            embedder=ctx.embedder.identity, chunking=ctx.chunker.params, avgdl=avgdl, run_id=run_id, known=base
+        )
 
 
 def publish_step(ctx: IngestContext, writer: IndexWriter, docs: Mapping[str, DocEntry]) -> IndexVersion:
@@ -627,7 +632,7 @@ def run_ingest(
         raise FailureThresholdExceeded(str(exc), report=summary) from None
     if not kept and not plan.deleted:
         return finish_run(ctx, plan, run_id=run_id, started=started, rejected=rejected, outcome=None)
-    writer = begin_step(ctx, kept, run_id=run_id)
+    writer = begin_step(ctx, kept, run_id=run_id, base=plan.base)
     try:
         embedded = steps.embed(ctx, kept, writer)
         upserted = steps.upsert(ctx, writer, embedded, source_key=discovery.source_key)

@@ -479,6 +479,20 @@ def test_erasure_removes_a_document_from_every_kept_version(make_index: Callable
         assert _ids(old) == {_cid(0), _cid(1)} and _ids(new) == {_cid(0), _cid(1), _cid(4), _cid(5)}
 
 
+def test_a_writer_reuses_a_known_manifest_only_while_it_is_current(make_index: Callable[..., VectorIndex]) -> None:
+    index = make_index()
+    _write(index, {"a": [0]}).publish(_docs({"a": [0]}))
+    first = index.manifest()
+    _write(index, {"b": [1]}).publish(_docs({"a": [0], "b": [1]}))
+    stale = index.begin(embedder=IDENTITY, chunking=CHUNKING, avgdl=1.0, run_id="r", known=first)
+    assert stale.base == index.manifest(2)  # published since the caller read it: read again
+    stale.abort()
+    current = index.manifest()
+    writer = index.begin(embedder=IDENTITY, chunking=CHUNKING, avgdl=1.0, run_id="r", known=current)
+    assert writer.base is current
+    writer.abort()
+
+
 def test_an_unreadable_catalog_is_reported_not_served(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "a", cache=tmp_path / "cache")
     index = VectorIndex(settings)
