@@ -255,10 +255,13 @@ class SqliteCatalog:
                 return
             self._import_legacy()
         with self._connection() as conn:
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:  # created, schema not yet committed
-                yield None
-                return
-            yield conn
+            conn.execute("BEGIN")  # one snapshot for every statement of the read (a version record and its rows)
+            try:
+                fresh = conn.execute("PRAGMA user_version").fetchone()[0] == 0  # created, schema not committed yet
+                yield None if fresh else conn
+            finally:
+                if conn.in_transaction:  # SQLite may have rolled back itself after an error
+                    conn.execute("ROLLBACK")
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -271,7 +274,8 @@ class SqliteCatalog:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
