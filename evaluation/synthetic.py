@@ -257,21 +257,30 @@ class EndpointQuestionLlm:
     def complete(self, conversations: Sequence[list[Message]]) -> list[str]:
         """Replies in order; raises :class:`QuestionGenerationError` on the first failure."""
         import openai
+        from llama_index.core.base.llms.types import ChatMessage
+        from llama_index.core.callbacks import CallbackManager
+        from llama_index.llms.openai_like import OpenAILike
 
         from rag.llm import clip_message
 
-        client = openai.OpenAI(
-            base_url=self._base_url, api_key=self._api_key or "unused", timeout=self._timeout_s, max_retries=1
+        # llama-index's client, as the answerer (rag/llm.py) and the judge use: one way to reach an endpoint
+        llm = OpenAILike(
+            model=self._model,
+            api_base=self._base_url,
+            api_key=self._api_key or "unused",
+            is_chat_model=True,
+            is_function_calling_model=False,
+            timeout=self._timeout_s,
+            max_retries=1,
+            temperature=0.0,
+            max_tokens=self._max_new_tokens,
+            reuse_client=True,
+            callback_manager=CallbackManager([]),
         )
 
         def one(messages: list[Message]) -> str:
             try:
-                reply = client.chat.completions.create(
-                    model=self._model,
-                    messages=messages,  # type: ignore[arg-type]
-                    max_tokens=self._max_new_tokens,
-                    temperature=0.0,
-                )
+                reply = llm.chat([ChatMessage(role=m["role"], content=m["content"]) for m in messages])
             except openai.APIStatusError as exc:
                 detail = clip_message(exc.message, 200)
                 raise QuestionGenerationError(
@@ -281,15 +290,14 @@ class EndpointQuestionLlm:
                 raise QuestionGenerationError(
                     f"question generation at {self._base_url} failed: {type(exc).__name__}: {exc}"
                 ) from exc
-            if not reply.choices:
-                raise QuestionGenerationError(f"question generation at {self._base_url} returned no choices")
-            return reply.choices[0].message.content or ""
+            except Exception as exc:  # e.g. a reply without choices: the endpoint does not speak the protocol
+                raise QuestionGenerationError(
+                    f"question generation at {self._base_url} failed: {type(exc).__name__}: {clip_message(str(exc))}"
+                ) from exc
+            return str(reply.message.content or "")
 
-        try:
-            with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="questions") as pool:
-                return list(pool.map(one, conversations))
-        finally:
-            client.close()
+        with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="questions") as pool:
+            return list(pool.map(one, conversations))
 
 
 def question_llm(settings: SyntheticSettings, local: LocalLlmSettings, cache_dir: Path) -> QuestionLlm | None:
