@@ -34,10 +34,9 @@ The two modes differ only in where the store and the catalog live:
   ``<collection>__ragops``. Any process with the URL sees the same state; no local file is read. Readers add the
   version window to every filter and scope the IDF corpus to it (``SearchParams.idf``), so results equal those of a
   collection holding that version alone. The writer lock is a lease point in ``<collection>__ragops`` taken by a
-  conditional upsert and renewed as the writer works. Both
-  collections are created with the configured shards and replication (``RAGOPS_QDRANT__SHARD_NUMBER``,
-  ``__REPLICATION_FACTOR``, ``__WRITE_CONSISTENCY_FACTOR``): the catalog and the lease must survive the loss of a
-  node as well as the data does.
+  conditional upsert and renewed as the writer works. Both collections are created with the configured shards and
+  replication (``RAGOPS_QDRANT__SHARD_NUMBER``, ``__REPLICATION_FACTOR``, ``__WRITE_CONSISTENCY_FACTOR``): the
+  catalog and the lease must survive the loss of a node as well as the data does.
 
 Each version records its embedder identity and chunking, and every writer and reader checks them, so a different
 model can neither write into nor query it.
