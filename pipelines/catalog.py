@@ -449,13 +449,8 @@ class QdrantCatalog:
     def _window(self, version: int) -> models.Filter:
         from qdrant_client import models
 
-        alive = models.Filter(
-            should=[
-                models.IsEmptyCondition(is_empty=models.PayloadField(key="v_to")),
-                models.FieldCondition(key="v_to", range=models.Range(gt=version)),
-            ]
-        )
-        return self._kind("doc", models.FieldCondition(key="v_from", range=models.Range(lte=version)), alive)
+        seen = models.Filter(should=[self._alive(), models.FieldCondition(key="v_to", range=models.Range(gt=version))])
+        return self._kind("doc", models.FieldCondition(key="v_from", range=models.Range(lte=version)), seen)
 
     def _records(self, versions: Sequence[int]) -> dict[int, Mapping[str, Any]]:
         """Stored version records (and an earlier release's whole manifests) by version."""
@@ -496,34 +491,39 @@ class QdrantCatalog:
             base is not None
             and self._records([base.version.version]).get(base.version.version, {}).get("kind") != "version"
         ):
-            live = self._kind("doc", models.IsEmptyCondition(is_empty=models.PayloadField(key="v_to")))
+            live = self._kind("doc", self._alive())
             self.client.set_payload(self.meta, payload={"v_to": version}, points=models.FilterSelector(filter=live))
             base = None  # a base the catalog lost: every live row ends here
-        delta = manifest_delta(base.docs if base is not None else {}, manifest.docs)
-        ended = list(delta.ended)
-        for start in range(0, len(ended), 1024):
-            flt = self._kind(
-                "doc",
-                models.FieldCondition(key="key", match=models.MatchAny(any=ended[start : start + 1024])),
-                models.IsEmptyCondition(is_empty=models.PayloadField(key="v_to")),
-            )
-            self.client.set_payload(self.meta, payload={"v_to": version}, points=models.FilterSelector(filter=flt))
-        self._upsert_rows(version, delta.added)
+        self._write_delta(version, base.docs if base is not None else {}, manifest.docs)
         self._put_records([manifest.version])
         state = {"current": version, "versions": sorted({*self.versions(), version}), "published_at": now()}
         self.client.update_collection(self.data, metadata={"ragops": state})  # the atomic switch
 
-    def _upsert_rows(self, version: int, added: Sequence[tuple[str, DocEntry]]) -> None:
+    @staticmethod
+    def _alive() -> models.IsEmptyCondition:
         from qdrant_client import models
 
-        for start in range(0, len(added), 512):
+        return models.IsEmptyCondition(is_empty=models.PayloadField(key="v_to"))
+
+    def _write_delta(self, version: int, base: Mapping[str, DocEntry], docs: Mapping[str, DocEntry]) -> None:
+        """Write ``docs`` as rows of ``version``, a delta from ``base`` (whose rows are the live ones): end the live
+        rows of documents that changed or left, add rows for the entries that start."""
+        from qdrant_client import models
+
+        delta = manifest_delta(base, docs)
+        ended = list(delta.ended)
+        for start in range(0, len(ended), 1024):
+            keys = models.FieldCondition(key="key", match=models.MatchAny(any=ended[start : start + 1024]))
+            selector = models.FilterSelector(filter=self._kind("doc", keys, self._alive()))
+            self.client.set_payload(self.meta, payload={"v_to": version}, points=selector)
+        for start in range(0, len(delta.added), 512):
             points = [
                 models.PointStruct(
                     id=self._row_id(key, version),
                     vector={},
                     payload={"kind": "doc", "key": key, "v_from": version, **_entry_json(entry)},
                 )
-                for key, entry in added[start : start + 512]
+                for key, entry in delta.added[start : start + 512]
             ]
             self.client.upsert(self.meta, points=points)
 
@@ -597,19 +597,11 @@ class QdrantCatalog:
             return
         from qdrant_client import models
 
-        previous: Manifest | None = None
-        for version in legacy:
-            manifest = Manifest.from_json(json.loads(str(records[version]["manifest"])))
-            delta = manifest_delta(previous.docs if previous else {}, manifest.docs)
-            for key in delta.ended:
-                flt = self._kind(
-                    "doc",
-                    models.FieldCondition(key="key", match=models.MatchValue(value=key)),
-                    models.IsEmptyCondition(is_empty=models.PayloadField(key="v_to")),
-                )
-                self.client.set_payload(self.meta, payload={"v_to": version}, points=models.FilterSelector(filter=flt))
-            self._upsert_rows(version, delta.added)
-            previous = manifest
-        self._put_records([Manifest.from_json(json.loads(str(records[v]["manifest"]))).version for v in legacy])
+        manifests = [Manifest.from_json(json.loads(str(records[v]["manifest"]))) for v in legacy]
+        previous: Mapping[str, DocEntry] = {}
+        for manifest in manifests:
+            self._write_delta(manifest.version.version, previous, manifest.docs)
+            previous = manifest.docs
+        self._put_records([m.version for m in manifests])
         selector = models.PointIdsList(points=[self._legacy_id(v) for v in legacy])
         self.client.delete(self.meta, points_selector=selector, wait=True)

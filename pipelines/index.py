@@ -487,14 +487,9 @@ class IndexWriter:
 
 
 def _undo_unpublished(store: PointStore, published: int) -> None:
-    """Remove what runs after ``published`` wrote: their points, and their stamps on older points (counted first:
-    usually there are none, and a write that matches nothing still costs a log entry and a flush)."""
-    staged = PointFilter(ranges=(Range(V_FROM, gt=published),))
-    if store.count(staged):
-        store.delete_where(staged)
-    stamped = PointFilter(ranges=(Range(V_TO, gt=published),))
-    if store.count(stamped):
-        store.unset_payload_where(stamped, [V_TO])
+    """Remove what runs after ``published`` wrote: their points, and their stamps on older points."""
+    store.delete_where(PointFilter(ranges=(Range(V_FROM, gt=published),)))
+    store.unset_payload_where(PointFilter(ranges=(Range(V_TO, gt=published),)), [V_TO])
 
 
 # -------------------------------------------------------------------------------------------------------- reader
@@ -980,9 +975,8 @@ class VectorIndex:
         if removed:
             catalog.forget(removed)
         kept = sorted(v for v in versions if v in keep_set)
-        dead = PointFilter(ranges=(Range(V_TO, lte=kept[0]),)) if kept else None
-        if dead is not None and store.count(dead):
-            store.delete_where(dead)
+        if kept:
+            store.delete_where(PointFilter(ranges=(Range(V_TO, lte=kept[0]),)))
             store.compact()  # embedded: vacuum once deleted points pass 20% of a segment (no-op for a server)
         return removed
 

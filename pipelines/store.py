@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -369,20 +369,30 @@ class EdgeStore:
         for start in range(0, len(ids), 1024):
             self._update(qe.UpdateOperation.delete_points([uuid.UUID(i) for i in ids[start : start + 1024]]))
 
+    def _update_where(
+        self, flt: PointFilter, operation: Callable[[qdrant_edge.Filter], qdrant_edge.UpdateOperation]
+    ) -> None:
+        """A write by filter, skipped when nothing matches: the engine logs even an empty one, and the shard would
+        then need a flush (the usual case for a writer's undo of unpublished runs and for garbage collection)."""
+        import qdrant_edge as qe
+
+        if self.count(flt):
+            self._update(operation(self._filter(flt) or qe.Filter()))
+
     def delete_where(self, flt: PointFilter) -> None:
         import qdrant_edge as qe
 
-        self._update(qe.UpdateOperation.delete_points_by_filter(self._filter(flt) or qe.Filter()))
+        self._update_where(flt, qe.UpdateOperation.delete_points_by_filter)
 
     def set_payload_where(self, flt: PointFilter, payload: Mapping[str, Any]) -> None:
         import qdrant_edge as qe
 
-        self._update(qe.UpdateOperation.set_payload_by_filter(self._filter(flt) or qe.Filter(), dict(payload)))
+        self._update_where(flt, lambda where: qe.UpdateOperation.set_payload_by_filter(where, dict(payload)))
 
     def unset_payload_where(self, flt: PointFilter, keys: Sequence[str]) -> None:
         import qdrant_edge as qe
 
-        self._update(qe.UpdateOperation.delete_payload_by_filter(self._filter(flt) or qe.Filter(), list(keys)))
+        self._update_where(flt, lambda where: qe.UpdateOperation.delete_payload_by_filter(where, list(keys)))
 
     # --------------------------------------------------------------------------------------------------- reads
     def count(self, flt: PointFilter | None = None) -> int:
